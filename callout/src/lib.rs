@@ -1,0 +1,1 @@
+//! arbiter-callout: placeholder until its issue lands.

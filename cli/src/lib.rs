@@ -1,0 +1,1 @@
+//! arbiter-cli: placeholder until its issue lands.

@@ -1,0 +1,1 @@
+//! arbiter-lab: placeholder until its issue lands.

@@ -1,0 +1,1 @@
+//! arbiter-proxy: placeholder until its issue lands.

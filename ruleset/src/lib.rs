@@ -1,0 +1,1 @@
+//! arbiter-ruleset: placeholder until its issue lands.

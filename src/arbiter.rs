@@ -1,0 +1,514 @@
+//! The stateful arbiter: the decision table plus its bounded tables.
+//!
+//! Each decision is three steps: gather facts from the tables and the policy
+//! (lazily, see [`crate::decide`]), run the pure table, then apply its effects
+//! (cache a verdict, record a proxied endpoint, count a hop, learn a proxy).
+//! Every decision returns exactly one audit record; entries pushed out of a
+//! full table come back as extra records in [`Decision::departures`].
+
+use core::net::{SocketAddrV4, SocketAddrV6};
+
+use ahash::RandomState;
+
+use crate::audit::{AuditRecord, AuthRecord, ConnectRecord, DepartedEntry, DepartureRecord, Event};
+use crate::decide::{
+    self, Consulted, ConnectFacts, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict,
+};
+use crate::flow::{AuthConnectInput, ConnectRedirectInput, Destination, Flow};
+use crate::policy::{PermitOrBlock, Policy, RuleHit};
+use crate::reason::Reason;
+use crate::table::{BoundedTable, Departure, OutOfMemory};
+use crate::time::{Duration, Instant};
+
+/// How many entries each table holds. All memory is reserved up front.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    /// Endpoints with a cached verdict or a proxied record.
+    pub endpoints: u32,
+    /// Destinations with a hop counter (C8).
+    pub destinations: u32,
+    /// Learned local proxy PIDs (A6).
+    pub known_proxies: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self { endpoints: 65_536, destinations: 16_384, known_proxies: 1_024 }
+    }
+}
+
+/// Start-up configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Our callout filter's id.
+    pub own_filter: u64,
+    /// How long an endpoint entry waits for its auth-connect (default 60 s).
+    pub endpoint_ttl: Duration,
+    /// How long a learned local proxy stays known (default 10 min).
+    pub known_proxy_ttl: Duration,
+    /// Seeds for the tables' ahash (draw them from a random source).
+    pub hash_seed: [u64; 4],
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            own_filter: 0,
+            endpoint_ttl: Duration::from_secs(60),
+            known_proxy_ttl: Duration::from_secs(600),
+            hash_seed: [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344, 0xa409_3822_299f_31d0, 0x082e_fa98_ec4e_6c89],
+        }
+    }
+}
+
+/// Which table an entry left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TableId {
+    /// Per-endpoint cached verdicts and proxied records.
+    Endpoints = 1,
+    /// C8's hop counters.
+    Destinations = 2,
+    /// Learned local proxies.
+    KnownProxies = 3,
+}
+
+impl TableId {
+    /// The name used in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Endpoints => "endpoints",
+            Self::Destinations => "destinations",
+            Self::KnownProxies => "known-proxies",
+        }
+    }
+
+    /// From the wire code.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Endpoints),
+            2 => Some(Self::Destinations),
+            3 => Some(Self::KnownProxies),
+            _ => None,
+        }
+    }
+
+    const fn slot(self) -> usize {
+        match self {
+            Self::Endpoints => 0,
+            Self::Destinations => 1,
+            Self::KnownProxies => 2,
+        }
+    }
+}
+
+/// C8's counter for one destination: hops since `start`, a fixed window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HopCount {
+    /// When the window opened (the first proxied hop in it).
+    pub start: Instant,
+    /// Proxied hops in the window.
+    pub count: u16,
+}
+
+/// Running totals, for the control device and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Decisions at connect-redirect.
+    pub connect_redirect: u64,
+    /// Decisions at auth-connect.
+    pub auth_connect: u64,
+    /// Decisions per verdict: continue, permit, block, proxy.
+    pub verdicts: [u64; 4],
+    /// Entries evicted from a full table, per [`TableId`] (endpoints, destinations, known proxies).
+    pub evicted: [u64; 3],
+    /// Entries that expired, per [`TableId`].
+    pub expired: [u64; 3],
+    /// Endpoint entries dropped by endpoint closure before auth-connect.
+    pub forgotten: u64,
+    /// `loop-suspected` verdicts.
+    pub loops_suspected: u64,
+    /// Audit records produced (decisions and departures).
+    pub records: u64,
+}
+
+/// Up to two departures caused by one decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Departures {
+    items: [Option<DepartureRecord>; 2],
+}
+
+impl Departures {
+    fn push(&mut self, r: DepartureRecord) {
+        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(r);
+        }
+    }
+
+    /// The departure records, in the order they happened.
+    pub fn iter(&self) -> impl Iterator<Item = &DepartureRecord> + '_ {
+        self.items.iter().flatten()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// True when the decision pushed nothing out.
+    pub fn is_empty(&self) -> bool {
+        self.items.iter().all(Option::is_none)
+    }
+}
+
+/// One decision: verdict, reason, redirect target, and its audit record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// What to do.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// Where to, for `proxy`.
+    pub redirect: Option<RedirectTarget>,
+    /// The decision's audit record (invariant 3).
+    pub audit: AuditRecord<'a>,
+    /// Entries this decision pushed out of full tables, each audited.
+    pub departures: Departures,
+}
+
+/// Rule-set swap failed: nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetProxyError {
+    /// PID 0 is the idle process; never a proxy.
+    ZeroPid,
+    /// Neither an IPv4 nor an IPv6 listener.
+    NoListener,
+}
+
+impl core::fmt::Display for SetProxyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::ZeroPid => f.write_str("proxy PID 0 is not a process"),
+            Self::NoListener => f.write_str("a proxy needs an IPv4 or an IPv6 listener"),
+        }
+    }
+}
+
+impl core::error::Error for SetProxyError {}
+
+/// The policy core's state machine.
+#[derive(Debug)]
+pub struct Arbiter<P> {
+    config: Config,
+    policy: P,
+    proxy: Option<ProxyRegistration>,
+    endpoints: BoundedTable<u64, EndpointEntry>,
+    destinations: BoundedTable<Destination, HopCount>,
+    known_proxies: BoundedTable<u64, ()>,
+    counters: Counters,
+    seq: u64,
+}
+
+/// The live facts: answers from the tables and the policy, memoized.
+struct Live<'t, 'f, P> {
+    policy: &'t P,
+    destinations: &'t BoundedTable<Destination, HopCount>,
+    known_proxies: &'t BoundedTable<u64, ()>,
+    flow: &'t Flow<'f>,
+    now: Instant,
+    window: Duration,
+    memo: Consulted,
+}
+
+impl<P: Policy> ConnectFacts for Live<'_, '_, P> {
+    fn rule(&mut self) -> Option<RuleHit> {
+        *self.memo.rule.get_or_insert_with(|| self.policy.first_match(self.flow))
+    }
+    fn trusted(&mut self) -> bool {
+        *self.memo.trusted.get_or_insert_with(|| self.policy.is_trusted(&self.flow.app))
+    }
+    fn known_local_proxy(&mut self) -> bool {
+        *self.memo.known_local_proxy.get_or_insert_with(|| {
+            self.known_proxies.get(&self.flow.pid, self.now).is_some()
+                || self.policy.is_known_proxy(&self.flow.app)
+        })
+    }
+    fn hops(&mut self) -> u16 {
+        let (dest, now, window) = (self.flow.destination(), self.now, self.window);
+        *self.memo.hops.get_or_insert_with(|| {
+            self.destinations
+                .get(&dest, now)
+                .filter(|h| now < h.start.saturating_add(window))
+                .map_or(0, |h| h.count)
+        })
+    }
+}
+
+impl<P: Policy> Arbiter<P> {
+    /// Reserves every table. Fails cleanly, changing nothing, when memory is short.
+    pub fn new(config: Config, capacities: Capacities, policy: P) -> Result<Self, OutOfMemory> {
+        let [a, b, c, d] = config.hash_seed;
+        // Each table gets its own seeds, so collisions in one say nothing of another.
+        let seeded = |n: u64| RandomState::with_seeds(a ^ n, b.rotate_left(7) ^ n, c, d.wrapping_add(n));
+        Ok(Self {
+            config,
+            policy,
+            proxy: None,
+            endpoints: BoundedTable::new(capacities.endpoints, seeded(1))?,
+            destinations: BoundedTable::new(capacities.destinations, seeded(2))?,
+            known_proxies: BoundedTable::new(capacities.known_proxies, seeded(3))?,
+            counters: Counters::default(),
+            seq: 0,
+        })
+    }
+
+    /// The loaded policy.
+    pub const fn policy(&self) -> &P {
+        &self.policy
+    }
+
+    /// Swaps in a new policy atomically and hands back the old one. Tables
+    /// (cached verdicts, hop counters, learned proxies) carry over.
+    pub fn replace_policy(&mut self, policy: P) -> P {
+        core::mem::replace(&mut self.policy, policy)
+    }
+
+    /// The start-up configuration.
+    pub const fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Registers our proxy: its PID and listeners.
+    pub fn set_proxy(
+        &mut self,
+        pid: u64,
+        v4: Option<SocketAddrV4>,
+        v6: Option<SocketAddrV6>,
+    ) -> Result<(), SetProxyError> {
+        if pid == 0 {
+            return Err(SetProxyError::ZeroPid);
+        }
+        if v4.is_none() && v6.is_none() {
+            return Err(SetProxyError::NoListener);
+        }
+        self.proxy = Some(ProxyRegistration { pid, v4, v6 });
+        Ok(())
+    }
+
+    /// Unregisters our proxy: from now on rules that proxy give `proxy-unavailable`.
+    pub fn clear_proxy(&mut self) {
+        self.proxy = None;
+    }
+
+    /// The registered proxy.
+    pub const fn proxy(&self) -> Option<&ProxyRegistration> {
+        self.proxy.as_ref()
+    }
+
+    /// What the decision functions compare against.
+    pub const fn env(&self) -> Env {
+        Env { own_filter: self.config.own_filter, proxy: self.proxy }
+    }
+
+    /// Running totals.
+    pub const fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Live entries per table: endpoints, destinations, known proxies.
+    pub const fn occupancy(&self) -> [u32; 3] {
+        [self.endpoints.len(), self.destinations.len(), self.known_proxies.len()]
+    }
+
+    /// Bytes reserved by the three tables.
+    pub fn reserved_bytes(&self) -> usize {
+        self.endpoints
+            .reserved_bytes()
+            .saturating_add(self.destinations.reserved_bytes())
+            .saturating_add(self.known_proxies.reserved_bytes())
+    }
+
+    /// Is `pid` a learned local proxy at `now`?
+    pub fn is_learned_proxy(&self, pid: u64, now: Instant) -> bool {
+        self.known_proxies.get(&pid, now).is_some()
+    }
+
+    /// The endpoint table's live entry for `endpoint`.
+    pub fn endpoint_entry(&self, endpoint: u64, now: Instant) -> Option<EndpointEntry> {
+        self.endpoints.get(&endpoint, now).copied()
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.counters.records = self.counters.records.wrapping_add(1);
+        s
+    }
+
+    fn count_verdict(&mut self, v: Verdict) {
+        if let Some(c) = self.counters.verdicts.get_mut(v as usize) {
+            *c = c.wrapping_add(1);
+        }
+    }
+
+    fn count_departure(&mut self, table: TableId, why: Departure) {
+        let counter = match why {
+            Departure::Evicted => &mut self.counters.evicted,
+            Departure::Expired => &mut self.counters.expired,
+        };
+        if let Some(c) = counter.get_mut(table.slot()) {
+            *c = c.wrapping_add(1);
+        }
+    }
+
+    /// Counts a departure and makes its audit record.
+    fn departure(&mut self, table: TableId, why: Departure, entry: DepartedEntry, now: Instant) -> DepartureRecord {
+        self.count_departure(table, why);
+        DepartureRecord { seq: self.next_seq(), at: now, table, why, entry }
+    }
+
+    /// Decides one FWPM_LAYER_ALE_CONNECT_REDIRECT indication (rows C1..C14).
+    pub fn decide_connect_redirect<'a>(&mut self, input: &ConnectRedirectInput<'a>, now: Instant) -> Decision<'a> {
+        let env = self.env();
+        let loops = self.policy.loop_policy();
+        let mut live = Live {
+            policy: &self.policy,
+            destinations: &self.destinations,
+            known_proxies: &self.known_proxies,
+            flow: &input.flow,
+            now,
+            window: loops.hop_window,
+            memo: Consulted::default(),
+        };
+        let outcome = decide::connect_redirect(input, &env, &loops, &mut live);
+        let consulted = live.memo;
+        let mut departures = Departures::default();
+
+        // Effects.
+        let endpoint = input.flow.endpoint;
+        let deadline = now.saturating_add(self.config.endpoint_ttl);
+        let cached = match outcome.verdict {
+            // Invariant 2: every block is enforced again at auth-connect (A1).
+            Verdict::Block => Some(PermitOrBlock::Block),
+            // A2 lists the permits of C3 and C8 only: C5 must reach A6 so the
+            // other vendor's proxy is learned, and C7's flow has nothing to verify.
+            Verdict::Permit if matches!(outcome.reason, Reason::RevisitPermitted | Reason::LoopSuspected) => {
+                Some(PermitOrBlock::Permit)
+            }
+            _ => None,
+        };
+        let entry = match (cached, outcome.redirect) {
+            (Some(verdict), _) => Some(EndpointEntry::Cached { verdict, reason: outcome.reason }),
+            (None, Some(r)) => Some(EndpointEntry::Proxied { target_pid: r.target_pid, destination: input.flow.remote }),
+            (None, None) => None,
+        };
+        if let Some(entry) = entry
+            && let Some((k, v, why)) = self.endpoints.insert(endpoint, entry, deadline, now)
+        {
+            let rec = self.departure(TableId::Endpoints, why, DepartedEntry::Endpoint { endpoint: k, entry: v }, now);
+            departures.push(rec);
+        }
+        if outcome.verdict == Verdict::Proxy {
+            // "Every proxy verdict counts one hop for its destination."
+            let dest = input.flow.destination();
+            let hop = match self.destinations.get(&dest, now) {
+                Some(h) if now < h.start.saturating_add(loops.hop_window) => {
+                    HopCount { start: h.start, count: h.count.saturating_add(1) }
+                }
+                _ => HopCount { start: now, count: 1 },
+            };
+            let until = hop.start.saturating_add(loops.hop_window);
+            if let Some((k, v, why)) = self.destinations.insert(dest, hop, until, now) {
+                let rec = self.departure(TableId::Destinations, why, DepartedEntry::Destination { destination: k, hops: v }, now);
+                departures.push(rec);
+            }
+        }
+        if outcome.reason == Reason::LoopSuspected {
+            self.counters.loops_suspected = self.counters.loops_suspected.wrapping_add(1);
+        }
+        self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
+        self.count_verdict(outcome.verdict);
+
+        let audit = AuditRecord {
+            seq: self.next_seq(),
+            at: now,
+            event: Event::ConnectRedirect(ConnectRecord {
+                input: *input,
+                env,
+                loops,
+                rules_id: self.policy.id(),
+                consulted,
+                outcome,
+            }),
+        };
+        Self::decision(outcome, audit, departures)
+    }
+
+    /// Decides one FWPM_LAYER_ALE_AUTH_CONNECT indication (rows A1..A7). The
+    /// endpoint's entry is consumed.
+    pub fn decide_auth_connect<'a>(&mut self, input: &AuthConnectInput<'a>, now: Instant) -> Decision<'a> {
+        let entry = match self.endpoints.remove(&input.flow.endpoint, now) {
+            Some((e, true)) => Some(e),
+            Some((_, false)) => {
+                self.count_departure(TableId::Endpoints, Departure::Expired);
+                None
+            }
+            None => None,
+        };
+        let outcome = decide::auth_connect(input, entry);
+        let mut departures = Departures::default();
+        // A6: remember the other redirector's target as a known local proxy.
+        if outcome.reason == Reason::RedirectedByOtherObserved
+            && let Some(pid) = input.target_pid.filter(|&p| p != 0)
+        {
+            let until = now.saturating_add(self.config.known_proxy_ttl);
+            if let Some((k, _, why)) = self.known_proxies.insert(pid, (), until, now) {
+                let rec = self.departure(TableId::KnownProxies, why, DepartedEntry::KnownProxy { pid: k }, now);
+                departures.push(rec);
+            }
+        }
+        self.counters.auth_connect = self.counters.auth_connect.wrapping_add(1);
+        self.count_verdict(outcome.verdict);
+        let audit = AuditRecord {
+            seq: self.next_seq(),
+            at: now,
+            event: Event::AuthConnect(AuthRecord { input: *input, entry, outcome }),
+        };
+        Self::decision(outcome, audit, departures)
+    }
+
+    const fn decision(outcome: Outcome, audit: AuditRecord<'_>, departures: Departures) -> Decision<'_> {
+        Decision { verdict: outcome.verdict, reason: outcome.reason, redirect: outcome.redirect, audit, departures }
+    }
+
+    /// ALE_ENDPOINT_CLOSURE: the socket is gone, so is its entry. Returns the
+    /// entry it held, if any.
+    pub fn forget_endpoint(&mut self, endpoint: u64, now: Instant) -> Option<EndpointEntry> {
+        let (entry, _) = self.endpoints.remove(&endpoint, now)?;
+        self.counters.forgotten = self.counters.forgotten.wrapping_add(1);
+        Some(entry)
+    }
+
+    /// Drops every entry whose time is up. Expired cached verdicts are
+    /// audited (a block that never met its auth-connect is worth knowing);
+    /// other expiries are only counted. Returns how many entries left.
+    pub fn expire(&mut self, now: Instant, mut audit: impl FnMut(DepartureRecord)) -> usize {
+        let mut n = 0usize;
+        while let Some((endpoint, entry)) = self.endpoints.pop_expired(now) {
+            n = n.saturating_add(1);
+            if matches!(entry, EndpointEntry::Cached { .. }) {
+                audit(self.departure(TableId::Endpoints, Departure::Expired, DepartedEntry::Endpoint { endpoint, entry }, now));
+            } else {
+                self.count_departure(TableId::Endpoints, Departure::Expired);
+            }
+        }
+        while self.destinations.pop_expired(now).is_some() {
+            n = n.saturating_add(1);
+            self.count_departure(TableId::Destinations, Departure::Expired);
+        }
+        while self.known_proxies.pop_expired(now).is_some() {
+            n = n.saturating_add(1);
+            self.count_departure(TableId::KnownProxies, Departure::Expired);
+        }
+        n
+    }
+}

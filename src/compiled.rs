@@ -1,0 +1,1 @@
+//! The compiled rule matcher (rules issue). Placeholder.

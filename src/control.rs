@@ -1,0 +1,1 @@
+//! The control protocol between the driver and user mode (user-mode issue). Placeholder.

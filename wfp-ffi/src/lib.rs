@@ -1,0 +1,1 @@
+//! wfp-ffi: placeholder until its issue lands.
