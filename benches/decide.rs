@@ -18,7 +18,7 @@ use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 
 const LIVE: u32 = 65_536;
 const BATCH: usize = 1024;
-const BATCHES: usize = 300;
+const BATCHES_DEFAULT: usize = 300;
 
 fn rules() -> RuleSet {
     let mut web = Rule::any("web", Action::Proxy);
@@ -48,6 +48,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // Fewer batches under valgrind: ARBITER_BENCH_BATCHES=20.
+    let batches = std::env::var("ARBITER_BENCH_BATCHES").ok().and_then(|v| v.parse().ok()).unwrap_or(BATCHES_DEFAULT);
     let app = WideString::new(r"\device\harddiskvolume3\apps\browser.exe");
     let config = Config { own_filter: 100, ..Config::default() };
     let caps = Capacities { endpoints: LIVE, destinations: LIVE, known_proxies: 1024 };
@@ -72,8 +74,8 @@ fn main() {
 
     // connect-redirect: each decision proxies a new endpoint and, the table
     // being full, evicts the oldest: the steady state of a busy machine.
-    let mut samples = Vec::with_capacity(BATCHES);
-    for _ in 0..BATCHES {
+    let mut samples = Vec::with_capacity(batches);
+    for _ in 0..batches {
         let inputs: Vec<ConnectRedirectInput<'_>> = (next..next + BATCH as u64)
             .map(|e| ConnectRedirectInput {
                 flow: flow(&app, e),
@@ -95,8 +97,8 @@ fn main() {
 
     // auth-connect: verify (A5) the newest proxied endpoints, then put them
     // back (untimed) so the table stays at 65,536.
-    let mut samples = Vec::with_capacity(BATCHES);
-    for _ in 0..BATCHES {
+    let mut samples = Vec::with_capacity(batches);
+    for _ in 0..batches {
         let first = next - BATCH as u64;
         let inputs: Vec<AuthConnectInput<'_>> = (first..next)
             .map(|e| {

@@ -12,7 +12,7 @@ use ahash::RandomState;
 
 use crate::audit::{AuditRecord, AuthRecord, ConnectRecord, DepartedEntry, DepartureRecord, Event};
 use crate::decide::{
-    self, Consulted, ConnectFacts, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict,
+    self, ConnectFacts, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict,
 };
 use crate::flow::{AuthConnectInput, ConnectRedirectInput, Destination, Flow};
 use crate::policy::{PermitOrBlock, Policy, RuleHit};
@@ -228,17 +228,13 @@ impl<P: Policy> ConnectFacts for Live<'_, '_, P> {
     }
     fn known_local_proxy(&mut self) -> bool {
         *self.memo.known_local_proxy.get_or_insert_with(|| {
-            self.known_proxies.get(&self.flow.pid, self.now).is_some()
-                || self.policy.is_known_proxy(&self.flow.app)
+            self.known_proxies.get(&self.flow.pid, self.now).is_some() || self.policy.is_known_proxy(&self.flow.app)
         })
     }
     fn hops(&mut self) -> u16 {
         let (dest, now, window) = (self.flow.destination(), self.now, self.window);
         *self.memo.hops.get_or_insert_with(|| {
-            self.destinations
-                .get(&dest, now)
-                .filter(|h| now < h.start.saturating_add(window))
-                .map_or(0, |h| h.count)
+            self.destinations.get(&dest, now).filter(|h| now < h.start.saturating_add(window)).map_or(0, |h| h.count)
         })
     }
 }
@@ -398,7 +394,9 @@ impl<P: Policy> Arbiter<P> {
         };
         let entry = match (cached, outcome.redirect) {
             (Some(verdict), _) => Some(EndpointEntry::Cached { verdict, reason: outcome.reason }),
-            (None, Some(r)) => Some(EndpointEntry::Proxied { target_pid: r.target_pid, destination: input.flow.remote }),
+            (None, Some(r)) => {
+                Some(EndpointEntry::Proxied { target_pid: r.target_pid, destination: input.flow.remote })
+            }
             (None, None) => None,
         };
         if let Some(entry) = entry
@@ -418,7 +416,12 @@ impl<P: Policy> Arbiter<P> {
             };
             let until = hop.start.saturating_add(loops.hop_window);
             if let Some((k, v, why)) = self.destinations.insert(dest, hop, until, now) {
-                let rec = self.departure(TableId::Destinations, why, DepartedEntry::Destination { destination: k, hops: v }, now);
+                let rec = self.departure(
+                    TableId::Destinations,
+                    why,
+                    DepartedEntry::Destination { destination: k, hops: v },
+                    now,
+                );
                 departures.push(rec);
             }
         }
@@ -496,7 +499,12 @@ impl<P: Policy> Arbiter<P> {
         while let Some((endpoint, entry)) = self.endpoints.pop_expired(now) {
             n = n.saturating_add(1);
             if matches!(entry, EndpointEntry::Cached { .. }) {
-                audit(self.departure(TableId::Endpoints, Departure::Expired, DepartedEntry::Endpoint { endpoint, entry }, now));
+                audit(self.departure(
+                    TableId::Endpoints,
+                    Departure::Expired,
+                    DepartedEntry::Endpoint { endpoint, entry },
+                    now,
+                ));
             } else {
                 self.count_departure(TableId::Endpoints, Departure::Expired);
             }

@@ -16,8 +16,10 @@ use core::fmt;
 use core::net::SocketAddr;
 
 use crate::arbiter::{HopCount, TableId};
-use crate::context::{RedirectContext, CONTEXT_LEN};
-use crate::decide::{self, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Recorded, Verdict};
+use crate::context::{CONTEXT_LEN, RedirectContext};
+use crate::decide::{
+    self, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, Recorded, RedirectTarget, Verdict,
+};
 use crate::flow::{
     AppId, AuthConnectInput, ConnectRedirectInput, Destination, Flow, PreviousChain, PreviousEntry, Protocol,
     RedirectState, Sid,
@@ -26,7 +28,7 @@ use crate::policy::{Action, LoopPolicy, PermitOrBlock, RuleHit};
 use crate::reason::Reason;
 use crate::table::Departure;
 use crate::time::{Duration, Instant};
-use crate::wire::{socket_addr_len, Reader, Short, Writer};
+use crate::wire::{Reader, Short, Writer, socket_addr_len};
 
 /// Record magic.
 pub const MAGIC: [u8; 2] = *b"AR";
@@ -51,7 +53,10 @@ pub struct AuditRecord<'a> {
 }
 
 /// What a record records.
-#[expect(clippy::large_enum_variant, reason = "records are built once per decision and encoded; boxing would allocate on the decision path")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are built once per decision and encoded; boxing would allocate on the decision path"
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A connect-redirect decision.
@@ -196,7 +201,9 @@ impl fmt::Display for DecodeError {
         match self.kind {
             DecodeErrorKind::Truncated => f.write_str("record is truncated"),
             DecodeErrorKind::Magic => f.write_str("not an audit record (bad magic)"),
-            DecodeErrorKind::Version(v) => write!(f, "audit record version {v} is not supported (this build reads {VERSION})"),
+            DecodeErrorKind::Version(v) => {
+                write!(f, "audit record version {v} is not supported (this build reads {VERSION})")
+            }
             DecodeErrorKind::UnknownKind(k) => write!(f, "unknown audit record kind {k}"),
             DecodeErrorKind::BadValue(field) => write!(f, "invalid value for {field}"),
             DecodeErrorKind::TrailingBytes => f.write_str("bytes after the record's last field"),
@@ -231,7 +238,9 @@ impl<'a> AuditRecord<'a> {
                 let outcome = decide::connect_redirect(&c.input, &c.env, &c.loops, &mut facts);
                 Some(Replayed { outcome, diverged: facts.diverged })
             }
-            Event::AuthConnect(a) => Some(Replayed { outcome: decide::auth_connect(&a.input, a.entry), diverged: false }),
+            Event::AuthConnect(a) => {
+                Some(Replayed { outcome: decide::auth_connect(&a.input, a.entry), diverged: false })
+            }
             Event::Departure(_) => None,
         }
     }
@@ -265,7 +274,8 @@ impl<'a> AuditRecord<'a> {
             Event::Departure(_) => KIND_DEPARTURE,
         };
         let body_len = u32::try_from(need.saturating_sub(HEADER_LEN)).map_err(|_| EncodeError::AppIdTooLong)?;
-        let header = w.put(&MAGIC).and_then(|()| w.u8(VERSION)).and_then(|()| w.u8(kind)).and_then(|()| w.u32(body_len));
+        let header =
+            w.put(&MAGIC).and_then(|()| w.u8(VERSION)).and_then(|()| w.u8(kind)).and_then(|()| w.u32(body_len));
         header.map_err(|_| EncodeError::BufferTooSmall)?;
         self.write_body(&mut w)?;
         Ok(w.written())
@@ -668,13 +678,8 @@ impl<'a> Body<'a> {
             return Err(self.bad("previousVersion walked count"));
         }
         previous.set_walked(walked, overflowed);
-        let input = ConnectRedirectInput {
-            flow,
-            state,
-            write_right: flags & 1 != 0,
-            reauthorize: flags & 0b10 != 0,
-            previous,
-        };
+        let input =
+            ConnectRedirectInput { flow, state, write_right: flags & 1 != 0, reauthorize: flags & 0b10 != 0, previous };
         let own_filter = self.u64()?;
         let proxy = if self.flag("proxy presence")? {
             let pid = self.u64()?;

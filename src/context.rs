@@ -136,10 +136,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for (remote, local) in [
-            ("93.184.216.34:443", "10.0.0.5:50000"),
-            ("[2001:db8::1]:80", "[fe80::2%3]:51000"),
-        ] {
+        for (remote, local) in [("93.184.216.34:443", "10.0.0.5:50000"), ("[2001:db8::1]:80", "[fe80::2%3]:51000")] {
             let c = RedirectContext {
                 original_remote: remote.parse().unwrap(),
                 original_local: local.parse().unwrap(),

@@ -218,11 +218,7 @@ fn proxy(flow: &Flow<'_>, env: &Env, reason: Reason) -> Outcome {
             redirect: Some(RedirectTarget {
                 remote,
                 target_pid: p.pid,
-                context: RedirectContext {
-                    original_remote: flow.remote,
-                    original_local: flow.local,
-                    pid: flow.pid,
-                },
+                context: RedirectContext { original_remote: flow.remote, original_local: flow.local, pid: flow.pid },
             }),
         },
         None => Outcome::of(Verdict::Continue, Reason::ProxyUnavailable),
@@ -351,13 +347,9 @@ pub fn auth_connect(input: &AuthConnectInput<'_>, entry: Option<EndpointEntry>) 
     match (entry, input.redirected) {
         // A1: redirect layers cannot reliably block, so a block decided at
         // connect-redirect is enforced here, with its reason.
-        (Some(EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason }), _) => {
-            Outcome::of(Block, reason)
-        }
+        (Some(EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason }), _) => Outcome::of(Block, reason),
         // A2: a deliberate permit (C3, C8) stands, so that lower layers see it.
-        (Some(EndpointEntry::Cached { verdict: PermitOrBlock::Permit, reason }), _) => {
-            Outcome::of(Permit, reason)
-        }
+        (Some(EndpointEntry::Cached { verdict: PermitOrBlock::Permit, reason }), _) => Outcome::of(Permit, reason),
         (Some(EndpointEntry::Proxied { target_pid, destination }), true) => {
             // A3: the flow we redirected went to some other process (another
             // redirector overrode our target after us). A missing PID fails closed.
@@ -375,8 +367,6 @@ pub fn auth_connect(input: &AuthConnectInput<'_>, entry: Option<EndpointEntry>) 
         (None, true) => Outcome::of(Continue, Reason::RedirectedByOtherObserved),
         // A7: nothing to enforce (including a flow we proxied whose redirect
         // did not take: WFP no longer reports it redirected).
-        (Some(EndpointEntry::Proxied { .. }) | None, false) => {
-            Outcome::of(Continue, Reason::NotRedirected)
-        }
+        (Some(EndpointEntry::Proxied { .. }) | None, false) => Outcome::of(Continue, Reason::NotRedirected),
     }
 }

@@ -233,9 +233,7 @@ impl<'a> Sid<'a> {
 
     /// The identifier authority.
     pub fn authority(&self) -> u64 {
-        self.0
-            .get(2..8)
-            .map_or(0, |a| a.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+        self.0.get(2..8).map_or(0, |a| a.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
     }
 
     /// The sub-authorities, in order.
@@ -367,14 +365,9 @@ impl RedirectState {
 
     /// Parses a fixture name.
     pub fn from_name(s: &str) -> Option<Self> {
-        [
-            Self::NotRedirected,
-            Self::RedirectedBySelf,
-            Self::RedirectedByOther,
-            Self::PreviouslyRedirectedBySelf,
-        ]
-        .into_iter()
-        .find(|st| st.name() == s)
+        [Self::NotRedirected, Self::RedirectedBySelf, Self::RedirectedByOther, Self::PreviouslyRedirectedBySelf]
+            .into_iter()
+            .find(|st| st.name() == s)
     }
 }
 

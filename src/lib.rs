@@ -59,18 +59,3 @@ pub use reason::Reason;
 pub use table::OutOfMemory;
 pub use time::{Duration, Instant};
 
-#[cfg(test)]
-mod size_report {
-    #[test]
-    fn print_sizes() {
-        std::println!(
-            "Decision {} AuditRecord {} ConnectInput {} Flow {} Chain {} Outcome {}",
-            size_of::<crate::Decision<'_>>(),
-            size_of::<crate::AuditRecord<'_>>(),
-            size_of::<crate::ConnectRedirectInput<'_>>(),
-            size_of::<crate::Flow<'_>>(),
-            size_of::<crate::PreviousChain>(),
-            size_of::<crate::Outcome>()
-        );
-    }
-}

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::{IpAddr, SocketAddrV4, SocketAddrV6};
 
-use crate::flow::{fold_unit, AppId, Flow, Protocol, SidBuf};
+use crate::flow::{AppId, Flow, Protocol, SidBuf, fold_unit};
 use crate::time::Duration;
 
 /// What a rule does with a matching flow.
@@ -183,9 +183,8 @@ impl Glob {
 
 impl fmt::Debug for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s: String = char::decode_utf16(self.units.iter().copied())
-            .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
-            .collect();
+        let s: String =
+            char::decode_utf16(self.units.iter().copied()).map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER)).collect();
         write!(f, "{s:?}")
     }
 }
@@ -307,13 +306,10 @@ impl Rule {
     pub fn matches(&self, flow: &Flow<'_>) -> bool {
         self.protocol.is_none_or(|p| p == flow.protocol)
             && (self.remote.is_empty() || self.remote.iter().any(|c| c.contains(&flow.remote.ip())))
-            && (self.remote_ports.is_empty()
-                || self.remote_ports.iter().any(|r| r.contains(flow.remote.port())))
+            && (self.remote_ports.is_empty() || self.remote_ports.iter().any(|r| r.contains(flow.remote.port())))
             && (self.app.is_empty() || self.app.iter().any(|g| g.matches(&flow.app)))
-            && (self.original_app.is_empty()
-                || self.original_app.iter().any(|g| g.matches(&flow.original_app)))
-            && (self.package.is_empty()
-                || flow.package.is_some_and(|p| self.package.iter().any(|s| s.as_sid() == p)))
+            && (self.original_app.is_empty() || self.original_app.iter().any(|g| g.matches(&flow.original_app)))
+            && (self.package.is_empty() || flow.package.is_some_and(|p| self.package.iter().any(|s| s.as_sid() == p)))
     }
 }
 
@@ -350,10 +346,11 @@ impl Policy for RuleSet {
 
     /// The reference semantics: scan rules in file order.
     fn first_match(&self, flow: &Flow<'_>) -> Option<RuleHit> {
-        self.rules.iter().zip(0u32..).find(|(r, _)| r.matches(flow)).map(|(r, index)| RuleHit {
-            index,
-            action: r.action,
-        })
+        self.rules
+            .iter()
+            .zip(0u32..)
+            .find(|(r, _)| r.matches(flow))
+            .map(|(r, index)| RuleHit { index, action: r.action })
     }
 
     fn is_trusted(&self, app: &AppId<'_>) -> bool {

@@ -103,9 +103,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
 
     fn find(&self, key: &K) -> Option<u32> {
         let slots = &self.slots;
-        self.index
-            .find(self.hash(key), |&i| slots.get(i as usize).is_some_and(|s| s.key == *key))
-            .copied()
+        self.index.find(self.hash(key), |&i| slots.get(i as usize).is_some_and(|s| s.key == *key)).copied()
     }
 
     /// The value under `key`, unless it has expired by `now`.
@@ -175,13 +173,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
     /// A replaced entry becomes the newest. When the table is full, the oldest
     /// entry leaves first and is returned with why: expired if its deadline
     /// has passed, evicted otherwise. With capacity 0 nothing is stored.
-    pub fn insert(
-        &mut self,
-        key: K,
-        value: V,
-        deadline: Instant,
-        now: Instant,
-    ) -> Option<(K, V, Departure)> {
+    pub fn insert(&mut self, key: K, value: V, deadline: Instant, now: Instant) -> Option<(K, V, Departure)> {
         if let Some(i) = self.find(&key) {
             if let Some(s) = self.slot_mut(i) {
                 s.value = value;
@@ -221,9 +213,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
         };
         let hash = self.hash(&key);
         let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index.insert_unique(hash, i, |&j| {
-            slots.get(j as usize).map_or(0, |s| hasher.hash_one(s.key))
-        });
+        self.index.insert_unique(hash, i, |&j| slots.get(j as usize).map_or(0, |s| hasher.hash_one(s.key)));
         self.push_back(i);
         self.len = self.len.saturating_add(1);
         departed

@@ -21,7 +21,8 @@ enum Op {
     Expire,
 }
 
-const REMOTES: [&str; 5] = ["93.184.216.34:443", "93.184.216.34:23", "10.1.1.1:80", "[2001:db8::1]:443", "93.184.216.34:22"];
+const REMOTES: [&str; 5] =
+    ["93.184.216.34:443", "93.184.216.34:23", "10.1.1.1:80", "[2001:db8::1]:443", "93.184.216.34:22"];
 const PIDS: [(u64, &str); 5] =
     [(4242, BROWSER), (PROXY_PID, r"\x\ours.exe"), (600, VENDOR_B), (900, VENDOR_C), (777, r"\x\vendord\relay.exe")];
 const FILTERS: [u64; 3] = [OWN_FILTER, 200, 300];
@@ -87,14 +88,18 @@ fn run(ops: &[Op], rules: RuleSet) -> Vec<(Verdict, Reason, Option<std::net::Soc
                 let state = RedirectState::from_u8(*state).unwrap();
                 let mut input = s.connect(state);
                 input.write_right = *write;
-                input.previous = PreviousChain::from_entries(chain.iter().map(|&(f, h)| PreviousEntry {
-                    filter: FILTERS[usize::from(f)],
-                    local_redirect_handle: h,
-                }));
+                input.previous = PreviousChain::from_entries(
+                    chain
+                        .iter()
+                        .map(|&(f, h)| PreviousEntry { filter: FILTERS[usize::from(f)], local_redirect_handle: h }),
+                );
                 let d = a.decide_connect_redirect(&input, ms(now));
                 // Invariant 1.
                 if d.verdict == Verdict::Proxy {
-                    assert!(!matches!(state, RedirectState::RedirectedBySelf | RedirectState::PreviouslyRedirectedBySelf));
+                    assert!(!matches!(
+                        state,
+                        RedirectState::RedirectedBySelf | RedirectState::PreviouslyRedirectedBySelf
+                    ));
                     assert_ne!(s.pid, PROXY_PID, "never proxy our own proxy");
                     assert!(*write, "never proxy without the write right");
                     assert!(d.redirect.is_some());
@@ -109,7 +114,9 @@ fn run(ops: &[Op], rules: RuleSet) -> Vec<(Verdict, Reason, Option<std::net::Soc
                     blocks.insert(s.endpoint, (d.reason, now + 60_000));
                 } else if d.reason != Reason::ModifiedBySelf && d.reason != Reason::NoWriteRight {
                     // A later decision for the endpoint that caches something else replaces it.
-                    if a.endpoint_entry(s.endpoint, ms(now)).is_some_and(|e| !matches!(e, arbiter::EndpointEntry::Cached { verdict: arbiter::PermitOrBlock::Block, .. })) {
+                    if a.endpoint_entry(s.endpoint, ms(now)).is_some_and(|e| {
+                        !matches!(e, arbiter::EndpointEntry::Cached { verdict: arbiter::PermitOrBlock::Block, .. })
+                    }) {
                         blocks.remove(&s.endpoint);
                     }
                 }

@@ -52,7 +52,9 @@ fn hex(bytes: &[u8]) -> alloc::string::String {
 fn version_1_bytes_are_stable() {
     let app = WideString::new("a.exe");
     let bytes = fixture_bytes(&app);
-    if std::env::var_os("ARBITER_BLESS").is_some() { std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/src/audit/fixture-v1.hex"), hex(&bytes)).unwrap(); }
+    if std::env::var_os("ARBITER_BLESS").is_some() {
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/src/audit/fixture-v1.hex"), hex(&bytes)).unwrap();
+    }
     assert_eq!(hex(&bytes), FIXTURE_HEX.trim(), "the v1 encoding changed: old audit logs would not decode");
     let (back, used) = AuditRecord::decode(&bytes).unwrap();
     assert_eq!(used, bytes.len());

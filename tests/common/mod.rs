@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 
+use arbiter::Instant;
 use arbiter::arbiter::{Arbiter, Capacities, Config};
-use arbiter::flow::{AuthConnectInput, ConnectRedirectInput, Flow, PreviousChain, PreviousEntry, Protocol, RedirectState};
+use arbiter::flow::{
+    AuthConnectInput, ConnectRedirectInput, Flow, PreviousChain, PreviousEntry, Protocol, RedirectState,
+};
 use arbiter::policy::{Action, Cidr, Glob, LoopPolicy, PermitOrBlock, PortRange, Rule, RuleSet};
 use arbiter::wide::WideString;
-use arbiter::Instant;
 
 pub const OWN_FILTER: u64 = 100;
 pub const PROXY_PID: u64 = 5151;
@@ -46,8 +48,7 @@ pub fn arbiter_with(rules: RuleSet) -> Arbiter<RuleSet> {
     let config = Config { own_filter: OWN_FILTER, ..Config::default() };
     let caps = Capacities { endpoints: 64, destinations: 64, known_proxies: 16 };
     let mut a = Arbiter::new(config, caps, rules).unwrap();
-    a.set_proxy(PROXY_PID, Some("127.0.0.1:34010".parse().unwrap()), Some("[::1]:34010".parse().unwrap()))
-        .unwrap();
+    a.set_proxy(PROXY_PID, Some("127.0.0.1:34010".parse().unwrap()), Some("[::1]:34010".parse().unwrap())).unwrap();
     a
 }
 
@@ -107,7 +108,13 @@ impl Sock {
     }
 
     pub fn connect(&self, state: RedirectState) -> ConnectRedirectInput<'_> {
-        ConnectRedirectInput { flow: self.flow(), state, write_right: true, reauthorize: false, previous: PreviousChain::new() }
+        ConnectRedirectInput {
+            flow: self.flow(),
+            state,
+            write_right: true,
+            reauthorize: false,
+            previous: PreviousChain::new(),
+        }
     }
 
     pub fn connect_with_chain(&self, state: RedirectState, chain: &[(u64, bool)]) -> ConnectRedirectInput<'_> {
