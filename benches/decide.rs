@@ -28,8 +28,10 @@ fn rules() -> RuleSet {
 }
 
 fn flow(app: &WideString, endpoint: u64) -> Flow<'_> {
-    // Spread destinations so the hop table sees many keys.
-    let remote = SocketAddr::from(([93, 184, (endpoint >> 8) as u8, endpoint as u8], 443));
+    // 4,096 distinct destinations: a busy machine's working set of hosts,
+    // enough to keep the hop table's working set out of L1/L2.
+    let d = endpoint % 4096;
+    let remote = SocketAddr::from(([93, 184, (d >> 8) as u8, d as u8], 443));
     Flow {
         protocol: Protocol::TCP,
         local: "10.0.0.5:50000".parse().unwrap(),
@@ -52,7 +54,7 @@ fn main() {
     let batches = std::env::var("ARBITER_BENCH_BATCHES").ok().and_then(|v| v.parse().ok()).unwrap_or(BATCHES_DEFAULT);
     let app = WideString::new(r"\device\harddiskvolume3\apps\browser.exe");
     let config = Config { own_filter: 100, ..Config::default() };
-    let caps = Capacities { endpoints: LIVE, destinations: LIVE, known_proxies: 1024 };
+    let caps = Capacities { endpoints: LIVE, destinations: 16_384, known_proxies: 1024 };
     let mut a = Arbiter::new(config, caps, rules()).unwrap();
     a.set_proxy(5151, Some("127.0.0.1:34010".parse().unwrap()), None).unwrap();
     let bytes_per_endpoint = a.reserved_bytes() as f64 / f64::from(LIVE);

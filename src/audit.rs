@@ -667,9 +667,7 @@ impl<'a> Body<'a> {
         for _ in 0..n {
             let filter = self.u64()?;
             let local_redirect_handle = self.flag("previousVersion handle flag")?;
-            let before = previous.entries().len();
-            previous.push(PreviousEntry { filter, local_redirect_handle });
-            if previous.entries().len() == before {
+            if !previous.push(PreviousEntry { filter, local_redirect_handle }) {
                 return Err(self.bad("previousVersion chain (duplicate or too many entries)"));
             }
         }

@@ -235,7 +235,6 @@ pub fn connect_redirect(
     use RedirectState::{PreviouslyRedirectedBySelf, RedirectedByOther, RedirectedBySelf};
     use Verdict::{Continue, Permit};
     let flow = &input.flow;
-    let chain = input.previous.entries();
 
     // Rows C1..C4 read only the indication: one match on the tuple.
     match (flow.protocol.is_tcp_or_udp(), input.state, input.write_right) {
@@ -265,12 +264,12 @@ pub fn connect_redirect(
     }
     // C5: another vendor is sending this flow to its local proxy right now.
     // Overriding its local redirect handle is what makes two proxies fight.
-    if chain.iter().any(|e| e.filter != env.own_filter && e.local_redirect_handle) {
+    if input.previous.entries().any(|e| e.filter != env.own_filter && e.local_redirect_handle) {
         return Outcome::of(Permit, Reason::LocalProxyOfOther);
     }
     // C6: we modified this flow already in this classification: this is the
     // reauthorization our REAUTHORIZE_IF_MODIFIED_BY_OTHERS asked for.
-    if chain.iter().any(|e| e.filter == env.own_filter) {
+    if input.previous.entries().any(|e| e.filter == env.own_filter) {
         return Outcome::of(Continue, Reason::ModifiedBySelf);
     }
     // C7: our proxy's own outbound without records (it did not propagate, or

@@ -391,24 +391,24 @@ pub const CHAIN_CAPACITY: usize = 16;
 /// handle, so repeated (filter, handle) pairs (a reauthorization loop repeats
 /// them) are stored once and counted. More than [`CHAIN_CAPACITY`] distinct
 /// pairs sets [`PreviousChain::overflowed`], and the core then leaves the flow
-/// alone (`chain-too-long`) rather than guess.
+/// alone (`chain-too-long`) rather than guess. Stored as parallel arrays (the
+/// handle flags as a bit mask) so an input stays small to copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PreviousChain {
-    entries: [PreviousEntry; CHAIN_CAPACITY],
+    filters: [u64; CHAIN_CAPACITY],
+    /// Bit `i` set: entry `i` has a local redirect handle.
+    handles: u16,
     len: u8,
     overflowed: bool,
     walked: u32,
 }
 
+const _: () = assert!(CHAIN_CAPACITY <= 16, "handle flags are a u16 mask");
+
 impl PreviousChain {
     /// The empty chain (no previous version).
     pub const fn new() -> Self {
-        Self {
-            entries: [PreviousEntry { filter: 0, local_redirect_handle: false }; CHAIN_CAPACITY],
-            len: 0,
-            overflowed: false,
-            walked: 0,
-        }
+        Self { filters: [0; CHAIN_CAPACITY], handles: 0, len: 0, overflowed: false, walked: 0 }
     }
 
     /// Builds a chain from entries, newest first.
@@ -420,24 +420,44 @@ impl PreviousChain {
         chain
     }
 
-    /// Adds the next (older) entry of the walk.
-    pub fn push(&mut self, entry: PreviousEntry) {
+    /// Adds the next (older) entry of the walk. Returns false when it was
+    /// already present or did not fit.
+    pub fn push(&mut self, entry: PreviousEntry) -> bool {
         self.walked = self.walked.saturating_add(1);
-        if self.entries().contains(&entry) {
-            return;
+        if self.entries().any(|e| e == entry) {
+            return false;
         }
-        match self.entries.get_mut(usize::from(self.len)) {
+        let i = usize::from(self.len);
+        match self.filters.get_mut(i) {
             Some(slot) => {
-                *slot = entry;
+                *slot = entry.filter;
+                self.handles |= u16::from(entry.local_redirect_handle).checked_shl(u32::from(self.len)).unwrap_or(0);
                 self.len = self.len.saturating_add(1);
+                true
             }
-            None => self.overflowed = true,
+            None => {
+                self.overflowed = true;
+                false
+            }
         }
     }
 
     /// The distinct entries, newest first.
-    pub fn entries(&self) -> &[PreviousEntry] {
-        self.entries.get(..usize::from(self.len)).unwrap_or(&[])
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = PreviousEntry> + '_ {
+        let handles = self.handles;
+        self.filters.get(..usize::from(self.len)).unwrap_or(&[]).iter().zip(0u32..16).map(move |(&filter, i)| {
+            PreviousEntry { filter, local_redirect_handle: handles.checked_shr(i).unwrap_or(0) & 1 != 0 }
+        })
+    }
+
+    /// How many distinct entries are held.
+    pub const fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True for an empty chain.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// More distinct entries were pushed than fit.
@@ -570,12 +590,12 @@ mod tests {
         let mut c = PreviousChain::new();
         c.push(PreviousEntry { filter: 1, local_redirect_handle: true });
         c.push(PreviousEntry { filter: 1, local_redirect_handle: true });
-        assert_eq!(c.entries().len(), 1);
+        assert_eq!(c.len(), 1);
         assert_eq!(c.walked(), 2);
         for f in 0..40 {
             c.push(PreviousEntry { filter: f, local_redirect_handle: false });
         }
         assert!(c.overflowed());
-        assert_eq!(c.entries().len(), CHAIN_CAPACITY);
+        assert_eq!(c.len(), CHAIN_CAPACITY);
     }
 }

@@ -85,8 +85,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
     /// Bytes this table holds, reserved ahead of time.
     pub fn reserved_bytes(&self) -> usize {
         let slot = size_of::<Slot<K, V>>();
-        let index = self.index.capacity().saturating_mul(size_of::<u32>().saturating_add(1));
-        self.slots.capacity().saturating_mul(slot).saturating_add(index)
+        self.slots.capacity().saturating_mul(slot).saturating_add(self.index.allocation_size())
     }
 
     fn hash(&self, key: &K) -> u64 {

@@ -1,0 +1,7 @@
+//! Audit records: any bytes decode or fail cleanly; whatever decodes
+//! re-encodes to itself and replays.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    arbiter::audit::fuzz_decode(data);
+});
