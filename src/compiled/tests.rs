@@ -1,0 +1,491 @@
+//! The compiled matcher against the reference scan, and the blob codec.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use proptest::prelude::*;
+
+use super::CompiledRules;
+use super::blob::{self, BlobError, HEADER_LEN};
+use crate::arbiter::{Arbiter, Capacities, Config};
+use crate::flow::{AppId, Flow, Protocol, SidBuf, fold_unit};
+use crate::policy::{Action, Cidr, Glob, LoopPolicy, PermitOrBlock, Policy, PortRange, ProxyListeners, Rule, RuleSet};
+use crate::time::Duration;
+use crate::wide::WideString;
+
+const SIDS: [&str; 3] =
+    ["S-1-15-2-1430448594-2639229838-973813799-439329657-1197984847-4069523365-4100528453", "S-1-15-2-1", "S-1-5-18"];
+
+fn sid(i: usize) -> SidBuf {
+    SidBuf::parse(SIDS[i % SIDS.len()]).unwrap()
+}
+
+// ---------------------------------------------------------------- strategies
+
+fn v4() -> impl Strategy<Value = Ipv4Addr> {
+    prop_oneof![
+        prop::sample::select(vec![
+            Ipv4Addr::new(10, 0, 0, 0),
+            Ipv4Addr::new(10, 1, 0, 0),
+            Ipv4Addr::new(10, 1, 2, 3),
+            Ipv4Addr::new(10, 1, 2, 255),
+            Ipv4Addr::new(192, 168, 1, 1),
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(0, 0, 0, 0),
+            Ipv4Addr::new(255, 255, 255, 255),
+        ]),
+        any::<u32>().prop_map(Ipv4Addr::from),
+    ]
+}
+
+fn v6() -> impl Strategy<Value = Ipv6Addr> {
+    prop_oneof![
+        prop::sample::select(vec![
+            Ipv6Addr::UNSPECIFIED,
+            Ipv6Addr::LOCALHOST,
+            "fe80::1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8:1::".parse().unwrap(),
+            Ipv6Addr::from(u128::MAX),
+        ]),
+        any::<u128>().prop_map(Ipv6Addr::from),
+    ]
+}
+
+fn cidr() -> impl Strategy<Value = Cidr> {
+    prop_oneof![
+        (v4(), 0u8..=34).prop_map(|(a, p)| Cidr { addr: IpAddr::V4(a), prefix: p }),
+        (v6(), 0u8..=130).prop_map(|(a, p)| Cidr { addr: IpAddr::V6(a), prefix: p }),
+    ]
+}
+
+fn port() -> impl Strategy<Value = u16> {
+    prop_oneof![prop::sample::select(vec![0u16, 1, 53, 79, 80, 81, 443, 4095, 4096, 8000, 8999, 65535]), any::<u16>()]
+}
+
+fn port_range() -> impl Strategy<Value = PortRange> {
+    prop_oneof![
+        port().prop_map(|p| PortRange { lo: p, hi: p }),
+        (port(), port()).prop_map(|(lo, hi)| PortRange { lo, hi }),
+    ]
+}
+
+fn pattern() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(vec!['a', 'b', 'A', '\\', '*', '?', 'é', 'É']), 0..7)
+        .prop_map(|c| c.into_iter().collect())
+}
+
+fn subject() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(vec!['a', 'b', 'B', '\\', 'é', 'É']), 0..9)
+        .prop_map(|c| c.into_iter().collect())
+}
+
+fn globs() -> impl Strategy<Value = Vec<Glob>> {
+    prop::collection::vec(pattern().prop_map(|p| Glob::new(&p).unwrap()), 0..3)
+}
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop::sample::select(vec![Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(58)])
+}
+
+fn rule() -> impl Strategy<Value = Rule> {
+    (
+        prop::sample::select(vec![Action::Proxy, Action::Block, Action::Bypass]),
+        prop::option::weighted(0.5, protocol()),
+        prop::collection::vec(cidr(), 0..3),
+        prop::collection::vec(port_range(), 0..3),
+        globs(),
+        prop::collection::vec(pattern().prop_map(|p| Glob::new(&p).unwrap()), 0..2),
+        prop::collection::vec((0usize..3).prop_map(sid), 0..2),
+    )
+        .prop_map(|(action, protocol, remote, remote_ports, app, original_app, package)| Rule {
+            name: String::from("r"),
+            action,
+            protocol,
+            remote,
+            remote_ports,
+            app,
+            original_app,
+            package,
+        })
+}
+
+fn rule_set() -> impl Strategy<Value = RuleSet> {
+    (prop::collection::vec(rule(), 0..40), globs(), globs()).prop_map(|(rules, trust, known_proxies)| RuleSet {
+        rules,
+        trust,
+        known_proxies,
+        ..RuleSet::default()
+    })
+}
+
+#[derive(Clone, Debug)]
+struct FlowSpec {
+    protocol: Protocol,
+    remote: SocketAddr,
+    app: WideString,
+    original_app: WideString,
+    package: Option<SidBuf>,
+}
+
+impl FlowSpec {
+    fn flow(&self) -> Flow<'_> {
+        Flow {
+            protocol: self.protocol,
+            local: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 50000)),
+            remote: self.remote,
+            endpoint: 1,
+            pid: 42,
+            app: self.app.app_id(),
+            original_app: self.original_app.app_id(),
+            package: self.package.as_ref().map(SidBuf::as_sid),
+        }
+    }
+}
+
+fn flow_spec() -> impl Strategy<Value = FlowSpec> {
+    (
+        protocol(),
+        prop_oneof![
+            (v4(), port()).prop_map(|(a, p)| SocketAddr::V4(SocketAddrV4::new(a, p))),
+            (v6(), port()).prop_map(|(a, p)| SocketAddr::V6(SocketAddrV6::new(a, p, 0, 0))),
+        ],
+        subject(),
+        subject(),
+        prop::option::of((0usize..4).prop_map(|i| if i == 3 { SidBuf::parse("S-1-15-2-99").unwrap() } else { sid(i) })),
+    )
+        .prop_map(|(protocol, remote, app, original_app, package)| FlowSpec {
+            protocol,
+            remote,
+            app: WideString::new(&app),
+            original_app: WideString::new(&original_app),
+            package,
+        })
+}
+
+fn assert_same(rs: &RuleSet, compiled: &CompiledRules, spec: &FlowSpec) {
+    let flow = spec.flow();
+    assert_eq!(compiled.first_match(&flow), rs.first_match(&flow), "first_match for {spec:?}");
+    assert_eq!(compiled.is_trusted(&flow.app), rs.is_trusted(&flow.app), "is_trusted for {spec:?}");
+    assert_eq!(compiled.is_known_proxy(&flow.app), rs.is_known_proxy(&flow.app), "is_known_proxy for {spec:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 512 }, ..ProptestConfig::default() })]
+
+    /// The compiled matcher answers exactly as the reference scan.
+    #[test]
+    fn compiled_equals_naive(rs in rule_set(), flows in prop::collection::vec(flow_spec(), 1..24)) {
+        let compiled = CompiledRules::compile(&rs).unwrap();
+        for spec in &flows {
+            assert_same(&rs, &compiled, spec);
+        }
+    }
+
+    /// Flows drawn from the rules' own values hit rules far more often than
+    /// random ones do.
+    #[test]
+    fn compiled_equals_naive_on_rule_values(rs in rule_set(), picks in prop::collection::vec((any::<usize>(), any::<usize>(), subject()), 1..24)) {
+        let compiled = CompiledRules::compile(&rs).unwrap();
+        for (i, j, app) in picks {
+            let Some(rule) = rs.rules.get(i % rs.rules.len().max(1)) else { continue };
+            let ip = rule.remote.get(j % rule.remote.len().max(1)).map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.addr);
+            let port = rule.remote_ports.get(j % rule.remote_ports.len().max(1)).map_or(80, |r| r.hi);
+            let spec = FlowSpec {
+                protocol: rule.protocol.unwrap_or(Protocol::UDP),
+                remote: SocketAddr::new(ip, port),
+                app: WideString::new(&app),
+                original_app: WideString::new(&app),
+                package: rule.package.first().copied(),
+            };
+            assert_same(&rs, &compiled, &spec);
+        }
+    }
+
+    /// A valid rule set survives the blob unchanged, its id the checksum.
+    #[test]
+    fn blob_round_trip(rs in rule_set()) {
+        let rs = sanitized(rs);
+        let bytes = blob::encode(&rs).unwrap();
+        let back = blob::decode_rule_set(&bytes).unwrap();
+        prop_assert_eq!(back.id, blob::crc32(&bytes[HEADER_LEN..]));
+        prop_assert_eq!(&back, &RuleSet { id: back.id, ..rs.clone() });
+        prop_assert_eq!(blob::encode(&back).unwrap(), bytes.clone());
+        blob::fuzz_decode(&bytes);
+    }
+
+    /// Any byte string: no panic, and whatever is accepted re-encodes to itself.
+    #[test]
+    fn decode_never_panics(data in prop::collection::vec(any::<u8>(), 0..256)) {
+        blob::fuzz_decode(&data);
+    }
+
+    /// Mutations of valid blobs, with the checksum fixed up so the payload parser is reached.
+    #[test]
+    fn decode_survives_mutations(rs in rule_set(), at in any::<usize>(), byte in any::<u8>(), cut in any::<usize>()) {
+        let mut bytes = blob::encode(&sanitized(rs)).unwrap();
+        let at = HEADER_LEN + at % (bytes.len() - HEADER_LEN).max(1);
+        if let Some(b) = bytes.get_mut(at) { *b = byte; }
+        let cut = HEADER_LEN + cut % (bytes.len() - HEADER_LEN + 1);
+        bytes.truncate(cut);
+        let len = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+        let crc = blob::crc32(&bytes[HEADER_LEN..]);
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        blob::fuzz_decode(&bytes);
+    }
+}
+
+/// What the front end would produce: prefixes within the family, ranges not inverted.
+fn sanitized(mut rs: RuleSet) -> RuleSet {
+    for r in &mut rs.rules {
+        for c in &mut r.remote {
+            c.prefix = c.prefix.min(if c.addr.is_ipv4() { 32 } else { 128 });
+        }
+        for p in &mut r.remote_ports {
+            if p.lo > p.hi {
+                core::mem::swap(&mut p.lo, &mut p.hi);
+            }
+        }
+    }
+    rs.proxy = ProxyListeners {
+        v4: Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 34010)),
+        v6: Some(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 34010, 0, 0)),
+    };
+    rs.loop_policy = LoopPolicy {
+        revisit: PermitOrBlock::Block,
+        on_loop: PermitOrBlock::Permit,
+        max_hops: 4,
+        hop_window: Duration::from_millis(2500),
+    };
+    rs
+}
+
+// ---------------------------------------------------------------- fixed cases
+
+/// A tiny deterministic generator for the large cases.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn many_blocks_agree_with_naive() {
+    // 5,000 rules span three blocks; most flows match late or not at all.
+    let mut g = XorShift(0x1234_5678_9abc_def1);
+    let mut rules = Vec::new();
+    for i in 0..5000u32 {
+        let mut r = Rule::any("r", [Action::Proxy, Action::Block, Action::Bypass][(i % 3) as usize]);
+        if g.below(3) > 0 {
+            r.protocol = Some([Protocol::TCP, Protocol::UDP][g.below(2) as usize]);
+        }
+        if g.below(4) > 0 {
+            let a = Ipv4Addr::from((10u32 << 24) | (g.below(256) as u32) << 16 | (g.below(256) as u32) << 8);
+            r.remote.push(Cidr { addr: IpAddr::V4(a), prefix: [8, 16, 24, 32][g.below(4) as usize] });
+        }
+        if g.below(2) > 0 {
+            let lo = g.below(2000) as u16;
+            r.remote_ports.push(PortRange { lo, hi: lo + g.below(50) as u16 });
+        }
+        if g.below(2) > 0 {
+            r.app.push(Glob::new(&alloc::format!("*\\app{}.exe", g.below(200))).unwrap());
+        }
+        rules.push(r);
+    }
+    let rs = RuleSet { rules, ..RuleSet::default() };
+    let compiled = CompiledRules::compile(&rs).unwrap();
+    let mut hits = 0;
+    for _ in 0..3000 {
+        let ip = Ipv4Addr::from((10u32 << 24) | (g.below(256) as u32) << 16 | (g.below(256) as u32) << 8 | 7);
+        let spec = FlowSpec {
+            protocol: [Protocol::TCP, Protocol::UDP][g.below(2) as usize],
+            remote: SocketAddr::V4(SocketAddrV4::new(ip, g.below(2100) as u16)),
+            app: WideString::new(&alloc::format!("\\device\\x\\APP{}.exe", g.below(220))),
+            original_app: WideString::new("x"),
+            package: None,
+        };
+        assert_same(&rs, &compiled, &spec);
+        hits += usize::from(rs.first_match(&spec.flow()).is_some());
+    }
+    assert!(hits > 100, "the case must exercise matches too ({hits})");
+}
+
+#[test]
+fn too_many_matching_globs_still_exact() {
+    // 100 distinct globs all match the app; each rule also pins one port, so
+    // the answer depends on which glob-holding rule the port selects.
+    let mut rules = Vec::new();
+    for i in 0..100u16 {
+        let mut r = Rule::any("g", Action::Proxy);
+        r.app.push(Glob::new(&"*".repeat(usize::from(i) + 1)).unwrap());
+        r.remote_ports.push(PortRange { lo: 1000 + i, hi: 1000 + i });
+        rules.push(r);
+    }
+    let mut miss = Rule::any("never", Action::Block);
+    miss.app.push(Glob::new("zzz*").unwrap());
+    rules.insert(0, miss);
+    let rs = RuleSet { rules, ..RuleSet::default() };
+    let compiled = CompiledRules::compile(&rs).unwrap();
+    for port in [999u16, 1000, 1050, 1099, 1100] {
+        let spec = FlowSpec {
+            protocol: Protocol::TCP,
+            remote: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(1, 2, 3, 4), port)),
+            app: WideString::new("abc"),
+            original_app: WideString::new("abc"),
+            package: None,
+        };
+        assert_same(&rs, &compiled, &spec);
+    }
+}
+
+#[test]
+fn folding_is_idempotent() {
+    // The blob stores folded glob units and re-folds them on decode.
+    for u in 0..=u16::MAX {
+        assert_eq!(fold_unit(fold_unit(u)), fold_unit(u), "unit {u:#06x}");
+    }
+}
+
+#[test]
+fn empty_rule_set_matches_nothing() {
+    let rs = RuleSet::default();
+    let compiled = CompiledRules::compile(&rs).unwrap();
+    let spec = FlowSpec {
+        protocol: Protocol::TCP,
+        remote: "1.2.3.4:80".parse().unwrap(),
+        app: WideString::new("a"),
+        original_app: WideString::new("a"),
+        package: None,
+    };
+    assert_eq!(compiled.first_match(&spec.flow()), None);
+    assert!(!compiled.is_trusted(&AppId::EMPTY));
+}
+
+// ---------------------------------------------------------------- blobs
+
+fn web_rules(port: u16) -> RuleSet {
+    let mut web = Rule::any("web", Action::Proxy);
+    web.protocol = Some(Protocol::TCP);
+    web.remote_ports = vec![PortRange { lo: port, hi: port }];
+    web.app = vec![Glob::new(r"*\browser.exe").unwrap()];
+    web.package = vec![sid(0)];
+    let mut local = Rule::any("loopback", Action::Bypass);
+    local.remote = vec![Cidr { addr: "127.0.0.0".parse().unwrap(), prefix: 8 }];
+    sanitized(RuleSet {
+        rules: vec![local, web],
+        trust: vec![Glob::new(r"*\vendorb\proxy.exe").unwrap()],
+        ..RuleSet::default()
+    })
+}
+
+fn with_id(rs: RuleSet) -> RuleSet {
+    let id = blob::rule_set_id(&rs).unwrap();
+    RuleSet { id, ..rs }
+}
+
+#[test]
+fn blob_round_trip_fixed() {
+    let rs = with_id(web_rules(443));
+    let bytes = blob::encode(&rs).unwrap();
+    assert_eq!(&bytes[..4], b"ARBR");
+    assert_eq!(blob::decode_rule_set(&bytes).unwrap(), rs);
+    let compiled = blob::decode(&bytes).unwrap();
+    assert_eq!(compiled.id(), rs.id);
+    assert_ne!(rs.id, 0);
+    assert_eq!(compiled.proxy(), rs.proxy);
+    assert_eq!(compiled.loop_policy(), rs.loop_policy);
+}
+
+#[test]
+fn truncated_and_flipped_blobs_are_rejected() {
+    let bytes = blob::encode(&web_rules(443)).unwrap();
+    let payload = u32::try_from(bytes.len() - HEADER_LEN).unwrap();
+    assert_eq!(blob::decode(&bytes[..10]).unwrap_err(), BlobError::TooShort { len: 10 });
+    assert_eq!(
+        blob::decode(&bytes[..bytes.len() - 1]).unwrap_err(),
+        BlobError::LengthMismatch { declared: payload, actual: payload as usize - 1 }
+    );
+    for at in HEADER_LEN..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        assert!(
+            matches!(blob::decode(&bad), Err(BlobError::ChecksumMismatch { .. })),
+            "a flipped payload byte at {at} must fail the checksum"
+        );
+    }
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert_eq!(blob::decode(&bad).unwrap_err(), BlobError::BadMagic);
+    let mut bad = bytes.clone();
+    bad[4] = 9;
+    assert_eq!(blob::decode(&bad).unwrap_err(), BlobError::UnsupportedVersion { version: 9 });
+    let msg = alloc::format!("{}", blob::decode(&bytes[..bytes.len() - 1]).unwrap_err());
+    assert!(msg.starts_with("offset 8:"), "{msg}");
+}
+
+#[test]
+fn forged_counts_do_not_reserve_past_the_blob() {
+    // A valid header around a payload whose rule count claims four billion rules.
+    let mut bytes = blob::encode(&RuleSet::default()).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+    let crc = blob::crc32(&bytes[HEADER_LEN..]);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(
+        blob::decode(&bytes).unwrap_err(),
+        BlobError::Invalid { offset: n - 4, what: "count exceeds the bytes left in the blob" }
+    );
+}
+
+#[test]
+fn failed_swap_leaves_old_rules_in_force() {
+    let old = with_id(web_rules(443));
+    let new = with_id(web_rules(8080));
+    let compiled = CompiledRules::compile(&old).unwrap();
+    let mut arbiter =
+        Arbiter::new(Config::default(), Capacities { endpoints: 8, destinations: 8, known_proxies: 8 }, compiled)
+            .unwrap();
+    let app = WideString::new(r"\device\harddiskvolume3\apps\Browser.exe");
+    let package = sid(0);
+    let flow = |port| Flow {
+        protocol: Protocol::TCP,
+        local: "10.0.0.5:50000".parse().unwrap(),
+        remote: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(93, 184, 216, 34), port)),
+        endpoint: 1,
+        pid: 7,
+        app: app.app_id(),
+        original_app: app.app_id(),
+        package: Some(package.as_sid()),
+    };
+    let good = blob::encode(&new).unwrap();
+
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 3);
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    for bad in [&truncated, &flipped] {
+        let err = blob::swap_blob(&mut arbiter, bad, [1, 2, 3, 4]).unwrap_err();
+        assert!(matches!(err, BlobError::LengthMismatch { .. } | BlobError::ChecksumMismatch { .. }), "{err}");
+        assert_eq!(arbiter.policy().id(), old.id, "old rules stay in force");
+        assert_eq!(arbiter.policy().first_match(&flow(443)).map(|h| h.index), Some(1));
+        assert_eq!(arbiter.policy().first_match(&flow(8080)), None);
+    }
+
+    let previous = blob::swap_blob(&mut arbiter, &good, [1, 2, 3, 4]).unwrap();
+    assert_eq!(previous.id(), old.id);
+    assert_eq!(arbiter.policy().id(), new.id);
+    assert_eq!(arbiter.policy().first_match(&flow(443)), None);
+    assert_eq!(arbiter.policy().first_match(&flow(8080)).map(|h| h.index), Some(1));
+}
