@@ -1,1 +1,16 @@
-//! arbiter-lab: placeholder until its issue lands.
+//! # arbiter-lab: the interop lab and the fixture replayer
+//!
+//! A deterministic model of the WFP redirect machinery (lab.md) that runs the
+//! real policy core next to models of other vendors' drivers, and the
+//! redirect-chain fixtures (formats.md) that record and replay what the core
+//! was asked.
+//!
+//! - [`fixture`]: the fixture format: parse with positions, validate, write.
+//! - [`replay`]: run a fixture against a fresh [`arbiter::Arbiter`].
+//! - [`rules`]: load rule sets (delegates to the rules crate).
+
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
+
+pub mod fixture;
+pub mod replay;
+pub mod rules;

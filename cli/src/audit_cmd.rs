@@ -1,0 +1,17 @@
+//! `arbiter audit FILE`: decode and check driver audit logs.
+
+use crate::EXIT_BAD_INPUT;
+
+/// `arbiter audit` options.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: &Args) -> u8 {
+    let _ = args.json;
+    eprintln!("arbiter audit: not implemented yet");
+    EXIT_BAD_INPUT
+}

@@ -1,1 +1,0 @@
-//! arbiter-cli: placeholder until its issue lands.
