@@ -8,9 +8,17 @@
 //! - [`fixture`]: the fixture format: parse with positions, validate, write.
 //! - [`replay`]: run a fixture against a fresh [`arbiter::Arbiter`].
 //! - [`rules`]: load rule sets (delegates to the rules crate).
+//! - [`engine`]: the WFP engine model.
+//! - [`profiles`]: peer vendor profiles.
+//! - [`ours`]: the real core behind the engine's callout seam.
+//! - [`scenario`]: scenarios, the matrix, and the [`scenario::Lab`] harness.
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
+pub mod engine;
 pub mod fixture;
+pub mod ours;
+pub mod profiles;
 pub mod replay;
 pub mod rules;
+pub mod scenario;
