@@ -22,8 +22,11 @@ use crate::types::{GUID, HANDLE, NTSTATUS};
 #[link(name = "fwpkclnt.sys", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
     /// `FwpsCalloutRegister3`.
-    pub fn FwpsCalloutRegister3(deviceObject: *mut c_void, callout: *const FWPS_CALLOUT3, calloutId: *mut u32)
-    -> NTSTATUS;
+    pub fn FwpsCalloutRegister3(
+        deviceObject: *mut c_void,
+        callout: *const FWPS_CALLOUT3,
+        calloutId: *mut u32,
+    ) -> NTSTATUS;
     /// `FwpsCalloutUnregisterById0`.
     pub fn FwpsCalloutUnregisterById0(calloutId: u32) -> NTSTATUS;
     /// `FwpsRedirectHandleCreate0`.
@@ -37,8 +40,11 @@ unsafe extern "system" {
         redirectContext: *mut *mut c_void,
     ) -> FWPS_CONNECTION_REDIRECT_STATE;
     /// `FwpsAcquireClassifyHandle0`.
-    pub fn FwpsAcquireClassifyHandle0(classifyContext: *mut c_void, reserved: u32, classifyHandle: *mut u64)
-    -> NTSTATUS;
+    pub fn FwpsAcquireClassifyHandle0(
+        classifyContext: *mut c_void,
+        reserved: u32,
+        classifyHandle: *mut u64,
+    ) -> NTSTATUS;
     /// `FwpsReleaseClassifyHandle0`.
     pub fn FwpsReleaseClassifyHandle0(classifyHandle: u64);
     /// `FwpsAcquireWritableLayerDataPointer0`.

@@ -9,7 +9,7 @@
 //!
 //! The crate has no dependencies and builds for any target: the structures
 //! and constants are plain data, so the callout adapter's tests build real
-//! structures on the host. The imported functions ([`imports`]) exist only
+//! structures on the host. The imported functions (module `imports`) exist only
 //! when compiling for Windows, linked with `raw-dylib` against
 //! `fwpkclnt.sys` and `ntoskrnl.exe` so no import library is needed.
 //!

@@ -1,0 +1,566 @@
+//! The classify entry points and the state behind them.
+//!
+//! One [`Callout`] per driver, behind the driver's lock: the core, the audit
+//! ring, our single redirect handle, our filter ids, the pend queue, and the
+//! adapter's own counters. Each entry point reads the indication, asks the
+//! core, audits, and writes the verdict back (`decision-table.md`,
+//! "Verdicts"):
+//!
+//! | verdict | classifyOut | layer data (connect-redirect) |
+//! |---|---|---|
+//! | continue | `FWP_ACTION_CONTINUE` (only with the write right) | applied unchanged, flags 0 |
+//! | permit | `FWP_ACTION_PERMIT`, write right kept (soft) | applied unchanged, REAUTHORIZE_IF_MODIFIED_BY_OTHERS |
+//! | block | `FWP_ACTION_BLOCK`, write right cleared (hard) | applied unchanged, flags 0 |
+//! | proxy | `FWP_ACTION_PERMIT`, write right kept | remote, target PID, our handle, pool context; REAUTHORIZE_IF_MODIFIED_BY_OTHERS |
+//!
+//! Without the write right only a block may be written (a veto); other
+//! verdicts leave `classifyOut` as the engine gave it. A filter carrying
+//! `FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT` gets its permits hard, as
+//! FWPS_CALLOUT_CLASSIFY_FN3's page requires.
+//!
+//! An indication that cannot be read is left alone (nothing written) and
+//! counted; so is one whose layer data cannot be acquired, because without
+//! the previousVersion chain rows C5/C6 cannot be ruled out.
+
+use core::ffi::c_void;
+use core::ptr::NonNull;
+
+use arbiter::context::CONTEXT_LEN;
+use arbiter::control::AuditRing;
+use arbiter::flow::{AuthConnectInput, ConnectRedirectInput, PreviousChain, RedirectState};
+use arbiter::{Arbiter, Decision, Instant, OutOfMemory, Policy, Reason, RedirectTarget, Verdict};
+use wfp_ffi::{
+    FWP_ACTION_BLOCK, FWP_ACTION_CONTINUE, FWP_ACTION_PERMIT, FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED,
+    FWP_CONDITION_FLAG_IS_REAUTHORIZE, FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS,
+    FWPS_CLASSIFY_OUT_FLAG_ABSORB, FWPS_CLASSIFY_OUT0, FWPS_CONNECT_REQUEST0, FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT,
+    FWPS_FILTER3, FWPS_INCOMING_METADATA_VALUES0, FWPS_INCOMING_VALUES0, FWPS_RIGHT_ACTION_WRITE, HANDLE,
+};
+
+use crate::fwps::Fwps;
+use crate::pend::{Fallback, OwnedFlow, PendConfig, PendQueue, Pended};
+pub use crate::read::Family;
+use crate::read::{Indexes, Indication, ReadError, walk_chain};
+use crate::sockaddr::write_storage;
+
+/// The filter id the core is configured with (`Config::own_filter`).
+///
+/// WFP gives our connect-redirect filters two run-time ids (V4 and V6) that
+/// change whenever BFE restarts, while the core compares one fixed id. The
+/// adapter maps whichever of our ids appears in a previousVersion chain to
+/// this constant, so audit records and replays stay stable. It is not a
+/// valid LUID-based filter id, and 0 (which a chain's unmodified original
+/// may carry) is deliberately not used.
+pub const OWN_FILTER: u64 = 0x4152_4249_5445_5201;
+
+/// Start-up configuration of the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CalloutConfig {
+    /// Bytes reserved for the audit ring.
+    pub ring_bytes: usize,
+    /// Hold classifications while no proxy is registered (`None`: never).
+    pub pend: Option<PendConfig>,
+}
+
+impl Default for CalloutConfig {
+    fn default() -> Self {
+        Self { ring_bytes: 1 << 20, pend: Some(PendConfig::default()) }
+    }
+}
+
+/// The adapter's own counters (the core keeps its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdapterCounters {
+    /// Indications left alone because a field could not be read.
+    pub malformed: u64,
+    /// Classify handle or writable layer data not granted: left alone.
+    pub acquire_failed: u64,
+    /// A redirect context could not be allocated: not redirected.
+    pub context_alloc_failed: u64,
+    /// Classifications held.
+    pub pended: u64,
+    /// Could not be held: queue full, app id too long, or FwpsPendClassify0 failed.
+    pub pend_refused: u64,
+    /// Held classifications decided again after the proxy registered.
+    pub pend_completed: u64,
+    /// Held classifications completed with the fallback verdict.
+    pub pend_timed_out: u64,
+    /// ALE_ENDPOINT_CLOSURE indications seen.
+    pub closures: u64,
+    /// Closures that dropped an endpoint entry.
+    pub forgotten: u64,
+}
+
+/// The raw classifyFn3 arguments the adapter reads.
+#[derive(Clone, Copy, Debug)]
+pub struct RawClassify {
+    /// `inFixedValues`.
+    pub values: *const FWPS_INCOMING_VALUES0,
+    /// `inMetaValues`.
+    pub meta: *const FWPS_INCOMING_METADATA_VALUES0,
+    /// `classifyContext`.
+    pub classify_context: *const c_void,
+    /// `filter`.
+    pub filter: *const FWPS_FILTER3,
+    /// `classifyOut`.
+    pub classify_out: *mut FWPS_CLASSIFY_OUT0,
+}
+
+/// Acquired classify handle and writable connect request, until applied.
+#[derive(Clone, Copy)]
+struct Held {
+    handle: u64,
+    request: NonNull<FWPS_CONNECT_REQUEST0>,
+}
+
+/// The driver's callout state.
+pub struct Callout<P> {
+    arbiter: Arbiter<P>,
+    ring: AuditRing,
+    /// Our one redirect handle (FwpsRedirectHandleCreate0), as an address.
+    redirect_handle: usize,
+    /// Our connect-redirect filters' run-time ids (V4, V6).
+    own_filters: [u64; 2],
+    pend: Option<PendQueue>,
+    counters: AdapterCounters,
+}
+
+impl<P> core::fmt::Debug for Callout<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Callout").field("counters", &self.counters).finish_non_exhaustive()
+    }
+}
+
+impl<P: Policy> Callout<P> {
+    /// Reserves the ring and the pend queue. The arbiter must be configured
+    /// with `own_filter` = [`OWN_FILTER`].
+    pub fn new(arbiter: Arbiter<P>, config: CalloutConfig) -> Result<Self, OutOfMemory> {
+        Ok(Self {
+            arbiter,
+            ring: AuditRing::new(config.ring_bytes)?,
+            redirect_handle: 0,
+            own_filters: [0; 2],
+            pend: config.pend.map(PendQueue::new).transpose()?,
+            counters: AdapterCounters::default(),
+        })
+    }
+
+    /// Sets our single redirect handle (created once at start-up).
+    pub fn set_redirect_handle(&mut self, handle: HANDLE) {
+        self.redirect_handle = handle.expose_provenance();
+    }
+
+    fn redirect_handle(&self) -> HANDLE {
+        core::ptr::with_exposed_provenance_mut(self.redirect_handle)
+    }
+
+    /// Sets our connect-redirect filters' run-time ids (after every filter add).
+    pub fn set_own_filters(&mut self, v4: u64, v6: u64) {
+        self.own_filters = [v4, v6];
+    }
+
+    /// The core.
+    pub const fn arbiter(&self) -> &Arbiter<P> {
+        &self.arbiter
+    }
+
+    /// The core, mutably (rules and proxy changes).
+    pub const fn arbiter_mut(&mut self) -> &mut Arbiter<P> {
+        &mut self.arbiter
+    }
+
+    /// The audit ring.
+    pub const fn ring(&self) -> &AuditRing {
+        &self.ring
+    }
+
+    /// The core and the ring together (for the control protocol's `Station`).
+    pub const fn parts_mut(&mut self) -> (&mut Arbiter<P>, &mut AuditRing) {
+        (&mut self.arbiter, &mut self.ring)
+    }
+
+    /// The adapter's counters.
+    pub const fn counters(&self) -> &AdapterCounters {
+        &self.counters
+    }
+
+    /// Classifications held right now.
+    pub fn held(&self) -> usize {
+        self.pend.as_ref().map_or(0, PendQueue::len)
+    }
+
+    fn audit(&mut self, decision: &Decision<'_>) {
+        self.ring.push_record(&decision.audit);
+        for d in decision.departures.iter() {
+            self.ring.push_record(&d.record());
+        }
+    }
+
+    /// Expires the core's tables, auditing what it reports.
+    pub fn tick(&mut self, now: Instant) {
+        let ring = &mut self.ring;
+        self.arbiter.expire(now, |d| {
+            ring.push_record(&d.record());
+        });
+    }
+
+    fn malformed(&mut self, _why: ReadError) {
+        self.counters.malformed = self.counters.malformed.saturating_add(1);
+    }
+
+    /// FWPM_LAYER_ALE_CONNECT_REDIRECT_V4/V6 classifyFn.
+    ///
+    /// # Safety
+    ///
+    /// `raw` must hold the arguments WFP passed to this classifyFn (each
+    /// pointer null or valid), and the call must happen before classifyFn
+    /// returns. `fwps` must act on that classify.
+    pub unsafe fn classify_connect_redirect<F: Fwps>(
+        &mut self,
+        fwps: &mut F,
+        family: Family,
+        raw: &RawClassify,
+        now: Instant,
+    ) {
+        // SAFETY: valid for the classify (contract).
+        let Some(out) = (unsafe { raw.classify_out.as_mut() }) else { return };
+        // SAFETY: valid for the classify (contract).
+        let Some(filter) = (unsafe { raw.filter.as_ref() }) else { return };
+        self.tick(now);
+        // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
+        let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::connect_redirect(family)) }
+            .and_then(|ind| Ok((ind, ind.flow()?, ind.flags()?)));
+        let (ind, flow, flags) = match read {
+            Ok(r) => r,
+            Err(e) => return self.malformed(e),
+        };
+        let state = match ind.redirect_records() {
+            Some(records) => {
+                let raw_state = fwps.query_redirect_state(records, self.redirect_handle());
+                match u8::try_from(raw_state).ok().and_then(RedirectState::from_u8) {
+                    Some(s) => s,
+                    None => {
+                        return self.malformed(ReadError {
+                            field: "FwpsQueryConnectionRedirectState0",
+                            kind: crate::read::ReadErrorKind::BadRedirectState(raw_state),
+                        });
+                    }
+                }
+            }
+            None => RedirectState::NotRedirected,
+        };
+        let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
+        // With the write right we may change the flow: take the layer data
+        // now, for the chain (C5/C6), the permit's apply and the rewrite.
+        let held = if write_right {
+            match acquire(fwps, raw.classify_context, filter.filterId, out) {
+                Some(h) => Some(h),
+                None => {
+                    self.counters.acquire_failed = self.counters.acquire_failed.saturating_add(1);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let previous = match held {
+            // SAFETY: the request was just acquired for this classify.
+            Some(h) => match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
+                Ok(c) => c,
+                Err(e) => {
+                    fwps.apply_modified_layer_data(h.handle, h.request, 0);
+                    fwps.release_classify_handle(h.handle);
+                    return self.malformed(e);
+                }
+            },
+            // No write right: the rows that read the chain come after C4.
+            None => PreviousChain::new(),
+        };
+        let input = ConnectRedirectInput {
+            flow,
+            state,
+            write_right,
+            reauthorize: flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0,
+            previous,
+        };
+        let decision = self.arbiter.decide_connect_redirect(&input, now);
+        self.audit(&decision);
+        let Some(h) = held else {
+            // Without the write right only a block may be written.
+            return write_verdict(out, decision.verdict, filter.flags, false);
+        };
+        if decision.reason == Reason::ProxyUnavailable
+            && self.arbiter.proxy().is_none()
+            && self.try_pend(fwps, h, filter, out, &input, now)
+        {
+            return;
+        }
+        self.finish_connect(fwps, h, decision.verdict, decision.redirect, out, filter.flags);
+        fwps.release_classify_handle(h.handle);
+    }
+
+    /// Applies a connect-redirect verdict to acquired layer data and writes
+    /// classifyOut. The caller releases the classify handle (after
+    /// completing, for a pended classify).
+    fn finish_connect<F: Fwps>(
+        &mut self,
+        fwps: &mut F,
+        h: Held,
+        verdict: Verdict,
+        redirect: Option<RedirectTarget>,
+        out: &mut FWPS_CLASSIFY_OUT0,
+        filter_flags: u16,
+    ) {
+        let verdict = match (verdict, redirect) {
+            (Verdict::Proxy, Some(target)) => {
+                if self.rewrite(fwps, h, &target) {
+                    fwps.apply_modified_layer_data(
+                        h.handle,
+                        h.request,
+                        FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS,
+                    );
+                    return write_verdict(out, Verdict::Proxy, filter_flags, true);
+                }
+                // Could not rewrite: the flow goes on unchanged.
+                Verdict::Continue
+            }
+            // The core pairs proxy with a target; without one, change nothing.
+            (Verdict::Proxy, None) => Verdict::Continue,
+            (v, _) => v,
+        };
+        let flags = match verdict {
+            Verdict::Permit => FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS,
+            Verdict::Continue | Verdict::Block | Verdict::Proxy => 0,
+        };
+        fwps.apply_modified_layer_data(h.handle, h.request, flags);
+        write_verdict(out, verdict, filter_flags, true);
+    }
+
+    /// Writes the redirect into the acquired request. On failure nothing is
+    /// changed and nothing is leaked.
+    fn rewrite<F: Fwps>(&mut self, fwps: &mut F, h: Held, target: &RedirectTarget) -> bool {
+        let Ok(pid) = u32::try_from(target.target_pid) else { return false };
+        let Some(context) = fwps.allocate_context(CONTEXT_LEN) else {
+            self.counters.context_alloc_failed = self.counters.context_alloc_failed.saturating_add(1);
+            return false;
+        };
+        let bytes = target.context.encode();
+        // SAFETY: allocate_context returned CONTEXT_LEN writable bytes that
+        // nothing else references; `bytes` is CONTEXT_LEN long.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), context.as_ptr(), CONTEXT_LEN) };
+        let mut request = h.request;
+        // SAFETY: the writable request is ours alone until it is applied.
+        let request = unsafe { request.as_mut() };
+        write_storage(&mut request.remoteAddressAndPort, &target.remote);
+        request.localRedirectTargetPID = pid;
+        request.localRedirectHandle = self.redirect_handle();
+        // Ownership of the context passes to WFP when the data is applied.
+        request.localRedirectContext = context.as_ptr().cast::<c_void>();
+        request.localRedirectContextSize = CONTEXT_LEN;
+        true
+    }
+
+    /// Holds the classification until the proxy registers. False (nothing
+    /// done, layer data still held) when it cannot be held.
+    fn try_pend<F: Fwps>(
+        &mut self,
+        fwps: &mut F,
+        h: Held,
+        filter: &FWPS_FILTER3,
+        out: &mut FWPS_CLASSIFY_OUT0,
+        input: &ConnectRedirectInput<'_>,
+        now: Instant,
+    ) -> bool {
+        let refused = |c: &mut AdapterCounters| c.pend_refused = c.pend_refused.saturating_add(1);
+        let Some(queue) = self.pend.as_mut() else { return false };
+        let deadline = now.saturating_add(queue.config.timeout);
+        let (Some(slot), Some(flow)) = (queue.free_slot(), OwnedFlow::copy(&input.flow)) else {
+            refused(&mut self.counters);
+            return false;
+        };
+        // The data is acquired again at completion; every acquire gets its apply.
+        fwps.apply_modified_layer_data(h.handle, h.request, 0);
+        // Deep copy: `out` lives on the classify's stack.
+        let mut copy = *out;
+        if fwps.pend_classify(h.handle, filter.filterId, &mut copy).is_err() {
+            fwps.release_classify_handle(h.handle);
+            refused(&mut self.counters);
+            // Layer data is applied and the handle gone: leave the flow as it is.
+            write_verdict(out, Verdict::Continue, filter.flags, true);
+            return true;
+        }
+        *slot = Some(Pended {
+            classify_handle: h.handle,
+            filter_id: filter.filterId,
+            filter_flags: filter.flags,
+            classify_out: copy,
+            flow,
+            state: input.state,
+            reauthorize: input.reauthorize,
+            deadline,
+        });
+        // What the engine sees until completion.
+        out.actionType = FWP_ACTION_BLOCK;
+        out.rights &= !FWPS_RIGHT_ACTION_WRITE;
+        out.flags |= FWPS_CLASSIFY_OUT_FLAG_ABSORB;
+        self.counters.pended = self.counters.pended.saturating_add(1);
+        true
+    }
+
+    /// Completes held classifications: all of them once a proxy is
+    /// registered (decided again), and those past their deadline otherwise
+    /// (the fallback verdict). Call after a proxy registers and periodically.
+    pub fn complete_pended<F: Fwps>(&mut self, fwps: &mut F, now: Instant) {
+        let proxy_ready = self.arbiter.proxy().is_some();
+        let Some(fallback) = self.pend.as_ref().map(|q| q.config.fallback) else { return };
+        while let Some(mut p) = self.pend.as_mut().and_then(|q| q.take_next(|p| proxy_ready || now >= p.deadline)) {
+            let held = fwps
+                .acquire_writable_connect_request(p.classify_handle, p.filter_id, &mut p.classify_out)
+                .ok()
+                .map(|request| Held { handle: p.classify_handle, request });
+            let Some(h) = held else {
+                // Without the layer data only the action can be given.
+                self.counters.acquire_failed = self.counters.acquire_failed.saturating_add(1);
+                write_verdict(&mut p.classify_out, fallback_verdict(fallback), p.filter_flags, true);
+                fwps.complete_classify(p.classify_handle, &p.classify_out);
+                fwps.release_classify_handle(p.classify_handle);
+                continue;
+            };
+            if proxy_ready {
+                // SAFETY: the request was just acquired for this classify.
+                let chain = unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) };
+                let flow = p.flow.flow();
+                let decision = match chain {
+                    Ok(previous) => {
+                        let input = ConnectRedirectInput {
+                            flow,
+                            state: p.state,
+                            write_right: true,
+                            reauthorize: p.reauthorize,
+                            previous,
+                        };
+                        let d = self.arbiter.decide_connect_redirect(&input, now);
+                        self.ring.push_record(&d.audit);
+                        for dep in d.departures.iter() {
+                            self.ring.push_record(&dep.record());
+                        }
+                        Some((d.verdict, d.redirect))
+                    }
+                    Err(e) => {
+                        self.malformed(e);
+                        None
+                    }
+                };
+                let (verdict, redirect) = decision.unwrap_or((Verdict::Continue, None));
+                self.finish_connect(fwps, h, verdict, redirect, &mut p.classify_out, p.filter_flags);
+                self.counters.pend_completed = self.counters.pend_completed.saturating_add(1);
+            } else {
+                let verdict = fallback_verdict(fallback);
+                self.finish_connect(fwps, h, verdict, None, &mut p.classify_out, p.filter_flags);
+                self.counters.pend_timed_out = self.counters.pend_timed_out.saturating_add(1);
+            }
+            // Apply, complete with the deep copy, then release.
+            fwps.complete_classify(p.classify_handle, &p.classify_out);
+            fwps.release_classify_handle(p.classify_handle);
+        }
+    }
+
+    /// FWPM_LAYER_ALE_AUTH_CONNECT_V4/V6 classifyFn.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::classify_connect_redirect`].
+    pub unsafe fn classify_auth_connect(&mut self, family: Family, raw: &RawClassify, now: Instant) {
+        // SAFETY: valid for the classify (contract).
+        let Some(out) = (unsafe { raw.classify_out.as_mut() }) else { return };
+        // SAFETY: valid for the classify (contract).
+        let Some(filter) = (unsafe { raw.filter.as_ref() }) else { return };
+        self.tick(now);
+        // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
+        let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::auth_connect(family)) }
+            .and_then(|ind| {
+                let flags = ind.flags()?;
+                Ok(AuthConnectInput {
+                    flow: ind.flow()?,
+                    reauthorize: flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0,
+                    redirected: flags & FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED != 0,
+                    target_pid: ind.target_pid(),
+                    original_destination: ind.original_destination()?,
+                })
+            });
+        let input = match read {
+            Ok(i) => i,
+            Err(e) => return self.malformed(e),
+        };
+        let decision = self.arbiter.decide_auth_connect(&input, now);
+        self.audit(&decision);
+        let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
+        write_verdict(out, decision.verdict, filter.flags, write_right);
+    }
+
+    /// FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4/V6 classifyFn: the socket is gone,
+    /// so is its endpoint entry. classifyOut is left as given.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::classify_connect_redirect`].
+    pub unsafe fn classify_endpoint_closure(&mut self, family: Family, raw: &RawClassify, now: Instant) {
+        self.counters.closures = self.counters.closures.saturating_add(1);
+        // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
+        let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::endpoint_closure(family)) }
+            .and_then(|ind| ind.endpoint());
+        match read {
+            Ok(endpoint) => {
+                if self.arbiter.forget_endpoint(endpoint, now).is_some() {
+                    self.counters.forgotten = self.counters.forgotten.saturating_add(1);
+                }
+            }
+            Err(e) => self.malformed(e),
+        }
+    }
+}
+
+/// Acquires the classify handle and the writable connect request.
+fn acquire<F: Fwps>(
+    fwps: &mut F,
+    classify_context: *const c_void,
+    filter_id: u64,
+    out: &mut FWPS_CLASSIFY_OUT0,
+) -> Option<Held> {
+    let handle = fwps.acquire_classify_handle(classify_context).ok()?;
+    match fwps.acquire_writable_connect_request(handle, filter_id, out) {
+        Ok(request) => Some(Held { handle, request }),
+        Err(_) => {
+            fwps.release_classify_handle(handle);
+            None
+        }
+    }
+}
+
+const fn fallback_verdict(f: Fallback) -> Verdict {
+    match f {
+        Fallback::Continue => Verdict::Continue,
+        Fallback::Permit => Verdict::Permit,
+        Fallback::Block => Verdict::Block,
+    }
+}
+
+/// Writes a verdict into classifyOut (see the module table).
+fn write_verdict(out: &mut FWPS_CLASSIFY_OUT0, verdict: Verdict, filter_flags: u16, write_right: bool) {
+    match (verdict, write_right) {
+        // Hard block: a veto is allowed even without the write right.
+        (Verdict::Block, _) => {
+            out.actionType = FWP_ACTION_BLOCK;
+            out.rights &= !FWPS_RIGHT_ACTION_WRITE;
+        }
+        // Without the write right nothing else may be written.
+        (_, false) => {}
+        (Verdict::Continue, true) => out.actionType = FWP_ACTION_CONTINUE,
+        // Soft permit, unless the filter asks for its write right cleared.
+        (Verdict::Permit | Verdict::Proxy, true) => {
+            out.actionType = FWP_ACTION_PERMIT;
+            if filter_flags & FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT != 0 {
+                out.rights &= !FWPS_RIGHT_ACTION_WRITE;
+            }
+        }
+    }
+}
