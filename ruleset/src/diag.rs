@@ -142,7 +142,15 @@ impl Diagnostic {
         let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
         let mut out = String::new();
         if handler.render_report(&mut out, &view).is_err() {
-            out = format!("{}:{}:{}: {}[{}]: {}\n", self.origin, self.line, self.col, self.severity.name(), self.code, self.message);
+            out = format!(
+                "{}:{}:{}: {}[{}]: {}\n",
+                self.origin,
+                self.line,
+                self.col,
+                self.severity.name(),
+                self.code,
+                self.message
+            );
         }
         out
     }

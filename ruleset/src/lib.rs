@@ -35,8 +35,8 @@ use arbiter::compiled::blob;
 use arbiter::policy::{Cidr, Glob, PortRange, Rule, RuleSet};
 use toml::de::DeTable;
 
-pub use diag::{Diagnostic, Report, Severity};
 use diag::Sink;
+pub use diag::{Diagnostic, Report, Severity};
 use parse::{Parsed, Walker};
 
 /// A rule set that loaded: the rules and the warnings found on the way.
@@ -293,7 +293,11 @@ pub fn compile_command(path: &Path, output: &Path, json: bool, out: &mut dyn Wri
     if let Err(e) = std::fs::write(&tmp, &blob).and_then(|()| std::fs::rename(&tmp, output)) {
         let _ = std::fs::remove_file(&tmp);
         let _ = if json {
-            writeln!(out, "{}", serde_json::json!({"ok": false, "error": format!("cannot write {}: {e}", output.display())}))
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"ok": false, "error": format!("cannot write {}: {e}", output.display())})
+            )
         } else {
             writeln!(out, "cannot write {}: {e}", output.display())
         };

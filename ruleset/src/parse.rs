@@ -9,8 +9,8 @@ use std::ops::Range;
 use arbiter::flow::{Protocol, SidBuf};
 use arbiter::policy::{Action, Cidr, Glob, LoopPolicy, PermitOrBlock, PortRange, ProxyListeners, Rule, RuleSet};
 use arbiter::time::Duration;
-use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::diag::Sink;
 
@@ -22,8 +22,7 @@ pub(crate) const DEFAULT_V6: &str = "[::1]:34010";
 const ROOT_KEYS: &[&str] = &["version", "proxy", "coexistence", "rule"];
 const PROXY_KEYS: &[&str] = &["v4", "v6"];
 const COEXISTENCE_KEYS: &[&str] = &["revisit", "trust", "known_proxies", "max_hops", "hop_window_ms", "on_loop"];
-const RULE_KEYS: &[&str] =
-    &["name", "action", "protocol", "remote", "remote_ports", "app", "original_app", "package"];
+const RULE_KEYS: &[&str] = &["name", "action", "protocol", "remote", "remote_ports", "app", "original_app", "package"];
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -324,25 +323,45 @@ impl<'s> Walker<'s> {
                 "max_hops" => match self.integer(v, "max_hops") {
                     Some(0) => {
                         self.sink
-                            .error("zero-max-hops", v.span(), "`max_hops` is 0: every proxied flow would count as a loop", "must be at least 1")
+                            .error(
+                                "zero-max-hops",
+                                v.span(),
+                                "`max_hops` is 0: every proxied flow would count as a loop",
+                                "must be at least 1",
+                            )
                             .help("allow at least one proxied hop per destination; the default is 3");
                     }
                     Some(n) => match u16::try_from(n) {
                         Ok(n) => rs.loop_policy.max_hops = n,
                         Err(_) => {
-                            self.sink.error("out-of-range", v.span(), format!("`max_hops` must be 1..=65535, not {n}"), "out of range");
+                            self.sink.error(
+                                "out-of-range",
+                                v.span(),
+                                format!("`max_hops` must be 1..=65535, not {n}"),
+                                "out of range",
+                            );
                         }
                     },
                     None => {}
                 },
                 "hop_window_ms" => match self.integer(v, "hop_window_ms") {
                     Some(0) => {
-                        self.sink.error("zero-hop-window", v.span(), "`hop_window_ms` is 0: no hop would ever be counted", "must be at least 1");
+                        self.sink.error(
+                            "zero-hop-window",
+                            v.span(),
+                            "`hop_window_ms` is 0: no hop would ever be counted",
+                            "must be at least 1",
+                        );
                     }
                     Some(n) => match u64::try_from(n) {
                         Ok(n) => rs.loop_policy.hop_window = Duration::from_millis(n),
                         Err(_) => {
-                            self.sink.error("out-of-range", v.span(), format!("`hop_window_ms` must be positive, not {n}"), "out of range");
+                            self.sink.error(
+                                "out-of-range",
+                                v.span(),
+                                format!("`hop_window_ms` must be positive, not {n}"),
+                                "out of range",
+                            );
                         }
                     },
                     None => {}
@@ -360,7 +379,12 @@ impl<'s> Walker<'s> {
         let Ok(addr) = addr_s.parse::<IpAddr>() else {
             let at = self.sub(span, s, 0..addr_s.len());
             self.sink
-                .error("bad-cidr", at, format!("{s:?} is not a CIDR: {addr_s:?} is not an IP address"), "not an IP address")
+                .error(
+                    "bad-cidr",
+                    at,
+                    format!("{s:?} is not a CIDR: {addr_s:?} is not an IP address"),
+                    "not an IP address",
+                )
                 .help("write an address and an optional prefix length: \"10.0.0.0/8\", \"fe80::/10\", \"192.0.2.7\"");
             return None;
         };
@@ -375,7 +399,10 @@ impl<'s> Walker<'s> {
                         self.sink.error(
                             "bad-cidr",
                             at,
-                            format!("{s:?}: prefix /{p} is longer than an {} address ({max} bits)", if max == 32 { "IPv4" } else { "IPv6" }),
+                            format!(
+                                "{s:?}: prefix /{p} is longer than an {} address ({max} bits)",
+                                if max == 32 { "IPv4" } else { "IPv6" }
+                            ),
                             format!("at most {max}"),
                         );
                         return None;
@@ -517,8 +544,15 @@ impl<'s> Walker<'s> {
                             "udp" => rule.protocol = Some(Protocol::UDP),
                             _ => {
                                 self.sink
-                                    .error("unknown-protocol", v.span(), format!("unknown protocol {s:?}"), "not tcp, udp or any")
-                                    .help("only TCP and UDP flows are ever redirected; write \"tcp\", \"udp\" or \"any\"");
+                                    .error(
+                                        "unknown-protocol",
+                                        v.span(),
+                                        format!("unknown protocol {s:?}"),
+                                        "not tcp, udp or any",
+                                    )
+                                    .help(
+                                        "only TCP and UDP flows are ever redirected; write \"tcp\", \"udp\" or \"any\"",
+                                    );
                             }
                         }
                     }
@@ -594,7 +628,12 @@ impl<'s> Walker<'s> {
                         Some(1) | None => {}
                         Some(n) => {
                             self.sink
-                                .error("unsupported-version", v.span(), format!("rules format version {n} is not supported"), "this build reads version 1")
+                                .error(
+                                    "unsupported-version",
+                                    v.span(),
+                                    format!("rules format version {n} is not supported"),
+                                    "this build reads version 1",
+                                )
                                 .help("write version = 1");
                         }
                     }
