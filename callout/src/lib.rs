@@ -17,6 +17,7 @@
 //! - [`adapter`]: the [`Callout`] state and the three classify entry points.
 //! - [`pend`]: classifications held while no proxy is registered.
 //! - [`control`]: the control device's target (rules, proxy, audit, counters).
+//! - `kernel` (Windows only): [`Fwps`] over the real imports.
 
 #![no_std]
 #![cfg_attr(
@@ -37,6 +38,8 @@ extern crate std;
 pub mod adapter;
 pub mod control;
 pub mod fwps;
+#[cfg(windows)]
+pub mod kernel;
 pub mod pend;
 pub mod read;
 pub mod sockaddr;
