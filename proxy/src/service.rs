@@ -4,8 +4,9 @@
 //! Each [`Service::tick`] says `Hello`; the reply's instance id changes when
 //! the driver was reloaded, and its registration shows whether ours is still
 //! in force, so a driver restart (or anyone clearing the registration) is
-//! repaired on the next tick. A failed call drops the device handle and the
-//! next tick opens a new one: handles to an unloaded driver never work again.
+//! repaired on the next tick. Each tick opens the device and closes it again,
+//! so the service never holds the driver loaded and never uses a handle to a
+//! driver instance that is gone.
 //!
 //! The drain cursor is saved beside the audit file after every batch, so a
 //! service restart neither repeats records nor skips them.
@@ -161,8 +162,16 @@ impl<C: ControlChannel, O: FnMut() -> io::Result<C>> Service<C, O> {
     }
 
     /// Checks the registration (repairing it if the driver restarted or lost
-    /// it) and drains the audit ring.
+    /// it) and drains the audit ring. The device handle is closed again at
+    /// the end: an open handle would keep the driver from unloading
+    /// (`sc stop` waits for every handle), so none outlives a tick.
     pub fn tick(&mut self) -> Result<Tick, ServiceError> {
+        let result = self.tick_open();
+        self.channel = None;
+        result
+    }
+
+    fn tick_open(&mut self) -> Result<Tick, ServiceError> {
         let reply = self.call(&Request::Hello)?;
         Self::expect_ok(&reply, "hello")?;
         let instance = reply.instance;
@@ -234,8 +243,11 @@ impl<C: ControlChannel, O: FnMut() -> io::Result<C>> Service<C, O> {
 
     /// Unregisters our proxy (at shutdown).
     pub fn unregister(&mut self) -> Result<(), ServiceError> {
-        let reply = self.call(&Request::UnregisterProxy { pid: self.config.registration.pid })?;
-        Self::expect_ok(&reply, "unregister-proxy")
+        let result = self
+            .call(&Request::UnregisterProxy { pid: self.config.registration.pid })
+            .and_then(|reply| Self::expect_ok(&reply, "unregister-proxy"));
+        self.channel = None;
+        result
     }
 
     /// Ticks every `interval` until `stop`, backing off (up to 5 s) while the
