@@ -9,12 +9,16 @@
 //! - [`replay`]: run a fixture against a fresh [`arbiter::Arbiter`].
 //! - [`rules`]: load rule sets (delegates to the rules crate).
 //! - [`engine`]: the WFP engine model.
+//! - [`dot`]: Graphviz pictures of redirect chains.
+//! - [`audit_log`]: driver audit logs: describe, to fixture, invariant checks.
 //! - [`profiles`]: peer vendor profiles.
 //! - [`ours`]: the real core behind the engine's callout seam.
 //! - [`scenario`]: scenarios, the matrix, and the [`scenario::Lab`] harness.
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
+pub mod audit_log;
+pub mod dot;
 pub mod engine;
 pub mod fixture;
 pub mod ours;

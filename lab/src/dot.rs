@@ -1,0 +1,70 @@
+//! Graphviz pictures of redirect chains (`arbiter lab --dot DIR`).
+//!
+//! One node per stop on the path (app, each proxy, the destination or the
+//! end), one edge per connection, labelled with every callout that acted on
+//! it: vendor, verdict, reason (and the reauthorization round, if any).
+
+use std::fmt::Write as _;
+
+use crate::engine::HopTrace;
+use crate::scenario::Report;
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The edge label for one connection.
+fn label(t: &HopTrace) -> String {
+    let mut lines: Vec<String> = t
+        .decisions
+        .iter()
+        .filter(|d| d.action != "continue" || d.refused)
+        .map(|d| {
+            let round = if d.round > 0 { format!(" (reauth {})", d.round) } else { String::new() };
+            let refused = if d.refused { " [refused: no write right]" } else { "" };
+            format!("{} @{}: {} {}{round}{refused}", d.name, d.layer.name(), d.action, d.reason)
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push("all callouts: continue".to_owned());
+    }
+    lines.join("\\n")
+}
+
+/// The chain of one scenario as a Graphviz digraph.
+pub fn chain_dot(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph \"{}\" {{", escape(&r.name));
+    let _ = writeln!(
+        out,
+        "  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n  edge [fontname=\"Helvetica\", fontsize=10];"
+    );
+    let _ = writeln!(
+        out,
+        "  labelloc=t;\n  label=\"{}: {} after {} hop(s){}\";",
+        escape(&r.name),
+        r.outcome.kind(),
+        r.hops,
+        if r.outcome.is_explained() && r.outcome.kind() == "delivered" {
+            String::new()
+        } else {
+            format!(" ({})", escape(&r.outcome.detail()))
+        }
+    );
+    for (i, stop) in r.path.iter().enumerate() {
+        let style = match (i, stop.as_str()) {
+            (0, _) => ", shape=ellipse",
+            (_, s) if s.starts_with("blocked") => ", color=red, fontcolor=red",
+            (_, "..." | "?") => ", color=orange, fontcolor=orange",
+            _ if i + 1 == r.path.len() => ", shape=ellipse, color=darkgreen",
+            _ => "",
+        };
+        let _ = writeln!(out, "  n{i} [label=\"{}\"{style}];", escape(stop));
+    }
+    for i in 0..r.path.len().saturating_sub(1) {
+        let l = r.traces.get(i).map_or_else(|| "chain cap reached".to_owned(), label);
+        let _ = writeln!(out, "  n{i} -> n{} [label=\"{}\"];", i + 1, escape(&l).replace("\\\\n", "\\n"));
+    }
+    out.push_str("}\n");
+    out
+}
