@@ -37,7 +37,7 @@ use wfp_ffi::{
 };
 
 use crate::fwps::Fwps;
-use crate::pend::{Fallback, OwnedFlow, PendConfig, PendQueue, Pended};
+use crate::pend::{Fallback, Hold, PendConfig, PendQueue};
 pub use crate::read::Family;
 use crate::read::{Indexes, Indication, ReadError, walk_chain};
 use crate::sockaddr::write_storage;
@@ -372,32 +372,33 @@ impl<P: Policy> Callout<P> {
     ) -> bool {
         let refused = |c: &mut AdapterCounters| c.pend_refused = c.pend_refused.saturating_add(1);
         let Some(queue) = self.pend.as_mut() else { return false };
-        let deadline = now.saturating_add(queue.config.timeout);
-        let (Some(slot), Some(flow)) = (queue.free_slot(), OwnedFlow::copy(&input.flow)) else {
+        let hold = Hold {
+            classify_handle: h.handle,
+            filter_id: filter.filterId,
+            filter_flags: filter.flags,
+            // Deep copy: `out` lives on the classify's stack.
+            classify_out: *out,
+            state: input.state,
+            reauthorize: input.reauthorize,
+            deadline: now.saturating_add(queue.config.timeout),
+            flow: &input.flow,
+        };
+        let Some(slot) = queue.insert(&hold) else {
             refused(&mut self.counters);
             return false;
         };
         // The data is acquired again at completion; every acquire gets its apply.
         fwps.apply_modified_layer_data(h.handle, h.request, 0);
-        // Deep copy: `out` lives on the classify's stack.
-        let mut copy = *out;
-        if fwps.pend_classify(h.handle, filter.filterId, &mut copy).is_err() {
+        // FwpsPendClassify0 gets the queue's copy, which outlives the classify.
+        let pended = queue.classify_out_mut(slot).map(|copy| fwps.pend_classify(h.handle, filter.filterId, copy));
+        if !matches!(pended, Some(Ok(()))) {
+            queue.remove(slot);
             fwps.release_classify_handle(h.handle);
             refused(&mut self.counters);
             // Layer data is applied and the handle gone: leave the flow as it is.
             write_verdict(out, Verdict::Continue, filter.flags, true);
             return true;
         }
-        *slot = Some(Pended {
-            classify_handle: h.handle,
-            filter_id: filter.filterId,
-            filter_flags: filter.flags,
-            classify_out: copy,
-            flow,
-            state: input.state,
-            reauthorize: input.reauthorize,
-            deadline,
-        });
         // What the engine sees until completion.
         out.actionType = FWP_ACTION_BLOCK;
         out.rights &= !FWPS_RIGHT_ACTION_WRITE;
@@ -428,7 +429,8 @@ impl<P: Policy> Callout<P> {
             if proxy_ready {
                 // SAFETY: the request was just acquired for this classify.
                 let chain = unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) };
-                let flow = p.flow.flow();
+                let Some(queue) = self.pend.as_ref() else { break };
+                let flow = queue.flow_of(&p);
                 let decision = match chain {
                     Ok(previous) => {
                         let input = ConnectRedirectInput {

@@ -53,27 +53,7 @@ impl Default for PendConfig {
     }
 }
 
-/// A UTF-16LE app id copied out of WFP's buffer.
-#[derive(Clone, Copy)]
-struct OwnedAppId {
-    bytes: [u8; APP_ID_CAPACITY],
-    len: u16,
-}
-
-impl OwnedAppId {
-    fn copy(id: &AppId<'_>) -> Option<Self> {
-        let src = id.as_bytes();
-        let mut bytes = [0u8; APP_ID_CAPACITY];
-        bytes.get_mut(..src.len())?.copy_from_slice(src);
-        Some(Self { bytes, len: u16::try_from(src.len()).ok()? })
-    }
-
-    fn app_id(&self) -> AppId<'_> {
-        AppId::from_utf16le(self.bytes.get(..usize::from(self.len)).unwrap_or(&[]))
-    }
-}
-
-/// A connect-redirect flow, owned.
+/// A connect-redirect flow, owned: the app ids live in the queue's arena.
 #[derive(Clone, Copy)]
 pub(crate) struct OwnedFlow {
     protocol: Protocol,
@@ -81,42 +61,13 @@ pub(crate) struct OwnedFlow {
     remote: SocketAddr,
     endpoint: u64,
     pid: u64,
-    app: OwnedAppId,
-    original_app: OwnedAppId,
+    app_len: u16,
+    original_app_len: u16,
     package: Option<SidBuf>,
 }
 
-impl OwnedFlow {
-    /// Copies a borrowed flow; `None` when an app id does not fit.
-    pub(crate) fn copy(flow: &Flow<'_>) -> Option<Self> {
-        Some(Self {
-            protocol: flow.protocol,
-            local: flow.local,
-            remote: flow.remote,
-            endpoint: flow.endpoint,
-            pid: flow.pid,
-            app: OwnedAppId::copy(&flow.app)?,
-            original_app: OwnedAppId::copy(&flow.original_app)?,
-            package: flow.package.map(SidBuf::from_sid),
-        })
-    }
-
-    /// Borrows it back as the core's input.
-    pub(crate) fn flow(&self) -> Flow<'_> {
-        Flow {
-            protocol: self.protocol,
-            local: self.local,
-            remote: self.remote,
-            endpoint: self.endpoint,
-            pid: self.pid,
-            app: self.app.app_id(),
-            original_app: self.original_app.app_id(),
-            package: self.package.as_ref().map(SidBuf::as_sid),
-        }
-    }
-}
-
-/// One held classification.
+/// One held classification. Small on purpose: kernel stacks are small, and
+/// entries are moved through the stack.
 #[derive(Clone, Copy)]
 pub(crate) struct Pended {
     pub(crate) classify_handle: u64,
@@ -124,31 +75,120 @@ pub(crate) struct Pended {
     pub(crate) filter_flags: u16,
     /// The deep copy FwpsPendClassify0 was given and FwpsCompleteClassify0 gets.
     pub(crate) classify_out: FWPS_CLASSIFY_OUT0,
-    pub(crate) flow: OwnedFlow,
     pub(crate) state: RedirectState,
     pub(crate) reauthorize: bool,
     pub(crate) deadline: Instant,
+    flow: OwnedFlow,
+    slot: usize,
+}
+
+/// What the caller knows of a classification to hold.
+pub(crate) struct Hold<'f> {
+    pub(crate) classify_handle: u64,
+    pub(crate) filter_id: u64,
+    pub(crate) filter_flags: u16,
+    pub(crate) classify_out: FWPS_CLASSIFY_OUT0,
+    pub(crate) state: RedirectState,
+    pub(crate) reauthorize: bool,
+    pub(crate) deadline: Instant,
+    pub(crate) flow: &'f Flow<'f>,
 }
 
 /// The bounded queue of held classifications.
 pub(crate) struct PendQueue {
     pub(crate) config: PendConfig,
     slots: Vec<Option<Pended>>,
+    /// Two app-id buffers of [`APP_ID_CAPACITY`] bytes per slot.
+    arena: Vec<u8>,
+}
+
+fn arena_range(slot: usize, which: usize, len: usize) -> Option<core::ops::Range<usize>> {
+    let start = slot.checked_mul(2)?.checked_add(which)?.checked_mul(APP_ID_CAPACITY)?;
+    Some(start..start.checked_add(len)?)
 }
 
 impl PendQueue {
-    /// Reserves every slot up front.
+    /// Reserves every slot and the app-id arena up front.
     pub(crate) fn new(config: PendConfig) -> Result<Self, OutOfMemory> {
         let n = usize::from(config.capacity);
         let mut slots = Vec::new();
         slots.try_reserve_exact(n).map_err(|_| OutOfMemory)?;
         slots.resize(n, None);
-        Ok(Self { config, slots })
+        let bytes = n.checked_mul(2).and_then(|k| k.checked_mul(APP_ID_CAPACITY)).ok_or(OutOfMemory)?;
+        let mut arena = Vec::new();
+        arena.try_reserve_exact(bytes).map_err(|_| OutOfMemory)?;
+        arena.resize(bytes, 0);
+        Ok(Self { config, slots, arena })
     }
 
-    /// A free slot, if any.
-    pub(crate) fn free_slot(&mut self) -> Option<&mut Option<Pended>> {
-        self.slots.iter_mut().find(|s| s.is_none())
+    /// Holds a classification, returning its slot; `None` when the queue is
+    /// full or an app id does not fit (nothing is changed then).
+    pub(crate) fn insert(&mut self, h: &Hold<'_>) -> Option<usize> {
+        let slot = self.slots.iter().position(Option::is_none)?;
+        let (app, original) = (h.flow.app.as_bytes(), h.flow.original_app.as_bytes());
+        let (app_len, original_app_len) = (u16::try_from(app.len()).ok()?, u16::try_from(original.len()).ok()?);
+        if app.len() > APP_ID_CAPACITY || original.len() > APP_ID_CAPACITY {
+            return None;
+        }
+        for (which, src) in [(0, app), (1, original)] {
+            arena_range(slot, which, src.len()).and_then(|r| self.arena.get_mut(r))?.copy_from_slice(src);
+        }
+        let f = h.flow;
+        let flow = OwnedFlow {
+            protocol: f.protocol,
+            local: f.local,
+            remote: f.remote,
+            endpoint: f.endpoint,
+            pid: f.pid,
+            app_len,
+            original_app_len,
+            package: f.package.map(SidBuf::from_sid),
+        };
+        let entry = Pended {
+            classify_handle: h.classify_handle,
+            filter_id: h.filter_id,
+            filter_flags: h.filter_flags,
+            classify_out: h.classify_out,
+            state: h.state,
+            reauthorize: h.reauthorize,
+            deadline: h.deadline,
+            flow,
+            slot,
+        };
+        *self.slots.get_mut(slot)? = Some(entry);
+        Some(slot)
+    }
+
+    /// The held classifyOut copy of `slot`.
+    pub(crate) fn classify_out_mut(&mut self, slot: usize) -> Option<&mut FWPS_CLASSIFY_OUT0> {
+        self.slots.get_mut(slot)?.as_mut().map(|p| &mut p.classify_out)
+    }
+
+    /// Frees `slot`.
+    pub(crate) fn remove(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = None;
+        }
+    }
+
+    /// The held flow, borrowing its app ids from the arena (valid until the
+    /// slot is reused by a later [`Self::insert`]).
+    pub(crate) fn flow_of<'a>(&'a self, p: &'a Pended) -> Flow<'a> {
+        let app_of = |which: usize, len: u16| {
+            let bytes = arena_range(p.slot, which, usize::from(len)).and_then(|r| self.arena.get(r)).unwrap_or(&[]);
+            AppId::from_utf16le(bytes)
+        };
+        let f = &p.flow;
+        Flow {
+            protocol: f.protocol,
+            local: f.local,
+            remote: f.remote,
+            endpoint: f.endpoint,
+            pid: f.pid,
+            app: app_of(0, f.app_len),
+            original_app: app_of(1, f.original_app_len),
+            package: f.package.as_ref().map(SidBuf::as_sid),
+        }
     }
 
     /// How many are held.
@@ -156,7 +196,7 @@ impl PendQueue {
         self.slots.iter().filter(|s| s.is_some()).count()
     }
 
-    /// Takes out every held entry for which `take` says yes, one at a time.
+    /// Takes out the next held entry for which `take` says yes.
     pub(crate) fn take_next(&mut self, mut take: impl FnMut(&Pended) -> bool) -> Option<Pended> {
         self.slots.iter_mut().find(|s| s.as_ref().is_some_and(&mut take)).and_then(Option::take)
     }
