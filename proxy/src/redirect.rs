@@ -1,7 +1,7 @@
 //! The seam between the relay and WFP: who tells us a connection's redirect
 //! records and context, and who sets records on our outbound socket.
 //!
-//! On Windows, [`crate::windows::WfpProvider`] asks Winsock
+//! On Windows, `windows::WfpProvider` asks Winsock
 //! (SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS / _CONTEXT on the accepted
 //! socket, SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS on the outbound one, and
 //! IP_WFP_REDIRECT_RECORDS / _CONTEXT ancillary data for UDP). Elsewhere,

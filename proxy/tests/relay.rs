@@ -326,6 +326,11 @@ impl Udp {
     }
 }
 
+/// A live UDP socket that never answers.
+fn udp_silent() -> UdpSocket {
+    UdpSocket::bind(lo()).unwrap()
+}
+
 /// Echoes `n` datagrams, returning the peer it saw.
 fn udp_echo(n: usize) -> (SocketAddr, thread::JoinHandle<SocketAddr>) {
     let s = UdpSocket::bind(lo()).unwrap();
@@ -365,7 +370,8 @@ fn udp_flow_propagates_records_and_relays_replies() {
 #[test]
 fn udp_unknown_context_and_missing_records_are_dropped() {
     let u = udp_relay(Duration::from_secs(5));
-    let (dst, _echo) = udp_echo(0);
+    let silent = udp_silent();
+    let dst = silent.local_addr().unwrap();
     let app = u.app(|_| RawRedirect { records: Some(RECORDS.to_vec()), context: Some(vec![1; 64]) });
     app.send_to(b"x", u.relay.local_addr()).unwrap();
     assert!(matches!(
@@ -396,7 +402,8 @@ fn udp_refused_upstream_ends_the_flow() {
 #[test]
 fn udp_flows_are_bounded_and_stop_cleanly() {
     let u = udp_relay(Duration::from_secs(30));
-    let (dst, _echo) = udp_echo(0);
+    let silent = udp_silent();
+    let dst = silent.local_addr().unwrap();
     let apps: Vec<UdpSocket> = (0..10).map(|_| u.app(redirected_to(dst, 3))).collect();
     for a in &apps {
         a.send_to(b"hi", u.relay.local_addr()).unwrap();
