@@ -1,0 +1,669 @@
+//! # arbiter-driver: the kernel shell
+//!
+//! Everything with a decision in it lives in `arbiter` (the core) and
+//! `arbiter-callout` (the classify adapter), both tested on Linux. This crate
+//! is the thin WDM shell around them:
+//!
+//! - `DriverEntry`: the control device (`\Device\ArbiterControl`), our single
+//!   redirect handle, the six callouts (FwpsCalloutRegister3), and a BFE
+//!   state subscription so the filters are added whether the driver starts
+//!   before or after the Base Filtering Engine.
+//! - One FWPM transaction (dynamic session): provider, sublayer (weight from
+//!   `Parameters\SublayerWeight`), six callouts, six filters.
+//! - classifyFn3 for each layer: take the lock, hand the raw arguments to the
+//!   adapter with [`KernelFwps`].
+//! - IOCTL_CONTROL: copy the request out of the system buffer (it is also the
+//!   reply buffer), run `arbiter::control::handle`, which validates length,
+//!   magic, version and every field before changing anything.
+//! - Unload: complete held classifications, close the engine (the dynamic
+//!   session removes our filters), unregister callouts, destroy the handle.
+//!
+//! It needs the WDK: it cannot be built, checked or run on Linux.
+
+#![no_std]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+extern crate alloc;
+#[cfg(not(test))]
+extern crate wdk_panic;
+
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::ptr::{null, null_mut};
+
+use arbiter::compiled::CompiledRules;
+use arbiter::compiled::blob::{self, BlobError};
+use arbiter::control::{IOCTL_CONTROL, MAX_RULES_LEN, REQUEST_HEADER_LEN, RulesRejected};
+use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
+use arbiter_callout::adapter::RawClassify;
+use arbiter_callout::control::{Session, dispatch};
+use arbiter_callout::kernel::KernelFwps;
+use arbiter_callout::{Callout, CalloutConfig, Family, OWN_FILTER};
+#[cfg(not(test))]
+use wdk_alloc::WdkAllocator;
+use wdk_sys::ntddk::{
+    IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoOpenDriverRegistryKey,
+    IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeQueryInterruptTimePrecise, KeReleaseSpinLock,
+    RtlInitUnicodeString, ZwClose, ZwQueryValueKey,
+};
+use wdk_sys::{
+    _DRIVER_REGKEY_TYPE, _KEY_VALUE_INFORMATION_CLASS, DEVICE_OBJECT, DRIVER_OBJECT, FILE_DEVICE_SECURE_OPEN,
+    IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KEY_READ, KIRQL, KSPIN_LOCK,
+    NTSTATUS, PCUNICODE_STRING, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER, STATUS_SUCCESS, UNICODE_STRING,
+};
+use wfp_ffi::imports::*;
+use wfp_ffi::layers::*;
+use wfp_ffi::*;
+
+#[cfg(not(test))]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: WdkAllocator = WdkAllocator;
+
+/// Our provider {a7b1e4f0-5c2d-4e8a-9b61-3f0d2c7e1a01}.
+const PROVIDER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x01]);
+/// Our sublayer.
+const SUBLAYER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x02]);
+/// Default sublayer weight when `Parameters\SublayerWeight` is absent.
+const DEFAULT_SUBLAYER_WEIGHT: u16 = 0x8000;
+
+/// The six layers: (layer, our callout key, which classify, filter action).
+const LAYERS: [(GUID, GUID, Kind); 6] = [
+    (FWPM_LAYER_ALE_CONNECT_REDIRECT_V4, callout_key(0x11), Kind::ConnectRedirect(Family::V4)),
+    (FWPM_LAYER_ALE_CONNECT_REDIRECT_V6, callout_key(0x12), Kind::ConnectRedirect(Family::V6)),
+    (FWPM_LAYER_ALE_AUTH_CONNECT_V4, callout_key(0x21), Kind::AuthConnect(Family::V4)),
+    (FWPM_LAYER_ALE_AUTH_CONNECT_V6, callout_key(0x22), Kind::AuthConnect(Family::V6)),
+    (FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4, callout_key(0x31), Kind::Closure(Family::V4)),
+    (FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6, callout_key(0x32), Kind::Closure(Family::V6)),
+];
+
+const fn callout_key(n: u8) -> GUID {
+    GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1b, n])
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    ConnectRedirect(Family),
+    AuthConnect(Family),
+    Closure(Family),
+}
+
+/// Everything the driver keeps, behind [`STATE`]'s spin lock.
+struct Driver {
+    callout: Callout<CompiledRules>,
+    redirect_handle: HANDLE,
+    callout_ids: [u32; 6],
+    engine: HANDLE,
+    bfe_subscription: HANDLE,
+    sublayer_weight: u16,
+    instance: u64,
+}
+
+/// A spin-locked global: classify runs at up to DISPATCH_LEVEL on every CPU.
+struct Locked {
+    lock: UnsafeCell<KSPIN_LOCK>,
+    state: UnsafeCell<Option<Driver>>,
+}
+
+// SAFETY: `state` is only reached through `with`, which holds the spin lock.
+unsafe impl Sync for Locked {}
+
+static STATE: Locked = Locked { lock: UnsafeCell::new(0), state: UnsafeCell::new(None) };
+
+impl Locked {
+    /// Runs `f` with the lock held (raises to DISPATCH_LEVEL).
+    fn with<R>(&self, f: impl FnOnce(&mut Option<Driver>) -> R) -> R {
+        // SAFETY: the lock word is a KSPIN_LOCK initialised to 0 (unlocked).
+        let irql: KIRQL = unsafe { KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
+        // SAFETY: the lock is held: we are the only one touching `state`.
+        let r = f(unsafe { &mut *self.state.get() });
+        // SAFETY: releases the lock taken above at the IRQL it returned.
+        unsafe { KeReleaseSpinLock(self.lock.get(), irql) };
+        r
+    }
+}
+
+/// Monotonic milliseconds (interrupt time is in 100 ns units).
+fn now() -> Instant {
+    // SAFETY: a null QPC out pointer is allowed.
+    let t = unsafe { KeQueryInterruptTimePrecise(null_mut()) };
+    Instant::from_millis(t / 10_000)
+}
+
+fn unicode(s: &'static [u16]) -> UNICODE_STRING {
+    let mut u = UNICODE_STRING::default();
+    // SAFETY: `s` is a NUL-terminated static UTF-16 string.
+    unsafe { RtlInitUnicodeString(&mut u, s.as_ptr()) };
+    u
+}
+
+/// A NUL-terminated UTF-16 literal (ASCII only).
+macro_rules! w {
+    ($s:literal) => {{
+        const S: &str = concat!($s, "\0");
+        const N: usize = S.len();
+        const W: [u16; N] = {
+            let b = S.as_bytes();
+            let mut w = [0u16; N];
+            let mut i = 0;
+            while i < N {
+                w[i] = b[i] as u16;
+                i += 1;
+            }
+            w
+        };
+        &W
+    }};
+}
+
+/// The entry point.
+///
+/// # Safety
+///
+/// Called by the I/O manager with a valid driver object and registry path.
+#[cfg_attr(not(test), unsafe(export_name = "DriverEntry"))]
+pub unsafe extern "system" fn driver_entry(driver: *mut DRIVER_OBJECT, registry_path: PCUNICODE_STRING) -> NTSTATUS {
+    let _ = registry_path;
+    let mut name = unicode(w!(r"\Device\ArbiterControl"));
+    let mut link = unicode(w!(r"\DosDevices\ArbiterControl"));
+    let mut device: *mut DEVICE_OBJECT = null_mut();
+    // SAFETY: valid driver object; `device` is an out pointer.
+    let status = unsafe {
+        IoCreateDevice(driver, 0, &mut name, arbiter::control::FILE_DEVICE_ARBITER, FILE_DEVICE_SECURE_OPEN, 1, &mut device)
+    };
+    if status < 0 {
+        return status;
+    }
+    // SAFETY: both strings are initialised above.
+    let status = unsafe { IoCreateSymbolicLink(&mut link, &mut name) };
+    if status < 0 {
+        // SAFETY: the device was created above and nothing references it yet.
+        unsafe { IoDeleteDevice(device) };
+        return status;
+    }
+    // SAFETY: DriverEntry owns the driver object; the major function table is ours to fill.
+    let d = unsafe { &mut *driver };
+    for (major, f) in [
+        (IRP_MJ_CREATE, dispatch_create_close as DispatchFn),
+        (IRP_MJ_CLOSE, dispatch_create_close),
+        (IRP_MJ_DEVICE_CONTROL, dispatch_device_control),
+    ] {
+        if let Some(slot) = d.MajorFunction.get_mut(major as usize) {
+            *slot = Some(f);
+        }
+    }
+    d.DriverUnload = Some(driver_unload);
+
+    let status = start(driver, device);
+    if status < 0 {
+        stop();
+        // SAFETY: created above.
+        unsafe { IoDeleteSymbolicLink(&mut link) };
+        // SAFETY: created above; the callouts that used it are unregistered by `stop`.
+        unsafe { IoDeleteDevice(device) };
+    }
+    status
+}
+
+/// Core, adapter, redirect handle, callouts, BFE subscription.
+fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
+    let Ok(rules) = CompiledRules::compile(&RuleSet::default()) else { return STATUS_INSUFFICIENT_RESOURCES };
+    let config = Config { own_filter: OWN_FILTER, hash_seed: seed(), ..Config::default() };
+    let Ok(arbiter) = Arbiter::new(config, Capacities::default(), rules) else {
+        return STATUS_INSUFFICIENT_RESOURCES;
+    };
+    let Ok(callout) = Callout::new(arbiter, CalloutConfig::default()) else { return STATUS_INSUFFICIENT_RESOURCES };
+    let mut redirect_handle: HANDLE = null_mut();
+    // SAFETY: a static GUID and an out pointer.
+    let status = unsafe { FwpsRedirectHandleCreate0(&PROVIDER_KEY, 0, &mut redirect_handle) };
+    if status < 0 {
+        return status;
+    }
+    let mut callout = callout;
+    callout.set_redirect_handle(redirect_handle);
+    let instance = now().as_millis() ^ (driver as u64).rotate_left(17);
+    STATE.with(|s| {
+        *s = Some(Driver {
+            callout,
+            redirect_handle,
+            callout_ids: [0; 6],
+            engine: null_mut(),
+            bfe_subscription: null_mut(),
+            sublayer_weight: read_sublayer_weight(driver),
+            instance,
+        });
+    });
+    // Register the six callouts (run-time side); filters come with BFE.
+    for (i, (_, key, kind)) in LAYERS.iter().enumerate() {
+        let c = FWPS_CALLOUT3 {
+            calloutKey: *key,
+            flags: 0,
+            classifyFn: Some(match kind {
+                Kind::ConnectRedirect(Family::V4) => classify_cr4,
+                Kind::ConnectRedirect(Family::V6) => classify_cr6,
+                Kind::AuthConnect(Family::V4) => classify_ac4,
+                Kind::AuthConnect(Family::V6) => classify_ac6,
+                Kind::Closure(Family::V4) => classify_ec4,
+                Kind::Closure(Family::V6) => classify_ec6,
+            }),
+            notifyFn: Some(notify),
+            flowDeleteFn: None,
+        };
+        let mut id = 0u32;
+        // SAFETY: our device object and a fully initialised FWPS_CALLOUT3.
+        let status = unsafe { FwpsCalloutRegister3(device.cast(), &c, &mut id) };
+        if status < 0 {
+            return status;
+        }
+        STATE.with(|s| {
+            if let Some(slot) = s.as_mut().and_then(|d| d.callout_ids.get_mut(i)) {
+                *slot = id;
+            }
+        });
+    }
+    let mut subscription: HANDLE = null_mut();
+    // SAFETY: our device object, a static callback, an out pointer.
+    let status =
+        unsafe { FwpmBfeStateSubscribeChanges0(device.cast(), Some(bfe_changed), null_mut(), &mut subscription) };
+    if status < 0 {
+        return status;
+    }
+    STATE.with(|s| {
+        if let Some(d) = s.as_mut() {
+            d.bfe_subscription = subscription;
+        }
+    });
+    // SAFETY: no arguments.
+    if unsafe { FwpmBfeStateGet0() } == FWPM_SERVICE_RUNNING {
+        return add_filters();
+    }
+    STATUS_SUCCESS
+}
+
+/// Hash seeds from the interrupt time and the stack address (no RNG import needed).
+fn seed() -> [u64; 4] {
+    let t = now().as_millis();
+    let local = 0u8;
+    let a = core::ptr::addr_of!(local) as u64;
+    [t ^ 0x9E37_79B9_7F4A_7C15, a.rotate_left(29), t.wrapping_mul(0xBF58_476D_1CE4_E5B9), a ^ t.rotate_left(7)]
+}
+
+/// `Parameters\SublayerWeight` (REG_DWORD), or the default.
+fn read_sublayer_weight(driver: *mut DRIVER_OBJECT) -> u16 {
+    let mut key: HANDLE = null_mut();
+    // SAFETY: our driver object; `key` is an out pointer.
+    let status = unsafe {
+        IoOpenDriverRegistryKey(driver, _DRIVER_REGKEY_TYPE::DriverRegKeyParameters, KEY_READ, 0, &mut key)
+    };
+    if status < 0 {
+        return DEFAULT_SUBLAYER_WEIGHT;
+    }
+    let mut name = unicode(w!("SublayerWeight"));
+    // KEY_VALUE_PARTIAL_INFORMATION: TitleIndex, Type, DataLength, Data[4].
+    let mut buf = [0u32; 4];
+    let mut got = 0u32;
+    // SAFETY: an open key, a valid name, and a 16-byte buffer we own.
+    let status = unsafe {
+        ZwQueryValueKey(
+            key,
+            &mut name,
+            _KEY_VALUE_INFORMATION_CLASS::KeyValuePartialInformation,
+            buf.as_mut_ptr().cast(),
+            16,
+            &mut got,
+        )
+    };
+    // SAFETY: the key was opened above.
+    unsafe { ZwClose(key) };
+    const REG_DWORD: u32 = 4;
+    match (status >= 0, buf) {
+        (true, [_, REG_DWORD, 4, v]) => u16::try_from(v).unwrap_or(DEFAULT_SUBLAYER_WEIGHT),
+        _ => DEFAULT_SUBLAYER_WEIGHT,
+    }
+}
+
+/// BFE state callback: add the filters when BFE comes up, forget the engine when it goes.
+unsafe extern "system" fn bfe_changed(_context: *mut c_void, state: FWPM_SERVICE_STATE) {
+    match state {
+        FWPM_SERVICE_RUNNING => {
+            let _ = add_filters();
+        }
+        FWPM_SERVICE_STOP_PENDING => close_engine(),
+        _ => {}
+    }
+}
+
+fn close_engine() {
+    let engine = STATE.with(|s| s.as_mut().map(|d| core::mem::replace(&mut d.engine, null_mut())));
+    if let Some(engine) = engine.filter(|e| !e.is_null()) {
+        // SAFETY: an engine handle we opened; the dynamic session's objects go with it.
+        unsafe { FwpmEngineClose0(engine) };
+    }
+}
+
+/// One transaction: provider, sublayer, six callouts, six filters. Dynamic
+/// session: everything is removed when the engine handle closes.
+fn add_filters() -> NTSTATUS {
+    let Some(weight) = STATE.with(|s| s.as_ref().map(|d| d.sublayer_weight)) else {
+        return STATUS_INVALID_DEVICE_REQUEST;
+    };
+    let mut session: FWPM_SESSION0 = zeroed_session();
+    session.flags = FWPM_SESSION_FLAG_DYNAMIC;
+    let mut engine: HANDLE = null_mut();
+    // SAFETY: local session and out pointer; no server name or identity.
+    let status = unsafe { FwpmEngineOpen0(null(), RPC_C_AUTHN_DEFAULT, null_mut(), &session, &mut engine) };
+    if status < 0 {
+        return status;
+    }
+    let result = add_in_transaction(engine, weight);
+    match result {
+        Ok(ids) => {
+            STATE.with(|s| {
+                if let Some(d) = s.as_mut() {
+                    d.engine = engine;
+                    d.callout.set_own_filters(ids[0], ids[1]);
+                }
+            });
+            STATUS_SUCCESS
+        }
+        Err(status) => {
+            // SAFETY: opened above.
+            unsafe { FwpmEngineClose0(engine) };
+            status
+        }
+    }
+}
+
+fn zeroed_session() -> FWPM_SESSION0 {
+    FWPM_SESSION0 {
+        sessionKey: GUID::default(),
+        displayData: FWPM_DISPLAY_DATA0 { name: w!("arbiter").as_ptr().cast_mut(), description: null_mut() },
+        flags: 0,
+        txnWaitTimeoutInMSec: 0,
+        processId: 0,
+        sid: null_mut(),
+        username: null_mut(),
+        kernelMode: 0,
+    }
+}
+
+/// Returns the connect-redirect filter ids (V4, V6) on success.
+fn add_in_transaction(engine: HANDLE, weight: u16) -> Result<[u64; 2], NTSTATUS> {
+    let check = |status: NTSTATUS| if status < 0 { Err(status) } else { Ok(()) };
+    let display = FWPM_DISPLAY_DATA0 { name: w!("arbiter").as_ptr().cast_mut(), description: null_mut() };
+    let empty_blob = FWP_BYTE_BLOB { size: 0, data: null_mut() };
+    let mut provider_key = PROVIDER_KEY;
+    // SAFETY: an open engine.
+    check(unsafe { FwpmTransactionBegin0(engine, 0) })?;
+    let body = || -> Result<[u64; 2], NTSTATUS> {
+        let provider = FWPM_PROVIDER0 {
+            providerKey: PROVIDER_KEY,
+            displayData: display,
+            flags: 0,
+            providerData: empty_blob,
+            serviceName: null_mut(),
+        };
+        // SAFETY: engine in a transaction; initialised structure; no security descriptor.
+        check(unsafe { FwpmProviderAdd0(engine, &provider, null_mut()) })?;
+        let sublayer = FWPM_SUBLAYER0 {
+            subLayerKey: SUBLAYER_KEY,
+            displayData: display,
+            flags: 0,
+            providerKey: &mut provider_key,
+            providerData: empty_blob,
+            weight,
+        };
+        // SAFETY: as above.
+        check(unsafe { FwpmSubLayerAdd0(engine, &sublayer, null_mut()) })?;
+        let mut redirect_ids = [0u64; 2];
+        for (i, (layer, key, kind)) in LAYERS.iter().enumerate() {
+            let callout = FWPM_CALLOUT0 {
+                calloutKey: *key,
+                displayData: display,
+                flags: 0,
+                providerKey: &mut provider_key,
+                providerData: empty_blob,
+                applicableLayer: *layer,
+                calloutId: 0,
+            };
+            // SAFETY: as above.
+            check(unsafe { FwpmCalloutAdd0(engine, &callout, null_mut(), null_mut()) })?;
+            let action = match kind {
+                // Closure only observes; the others decide.
+                Kind::Closure(_) => FWP_ACTION_CALLOUT_INSPECTION,
+                Kind::ConnectRedirect(_) | Kind::AuthConnect(_) => FWP_ACTION_CALLOUT_TERMINATING,
+            };
+            let filter = FWPM_FILTER0 {
+                filterKey: GUID::default(),
+                displayData: display,
+                flags: 0,
+                providerKey: &mut provider_key,
+                providerData: empty_blob,
+                layerKey: *layer,
+                subLayerKey: SUBLAYER_KEY,
+                weight: FWP_VALUE0::EMPTY,
+                numFilterConditions: 0,
+                filterCondition: null_mut(),
+                action: FWPM_ACTION0 { r#type: action, calloutKey: *key },
+                context: FWPM_FILTER0_CONTEXT { rawContext: 0 },
+                reserved: null_mut(),
+                filterId: 0,
+                effectiveWeight: FWP_VALUE0::EMPTY,
+            };
+            let mut id = 0u64;
+            // SAFETY: as above; `id` is an out pointer.
+            check(unsafe { FwpmFilterAdd0(engine, &filter, null_mut(), &mut id) })?;
+            if let Some(slot) = redirect_ids.get_mut(i) {
+                // The first two layers are connect-redirect V4 and V6.
+                *slot = id;
+            }
+        }
+        Ok(redirect_ids)
+    };
+    match body() {
+        Ok(ids) => {
+            // SAFETY: the transaction begun above.
+            check(unsafe { FwpmTransactionCommit0(engine) })?;
+            Ok(ids)
+        }
+        Err(e) => {
+            // SAFETY: the transaction begun above.
+            unsafe { FwpmTransactionAbort0(engine) };
+            Err(e)
+        }
+    }
+}
+
+/// Tears everything down in reverse order; safe to call on a partial start.
+fn stop() {
+    // Held classifications must be completed before the callouts go.
+    // SAFETY: completions happen under the lock, with the handles they were pended with.
+    let mut fwps = unsafe { KernelFwps::new() };
+    STATE.with(|s| {
+        if let Some(d) = s.as_mut() {
+            d.callout.complete_pended(&mut fwps, Instant::from_millis(u64::MAX));
+        }
+    });
+    let subscription = STATE.with(|s| s.as_mut().map(|d| core::mem::replace(&mut d.bfe_subscription, null_mut())));
+    if let Some(h) = subscription.filter(|h| !h.is_null()) {
+        // SAFETY: a subscription we made.
+        unsafe { FwpmBfeStateUnsubscribeChanges0(h) };
+    }
+    close_engine();
+    let ids = STATE.with(|s| s.as_ref().map(|d| d.callout_ids)).unwrap_or([0; 6]);
+    for id in ids.into_iter().filter(|&id| id != 0) {
+        // SAFETY: a callout id we registered; no filter references it any more.
+        unsafe { FwpsCalloutUnregisterById0(id) };
+    }
+    if let Some(d) = STATE.with(Option::take) {
+        if !d.redirect_handle.is_null() {
+            // SAFETY: the handle created in `start`; no callout uses it any more.
+            unsafe { FwpsRedirectHandleDestroy0(d.redirect_handle) };
+        }
+        drop(d);
+    }
+}
+
+unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
+    stop();
+    let mut link = unicode(w!(r"\DosDevices\ArbiterControl"));
+    // SAFETY: created in DriverEntry.
+    unsafe { IoDeleteSymbolicLink(&mut link) };
+    // SAFETY: the driver object is valid during unload; its device list is ours.
+    let device = unsafe { (*driver).DeviceObject };
+    if !device.is_null() {
+        // SAFETY: our device, no longer used by anything.
+        unsafe { IoDeleteDevice(device) };
+    }
+}
+
+// ---- classify -------------------------------------------------------------------------
+
+macro_rules! classify_fn {
+    ($name:ident, $kind:expr) => {
+        unsafe extern "system" fn $name(
+            values: *const FWPS_INCOMING_VALUES0,
+            meta: *const FWPS_INCOMING_METADATA_VALUES0,
+            _layer_data: *mut c_void,
+            classify_context: *const c_void,
+            filter: *const FWPS_FILTER3,
+            _flow_context: u64,
+            classify_out: *mut FWPS_CLASSIFY_OUT0,
+        ) {
+            let raw = RawClassify { values, meta, classify_context, filter, classify_out };
+            classify($kind, &raw);
+        }
+    };
+}
+
+classify_fn!(classify_cr4, Kind::ConnectRedirect(Family::V4));
+classify_fn!(classify_cr6, Kind::ConnectRedirect(Family::V6));
+classify_fn!(classify_ac4, Kind::AuthConnect(Family::V4));
+classify_fn!(classify_ac6, Kind::AuthConnect(Family::V6));
+classify_fn!(classify_ec4, Kind::Closure(Family::V4));
+classify_fn!(classify_ec6, Kind::Closure(Family::V6));
+
+fn classify(kind: Kind, raw: &RawClassify) {
+    let t = now();
+    STATE.with(|s| {
+        let Some(d) = s.as_mut() else { return };
+        // SAFETY: built for this classify only, with its own handles.
+        let mut fwps = unsafe { KernelFwps::new() };
+        match kind {
+            // SAFETY: `raw` holds this classifyFn's arguments; we are inside it.
+            Kind::ConnectRedirect(f) => unsafe { d.callout.classify_connect_redirect(&mut fwps, f, raw, t) },
+            // SAFETY: as above.
+            Kind::AuthConnect(f) => unsafe { d.callout.classify_auth_connect(f, raw, t) },
+            // SAFETY: as above.
+            Kind::Closure(f) => unsafe { d.callout.classify_endpoint_closure(f, raw, t) },
+        }
+        // Time out held classifications on the way out.
+        d.callout.complete_pended(&mut fwps, t);
+    });
+}
+
+unsafe extern "system" fn notify(_: FWPS_CALLOUT_NOTIFY_TYPE, _: *const GUID, _: *mut FWPS_FILTER3) -> NTSTATUS {
+    STATUS_SUCCESS
+}
+
+// ---- control device --------------------------------------------------------------------
+
+/// `IO_STACK_LOCATION` for IRP_MJ_DEVICE_CONTROL: what `IoGetCurrentIrpStackLocation` returns.
+///
+/// # Safety
+///
+/// `irp` must be a valid IRP being dispatched to us.
+unsafe fn current_stack(irp: *mut IRP) -> *mut wdk_sys::IO_STACK_LOCATION {
+    // SAFETY: the current stack location of an IRP in dispatch (contract).
+    unsafe { (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation }
+}
+
+fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
+    // SAFETY: an IRP dispatched to us, completed exactly once here.
+    unsafe {
+        (*irp).IoStatus.__bindgen_anon_1.Status = status;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*irp).IoStatus.Information = information as u64;
+    }
+    // SAFETY: as above.
+    unsafe { IofCompleteRequest(irp, IO_NO_INCREMENT as i8) };
+    status
+}
+
+type DispatchFn = unsafe extern "C" fn(*mut DEVICE_OBJECT, *mut IRP) -> NTSTATUS;
+
+unsafe extern "C" fn dispatch_create_close(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    complete(irp, STATUS_SUCCESS, 0)
+}
+
+unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    // SAFETY: dispatched IRP.
+    let stack = unsafe { &*current_stack(irp) };
+    // SAFETY: the DeviceIoControl member is the active one for IRP_MJ_DEVICE_CONTROL.
+    let io = unsafe { stack.Parameters.DeviceIoControl };
+    if io.IoControlCode != IOCTL_CONTROL {
+        return complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0);
+    }
+    let (in_len, out_len) = (io.InputBufferLength as usize, io.OutputBufferLength as usize);
+    // Length checks before anything is read: a header at least, and no more
+    // than the largest request (a rules blob) plus its header.
+    if in_len < REQUEST_HEADER_LEN || in_len > MAX_RULES_LEN.saturating_add(REQUEST_HEADER_LEN) {
+        return complete(irp, STATUS_INVALID_PARAMETER, 0);
+    }
+    // SAFETY: METHOD_BUFFERED: the system buffer holds max(in, out) bytes.
+    let system = unsafe { (*irp).AssociatedIrp.SystemBuffer }.cast::<u8>();
+    if system.is_null() {
+        return complete(irp, STATUS_INVALID_PARAMETER, 0);
+    }
+    // The system buffer is both request and reply: copy the request out first.
+    let mut request = Vec::new();
+    if request.try_reserve_exact(in_len).is_err() {
+        return complete(irp, STATUS_INSUFFICIENT_RESOURCES, 0);
+    }
+    // SAFETY: `in_len` readable bytes at the system buffer (I/O manager).
+    request.extend_from_slice(unsafe { core::slice::from_raw_parts(system, in_len) });
+    // SAFETY: `out_len` writable bytes at the system buffer, not aliased now that the request is copied.
+    let reply = unsafe { core::slice::from_raw_parts_mut(system, out_len) };
+    let t = now();
+    let written = STATE.with(|s| {
+        let d = s.as_mut()?;
+        // SAFETY: completions during this request use the pended classifies' own handles.
+        let mut fwps = unsafe { KernelFwps::new() };
+        let seed = seed();
+        let mut session = Session {
+            callout: &mut d.callout,
+            decode_rules: |b: &[u8]| blob::decode_seeded(b, seed).map_err(rejected),
+            instance: d.instance,
+            fwps: &mut fwps,
+            now: t,
+        };
+        Some(dispatch(&mut session, &request, reply))
+    });
+    match written {
+        Some(0) => complete(irp, STATUS_BUFFER_TOO_SMALL, 0),
+        Some(n) => complete(irp, STATUS_SUCCESS, n),
+        None => complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0),
+    }
+}
+
+/// The rules decoder's error as the control protocol reports it.
+fn rejected(e: BlobError) -> RulesRejected {
+    let (code, offset) = match e {
+        BlobError::TooShort { .. } => (1, 0),
+        BlobError::BadMagic => (2, 0),
+        BlobError::UnsupportedVersion { .. } => (3, 4),
+        BlobError::Reserved => (4, 6),
+        BlobError::LengthMismatch { .. } => (5, 8),
+        BlobError::ChecksumMismatch { .. } => (6, 12),
+        BlobError::Truncated { offset, .. } => (7, offset),
+        BlobError::Invalid { offset, .. } => (8, offset),
+        _ => (9, 0),
+    };
+    RulesRejected { code, offset: u32::try_from(offset).unwrap_or(u32::MAX) }
+}
