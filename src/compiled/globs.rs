@@ -3,11 +3,16 @@
 //!
 //! - Patterns without a wildcard sit in a seeded ahash table of their folded
 //!   units: one hash and one comparison.
-//! - A pattern with a literal tail (`*\browser.exe`) can only match ids ending
-//!   in that tail, so it is filed under its last (up to) eight units; a lookup
-//!   hashes the id's last 1..=8 units, for the lengths in use, and tries only
-//!   the patterns filed there. Patterns ending in a wildcard are filed the
-//!   same way under their literal head (`\device\...\vendor\*`).
+//! - Every other pattern is filed under one *anchor*, a piece of literal text
+//!   any matching id must contain in a known place: its literal tail
+//!   (`*\browser.exe` only matches ids ending in `\browser.exe`; the last up to
+//!   eight units are kept), its literal head, or a whole path component
+//!   (`*\vendor\*` only matches ids with a `vendor` component). Each pattern
+//!   takes its rarest anchor among all patterns' anchors, so a head shared by
+//!   every path (`\device\...`) is passed over for a component that tells
+//!   patterns apart. A lookup probes the id's tails and heads for the lengths
+//!   in use and each of its components, and tries only the patterns filed
+//!   there.
 //! - The rest (`*`, `*foo*`) are tried one by one.
 //!
 //! Hash seeds come from the caller: attackers choose app ids.
@@ -19,7 +24,7 @@ use ahash::RandomState;
 use hashbrown::HashTable;
 
 use super::bits::{to_u32, to_usize};
-use crate::flow::AppId;
+use crate::flow::{AppId, fold_unit};
 use crate::policy::glob_match;
 use crate::table::OutOfMemory;
 
@@ -30,17 +35,22 @@ const QUESTION: u16 = b'?' as u16;
 /// Most units an anchor keeps (eight 16-bit units fill a `u128`).
 const ANCHOR_UNITS: usize = 8;
 
-/// Anchor kinds, in the high nibble of a bucket tag.
+/// Anchor kinds.
 const SUFFIX: u8 = 0;
 const PREFIX: u8 = 1;
+const COMPONENT: u8 = 2;
+
+/// Path separator.
+const BACKSLASH: u16 = b'\\' as u16;
+
+/// An anchor: kind, length (of the kept units for tails and heads, of the
+/// whole component for components) and the first up to eight units, packed.
+type Anchor = (u8, u16, u128);
 
 /// Patterns sharing one anchor.
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
-    /// `kind << 4 | length`.
-    tag: u8,
-    /// The anchor's folded units, packed big-end first.
-    packed: u128,
+    anchor: Anchor,
     /// First key id in `anchor_keys`.
     start: u32,
     /// How many.
@@ -53,7 +63,8 @@ struct Bucket {
 pub(super) struct GlobIndex {
     hasher: RandomState,
     units: Vec<u16>,
-    keys: Vec<(u32, u32)>,
+    /// Per key: start in `units`, length, literal head length, literal tail length.
+    keys: Vec<[u32; 4]>,
     exact: HashTable<u32>,
     anchors: HashTable<Bucket>,
     anchor_keys: Vec<u32>,
@@ -61,6 +72,8 @@ pub(super) struct GlobIndex {
     suffix_lens: u16,
     /// Same for prefix buckets.
     prefix_lens: u16,
+    /// Some pattern is filed under a component.
+    components: bool,
     always: Vec<u32>,
 }
 
@@ -89,8 +102,51 @@ fn pack(units: impl Iterator<Item = u16>) -> u128 {
     units.fold(0u128, |acc, u| (acc << 16) | u128::from(u))
 }
 
-fn tag(kind: u8, len: usize) -> u8 {
-    (kind << 4) | u8::try_from(len).unwrap_or(0)
+fn len16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+/// The anchors a matching id must contain, for a pattern with a wildcard.
+fn anchors(p: &[u16], out: &mut Vec<Anchor>) -> Result<(), OutOfMemory> {
+    out.clear();
+    let head = p.iter().take_while(|&&u| !is_wild(u)).count();
+    let tail = p.iter().rev().take_while(|&&u| !is_wild(u)).count();
+    out.try_reserve(2).map_err(|_| OutOfMemory)?;
+    if tail > 0 {
+        let l = tail.min(ANCHOR_UNITS);
+        out.push((SUFFIX, len16(l), pack(p.iter().skip(p.len().saturating_sub(l)).copied())));
+    }
+    if head > 0 {
+        let l = head.min(ANCHOR_UNITS);
+        out.push((PREFIX, len16(l), pack(p.iter().take(l).copied())));
+    }
+    // Whole components: a wildcard-free run between two backslashes. A
+    // component at the very start or end of the pattern counts only if the
+    // pattern is anchored there (otherwise it may be part of a longer one).
+    let mut start: Option<usize> = if head > 0 && p.first() != Some(&BACKSLASH) { Some(0) } else { None };
+    for (i, &u) in p.iter().enumerate() {
+        if is_wild(u) {
+            start = None;
+        } else if u == BACKSLASH {
+            if let Some(s) = start
+                && i > s
+            {
+                let c = p.get(s..i).unwrap_or(&[]);
+                out.try_reserve(1).map_err(|_| OutOfMemory)?;
+                out.push((COMPONENT, len16(c.len()), pack(c.iter().take(ANCHOR_UNITS).copied())));
+            }
+            start = Some(i.saturating_add(1));
+        }
+    }
+    if let Some(s) = start
+        && tail > 0
+        && s < p.len()
+    {
+        let c = p.get(s..).unwrap_or(&[]);
+        out.try_reserve(1).map_err(|_| OutOfMemory)?;
+        out.push((COMPONENT, len16(c.len()), pack(c.iter().take(ANCHOR_UNITS).copied())));
+    }
+    Ok(())
 }
 
 impl GlobIndex {
@@ -108,44 +164,61 @@ impl GlobIndex {
             anchor_keys: Vec::new(),
             suffix_lens: 0,
             prefix_lens: 0,
+            components: false,
             always: Vec::new(),
         };
         let total: usize = patterns.clone().map(<[u16]>::len).fold(0, usize::saturating_add);
         ix.units.try_reserve_exact(total).map_err(|_| OutOfMemory)?;
         ix.keys.try_reserve_exact(patterns.len()).map_err(|_| OutOfMemory)?;
-        let mut anchored: Vec<(u8, u128, u32)> = Vec::new();
         let mut exact: Vec<u32> = Vec::new();
+        // Every candidate anchor of every pattern, to count how common each is.
+        let mut candidates: Vec<Anchor> = Vec::new();
+        let mut scratch: Vec<Anchor> = Vec::new();
+        for p in patterns.clone() {
+            if !p.iter().any(|&u| is_wild(u)) {
+                continue;
+            }
+            anchors(p, &mut scratch)?;
+            candidates.try_reserve(scratch.len()).map_err(|_| OutOfMemory)?;
+            candidates.extend_from_slice(&scratch);
+        }
+        candidates.sort_unstable();
+        let count = |a: &Anchor| {
+            let lo = candidates.partition_point(|c| c < a);
+            candidates.get(lo..).map_or(0, |r| r.iter().take_while(|c| *c == a).count())
+        };
+        let mut anchored: Vec<(Anchor, u32)> = Vec::new();
         for (p, key) in patterns.zip(0u32..) {
-            ix.keys.push((to_u32(ix.units.len())?, to_u32(p.len())?));
-            ix.units.extend_from_slice(p);
             let head = p.iter().take_while(|&&u| !is_wild(u)).count();
             let tail = p.iter().rev().take_while(|&&u| !is_wild(u)).count();
-            let slot = if head == p.len() {
+            ix.keys.push([to_u32(ix.units.len())?, to_u32(p.len())?, to_u32(head)?, to_u32(tail)?]);
+            ix.units.extend_from_slice(p);
+            if !p.iter().any(|&u| is_wild(u)) {
                 exact.try_reserve(1).map_err(|_| OutOfMemory)?;
                 exact.push(key);
                 continue;
-            } else if tail > 0 {
-                let l = tail.min(ANCHOR_UNITS);
-                ix.suffix_lens |= 1 << l;
-                (tag(SUFFIX, l), pack(p.iter().skip(p.len().saturating_sub(l)).copied()))
-            } else if head > 0 {
-                let l = head.min(ANCHOR_UNITS);
-                ix.prefix_lens |= 1 << l;
-                (tag(PREFIX, l), pack(p.iter().take(l).copied()))
-            } else {
+            }
+            anchors(p, &mut scratch)?;
+            // The rarest anchor; among equals, the longest.
+            let Some(&best) = scratch.iter().min_by_key(|a| (count(a), u16::MAX.saturating_sub(a.1))) else {
                 ix.always.try_reserve(1).map_err(|_| OutOfMemory)?;
                 ix.always.push(key);
                 continue;
             };
+            match best.0 {
+                SUFFIX => ix.suffix_lens |= 1 << best.1.min(15),
+                PREFIX => ix.prefix_lens |= 1 << best.1.min(15),
+                _ => ix.components = true,
+            }
             anchored.try_reserve(1).map_err(|_| OutOfMemory)?;
-            anchored.push((slot.0, slot.1, key));
+            anchored.push((best, key));
         }
 
         let hasher = ix.hasher.clone();
         let keys = &ix.keys;
         let units = &ix.units;
         let key_hash = |k: &u32| {
-            let (s, l) = keys.get(to_usize(*k)).copied().unwrap_or((0, 0));
+            let [s, l, _, _] = keys.get(to_usize(*k)).copied().unwrap_or([0; 4]);
             let s = to_usize(s);
             hash_units(&hasher, units.get(s..s.saturating_add(to_usize(l))).unwrap_or(&[]).iter().copied())
         };
@@ -156,13 +229,13 @@ impl GlobIndex {
 
         anchored.sort_unstable();
         ix.anchor_keys.try_reserve_exact(anchored.len()).map_err(|_| OutOfMemory)?;
-        let bucket_hash = |b: &Bucket| hasher.hash_one((b.tag, b.packed));
+        let bucket_hash = |b: &Bucket| hasher.hash_one(b.anchor);
         let mut rest = anchored.as_slice();
-        while let Some(&(t, packed, _)) = rest.first() {
-            let run = rest.iter().take_while(|&&(t2, p2, _)| t2 == t && p2 == packed).count();
+        while let Some(&(anchor, _)) = rest.first() {
+            let run = rest.iter().take_while(|&&(a, _)| a == anchor).count();
             let (group, tail) = rest.split_at(run);
-            let bucket = Bucket { tag: t, packed, start: to_u32(ix.anchor_keys.len())?, len: to_u32(run)? };
-            ix.anchor_keys.extend(group.iter().map(|&(_, _, k)| k));
+            let bucket = Bucket { anchor, start: to_u32(ix.anchor_keys.len())?, len: to_u32(run)? };
+            ix.anchor_keys.extend(group.iter().map(|&(_, k)| k));
             ix.anchors.try_reserve(1, bucket_hash).map_err(|_| OutOfMemory)?;
             ix.anchors.insert_unique(bucket_hash(&bucket), bucket, bucket_hash);
             rest = tail;
@@ -171,7 +244,7 @@ impl GlobIndex {
     }
 
     fn pattern(&self, key: u32) -> &[u16] {
-        let (s, l) = self.keys.get(to_usize(key)).copied().unwrap_or((0, 0));
+        let [s, l, _, _] = self.keys.get(to_usize(key)).copied().unwrap_or([0; 4]);
         let s = to_usize(s);
         self.units.get(s..s.saturating_add(to_usize(l))).unwrap_or(&[])
     }
@@ -193,6 +266,7 @@ impl GlobIndex {
                 return false;
             }
         }
+        let folded = |i: usize| app.unit(i).map_or(0, fold_unit);
         for (kind, lens) in [(SUFFIX, self.suffix_lens), (PREFIX, self.prefix_lens)] {
             let mut lens = lens;
             while lens != 0 {
@@ -202,23 +276,44 @@ impl GlobIndex {
                     break;
                 }
                 let from = if kind == SUFFIX { n.saturating_sub(l) } else { 0 };
-                let packed = pack(app.folded_units().skip(from).take(l));
-                let t = tag(kind, l);
-                let Some(b) =
-                    self.anchors.find(self.hasher.hash_one((t, packed)), |b| b.tag == t && b.packed == packed)
-                else {
-                    continue;
-                };
-                let s = to_usize(b.start);
-                for &k in self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[]) {
-                    if glob_match(self.pattern(k), app) && !f(k) {
-                        return false;
-                    }
+                let packed = pack((from..from.saturating_add(l)).map(folded));
+                if !self.try_bucket((kind, len16(l), packed), app, &mut f) {
+                    return false;
                 }
             }
         }
+        if self.components {
+            let mut start = 0usize;
+            for i in 0..=n {
+                let u = folded(i);
+                if i < n && u != BACKSLASH {
+                    continue;
+                }
+                if i > start {
+                    let packed = pack((start..i.min(start.saturating_add(ANCHOR_UNITS))).map(folded));
+                    if !self.try_bucket((COMPONENT, len16(i.saturating_sub(start)), packed), app, &mut f) {
+                        return false;
+                    }
+                }
+                start = i.saturating_add(1);
+            }
+        }
         for &k in &self.always {
-            if glob_match(self.pattern(k), app) && !f(k) {
+            if self.key_matches(k, app) && !f(k) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Tries the patterns filed under `anchor`; false when `f` said stop.
+    fn try_bucket(&self, anchor: Anchor, app: &AppId<'_>, f: &mut impl FnMut(u32) -> bool) -> bool {
+        let Some(b) = self.anchors.find(self.hasher.hash_one(anchor), |b| b.anchor == anchor) else {
+            return true;
+        };
+        let s = to_usize(b.start);
+        for &k in self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[]) {
+            if self.key_matches(k, app) && !f(k) {
                 return false;
             }
         }
@@ -230,9 +325,36 @@ impl GlobIndex {
         !self.for_each_match(app, |_| false)
     }
 
-    /// Does pattern `key` match? (For candidates the tables could not narrow.)
+    /// Does pattern `key` match? The literal head and tail are compared
+    /// first (most candidates differ there within a few units); the wildcard
+    /// matcher then only runs on the middle.
     pub(super) fn key_matches(&self, key: u32, app: &AppId<'_>) -> bool {
-        glob_match(self.pattern(key), app)
+        let [_, _, head, tail] = self.keys.get(to_usize(key)).copied().unwrap_or([0; 4]);
+        let (head, tail) = (to_usize(head), to_usize(tail));
+        let p = self.pattern(key);
+        let n = app.len_units();
+        if head == p.len() {
+            // No wildcard: only the exact table holds these, but stay correct.
+            return glob_match(p, app);
+        }
+        if head.saturating_add(tail) > n {
+            return false;
+        }
+        let tail_ok =
+            p.iter().rev().take(tail).zip((0..n).rev()).all(|(&pu, i)| app.unit(i).map(fold_unit) == Some(pu));
+        if !tail_ok || !p.iter().take(head).zip(0..n).all(|(&pu, i)| app.unit(i).map(fold_unit) == Some(pu)) {
+            return false;
+        }
+        let middle = p.get(head..p.len().saturating_sub(tail)).unwrap_or(&[]);
+        if middle.iter().all(|&u| u == STAR) {
+            return true;
+        }
+        let bytes = app.as_bytes();
+        match bytes.get(head.saturating_mul(2)..n.saturating_sub(tail).saturating_mul(2)) {
+            // AppId drops trailing NUL units, which would shorten the middle: use the whole id.
+            Some(mid) if !mid.ends_with(&[0, 0]) => glob_match(middle, &AppId::from_utf16le(mid)),
+            _ => glob_match(p, app),
+        }
     }
 
     /// Bytes held.
@@ -240,7 +362,7 @@ impl GlobIndex {
         self.units
             .capacity()
             .saturating_mul(2)
-            .saturating_add(self.keys.capacity().saturating_mul(8))
+            .saturating_add(self.keys.capacity().saturating_mul(16))
             .saturating_add(self.exact.capacity().saturating_mul(5))
             .saturating_add(self.anchors.capacity().saturating_mul(size_of::<Bucket>().saturating_add(1)))
             .saturating_add(self.anchor_keys.capacity().saturating_mul(4))

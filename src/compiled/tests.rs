@@ -489,3 +489,41 @@ fn failed_swap_leaves_old_rules_in_force() {
     assert_eq!(arbiter.policy().first_match(&flow(443)), None);
     assert_eq!(arbiter.policy().first_match(&flow(8080)).map(|h| h.index), Some(1));
 }
+
+#[test]
+fn glob_anchors_of_every_kind() {
+    // Tail, head, middle component, first component, and none at all.
+    let patterns = [r"*\browser.exe", r"\device\harddiskvolume3\vendor\*", r"*\Vendor\*", r"device\*", r"*owse*"];
+    let ids = [
+        r"\device\harddiskvolume3\apps\browser.exe",
+        r"\Device\HarddiskVolume3\VENDOR\tool.exe",
+        r"\device\harddiskvolume3\other\vendorx\tool.exe",
+        r"device\x",
+        r"\device\harddiskvolume3\vendor",
+        "",
+    ];
+    for p in patterns {
+        let mut r = Rule::any(p, Action::Proxy);
+        r.app.push(Glob::new(p).unwrap());
+        let rs = RuleSet { rules: vec![r], trust: vec![Glob::new(p).unwrap()], ..RuleSet::default() };
+        let compiled = CompiledRules::compile(&rs).unwrap();
+        for id in ids {
+            let spec = FlowSpec {
+                protocol: Protocol::TCP,
+                remote: "1.2.3.4:80".parse().unwrap(),
+                app: WideString::new(id),
+                original_app: WideString::new(id),
+                package: None,
+            };
+            assert_same(&rs, &compiled, &spec);
+        }
+    }
+    let hit = |p: &str, id: &str| {
+        let rs = RuleSet { trust: vec![Glob::new(p).unwrap()], ..RuleSet::default() };
+        CompiledRules::compile(&rs).unwrap().is_trusted(&WideString::new(id).app_id())
+    };
+    assert!(hit(r"*\Vendor\*", ids[1]));
+    assert!(!hit(r"*\Vendor\*", ids[2]));
+    assert!(!hit(r"*\Vendor\*", ids[4]), "the component must be followed by a backslash");
+    assert!(hit(r"device\*", ids[3]));
+}
