@@ -368,7 +368,11 @@ impl CompiledRules {
             IpAddr::V4(ip) => (false, self.v4.innermost(u32::from(ip))),
             IpAddr::V6(ip) => (true, self.v6.innermost(u128::from(ip))),
         };
-        let port = flow.remote.port();
+        // The port tree's path, read once for all blocks.
+        let mut port_path = [NONE; 5];
+        for (slot, p) in port_path.iter_mut().zip(self.ports.path(flow.remote.port())) {
+            *slot = p;
+        }
         let package = flow.package.and_then(|sid| {
             let bytes = sid.as_bytes();
             let i = self.package.binary_search_by(|(s, _)| s.as_sid().as_bytes().cmp(bytes)).ok()?;
@@ -402,7 +406,7 @@ impl CompiledRules {
                     PROTOCOL => self.pools.or_block(proto, word, n, &mut tmp),
                     REMOTE => self.or_remote(v6, remote, word, n, &mut tmp),
                     PORTS => {
-                        for p in self.ports.path(port) {
+                        for &p in port_path.iter().take_while(|&&p| p != NONE) {
                             self.pools.or_block(p, word, n, &mut tmp);
                         }
                     }

@@ -270,7 +270,10 @@ fn main() {
     let batches = if full { 51 } else { 1 };
     println!();
     println!("first_match, median ns per lookup over {batches} batches of {FLOWS} flows:");
-    println!("{:>7} {:>12} {:>12} {:>8} {:>7} {:>11} {:>11}", "rules", "naive ns", "compiled ns", "ratio", "hits", "compile ms", "tables KiB");
+    println!(
+        "{:>7} {:>12} {:>12} {:>8} {:>7} {:>11} {:>11}",
+        "rules", "naive ns", "compiled ns", "ratio", "hits", "compile ms", "tables KiB"
+    );
     for (n, rs, compiled, specs, took) in &sets {
         let flows: Vec<Flow<'_>> = specs.iter().map(flow).collect();
         let naive = median_ns(rs, &flows, batches);

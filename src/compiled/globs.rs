@@ -65,6 +65,9 @@ pub(super) struct GlobIndex {
     units: Vec<u16>,
     /// Per key: start in `units`, length, literal head length, literal tail length.
     keys: Vec<[u32; 4]>,
+    /// Per key: the first and last (up to) eight units of its literal head
+    /// and tail, packed, to reject most candidates with two compares.
+    prints: Vec<(u128, u128)>,
     exact: HashTable<u32>,
     anchors: HashTable<Bucket>,
     anchor_keys: Vec<u32>,
@@ -100,6 +103,31 @@ fn hash_units(hasher: &RandomState, units: impl Iterator<Item = u16>) -> u64 {
 
 fn pack(units: impl Iterator<Item = u16>) -> u128 {
     units.fold(0u128, |acc, u| (acc << 16) | u128::from(u))
+}
+
+/// The first and last (up to) eight folded units of an app id, packed.
+struct Probe {
+    first: u128,
+    first_len: usize,
+    last: u128,
+}
+
+impl Probe {
+    fn new(app: &AppId<'_>) -> Self {
+        let n = app.len_units();
+        let folded = |i: usize| app.unit(i).map_or(0, fold_unit);
+        let first_len = n.min(ANCHOR_UNITS);
+        Self {
+            first: pack((0..first_len).map(folded)),
+            first_len,
+            last: pack((n.saturating_sub(ANCHOR_UNITS)..n).map(folded)),
+        }
+    }
+}
+
+/// Mask of the low `units` 16-bit units of a packed value.
+fn low_units(units: usize) -> u128 {
+    u128::MAX.checked_shr(128u32.saturating_sub(u32::try_from(units.saturating_mul(16)).unwrap_or(128))).unwrap_or(0)
 }
 
 fn len16(n: usize) -> u16 {
@@ -159,6 +187,7 @@ impl GlobIndex {
             hasher,
             units: Vec::new(),
             keys: Vec::new(),
+            prints: Vec::new(),
             exact: HashTable::new(),
             anchors: HashTable::new(),
             anchor_keys: Vec::new(),
@@ -170,6 +199,7 @@ impl GlobIndex {
         let total: usize = patterns.clone().map(<[u16]>::len).fold(0, usize::saturating_add);
         ix.units.try_reserve_exact(total).map_err(|_| OutOfMemory)?;
         ix.keys.try_reserve_exact(patterns.len()).map_err(|_| OutOfMemory)?;
+        ix.prints.try_reserve_exact(patterns.len()).map_err(|_| OutOfMemory)?;
         let mut exact: Vec<u32> = Vec::new();
         // Every candidate anchor of every pattern, to count how common each is.
         let mut candidates: Vec<Anchor> = Vec::new();
@@ -192,6 +222,11 @@ impl GlobIndex {
             let head = p.iter().take_while(|&&u| !is_wild(u)).count();
             let tail = p.iter().rev().take_while(|&&u| !is_wild(u)).count();
             ix.keys.push([to_u32(ix.units.len())?, to_u32(p.len())?, to_u32(head)?, to_u32(tail)?]);
+            let last = tail.min(ANCHOR_UNITS);
+            ix.prints.push((
+                pack(p.iter().take(head.min(ANCHOR_UNITS)).copied()),
+                pack(p.iter().skip(p.len().saturating_sub(last)).copied()),
+            ));
             ix.units.extend_from_slice(p);
             if !p.iter().any(|&u| is_wild(u)) {
                 exact.try_reserve(1).map_err(|_| OutOfMemory)?;
@@ -267,6 +302,7 @@ impl GlobIndex {
             }
         }
         let folded = |i: usize| app.unit(i).map_or(0, fold_unit);
+        let probe = Probe::new(app);
         for (kind, lens) in [(SUFFIX, self.suffix_lens), (PREFIX, self.prefix_lens)] {
             let mut lens = lens;
             while lens != 0 {
@@ -277,7 +313,7 @@ impl GlobIndex {
                 }
                 let from = if kind == SUFFIX { n.saturating_sub(l) } else { 0 };
                 let packed = pack((from..from.saturating_add(l)).map(folded));
-                if !self.try_bucket((kind, len16(l), packed), app, &mut f) {
+                if !self.try_bucket((kind, len16(l), packed), app, &probe, &mut f) {
                     return false;
                 }
             }
@@ -291,7 +327,7 @@ impl GlobIndex {
                 }
                 if i > start {
                     let packed = pack((start..i.min(start.saturating_add(ANCHOR_UNITS))).map(folded));
-                    if !self.try_bucket((COMPONENT, len16(i.saturating_sub(start)), packed), app, &mut f) {
+                    if !self.try_bucket((COMPONENT, len16(i.saturating_sub(start)), packed), app, &probe, &mut f) {
                         return false;
                     }
                 }
@@ -299,7 +335,7 @@ impl GlobIndex {
             }
         }
         for &k in &self.always {
-            if self.key_matches(k, app) && !f(k) {
+            if self.may_match(k, &probe) && self.key_matches(k, app) && !f(k) {
                 return false;
             }
         }
@@ -307,17 +343,35 @@ impl GlobIndex {
     }
 
     /// Tries the patterns filed under `anchor`; false when `f` said stop.
-    fn try_bucket(&self, anchor: Anchor, app: &AppId<'_>, f: &mut impl FnMut(u32) -> bool) -> bool {
+    fn try_bucket(&self, anchor: Anchor, app: &AppId<'_>, probe: &Probe, f: &mut impl FnMut(u32) -> bool) -> bool {
         let Some(b) = self.anchors.find(self.hasher.hash_one(anchor), |b| b.anchor == anchor) else {
             return true;
         };
         let s = to_usize(b.start);
         for &k in self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[]) {
-            if self.key_matches(k, app) && !f(k) {
+            if self.may_match(k, probe) && self.key_matches(k, app) && !f(k) {
                 return false;
             }
         }
         true
+    }
+
+    /// False when the packed head or tail already rules key `k` out.
+    fn may_match(&self, k: u32, probe: &Probe) -> bool {
+        let [_, _, head, tail] = self.keys.get(to_usize(k)).copied().unwrap_or([0; 4]);
+        let Some(&(head_print, tail_print)) = self.prints.get(to_usize(k)) else { return true };
+        let t = to_usize(tail).min(ANCHOR_UNITS);
+        let h = to_usize(head).min(ANCHOR_UNITS);
+        if probe.last & low_units(t) != tail_print {
+            return false;
+        }
+        // Shorter ids fail the full check anyway; only compare when the head fits.
+        h > probe.first_len
+            || probe
+                .first
+                .checked_shr(u32::try_from(probe.first_len.saturating_sub(h).saturating_mul(16)).unwrap_or(128))
+                .unwrap_or(0)
+                == head_print
     }
 
     /// Does any pattern match?
@@ -363,6 +417,7 @@ impl GlobIndex {
             .capacity()
             .saturating_mul(2)
             .saturating_add(self.keys.capacity().saturating_mul(16))
+            .saturating_add(self.prints.capacity().saturating_mul(32))
             .saturating_add(self.exact.capacity().saturating_mul(5))
             .saturating_add(self.anchors.capacity().saturating_mul(size_of::<Bucket>().saturating_add(1)))
             .saturating_add(self.anchor_keys.capacity().saturating_mul(4))
