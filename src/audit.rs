@@ -53,10 +53,6 @@ pub struct AuditRecord<'a> {
 }
 
 /// What a record records.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "records are built once per decision and encoded; boxing would allocate on the decision path"
-)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A connect-redirect decision.

@@ -58,4 +58,3 @@ pub use policy::{Action, LoopPolicy, PermitOrBlock, Policy, RuleSet};
 pub use reason::Reason;
 pub use table::OutOfMemory;
 pub use time::{Duration, Instant};
-
