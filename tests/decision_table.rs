@@ -372,3 +372,31 @@ fn rule_swap_keeps_tables() {
     let s2 = Sock::tcp(2, "93.184.216.34:443");
     assert_eq!(a.decide_connect_redirect(&s2.connect(NotRedirected), ms(2)).reason, Reason::NoRule);
 }
+
+#[test]
+fn c5_on_reauthorization_then_a3_blocks_the_overridden_flow() {
+    // We proxy; a lower-weight vendor then overrides with its own local
+    // redirect, having seen our rewritten remote (our listener) as the flow's
+    // destination. On the reauthorization we concede (C5: never fight over a
+    // local redirect), but the flow now goes to the other proxy with our
+    // listener as its "original" destination: A3 stops it, explained, instead
+    // of letting a context-less connection reach our proxy.
+    let mut a = arbiter_with(web_rules());
+    let s = Sock::tcp(1, "93.184.216.34:443");
+    assert_eq!(a.decide_connect_redirect(&s.connect(NotRedirected), ms(0)).verdict, Verdict::Proxy);
+    let reauth = s.connect_with_chain(NotRedirected, &[(OWN_FILTER, true), (300, true)]);
+    let d = a.decide_connect_redirect(&reauth, ms(1));
+    assert_decision(&d, Verdict::Permit, Reason::LocalProxyOfOther);
+    let d = a.decide_auth_connect(&s.auth(true, Some(4444), Some("93.184.216.34:443")), ms(2));
+    assert_decision(&d, Verdict::Block, Reason::RedirectTargetMismatch);
+}
+
+#[test]
+fn c6_keeps_our_proxied_record() {
+    let mut a = arbiter_with(web_rules());
+    let s = Sock::tcp(1, "93.184.216.34:443");
+    a.decide_connect_redirect(&s.connect(NotRedirected), ms(0));
+    let reauth = s.connect_with_chain(NotRedirected, &[(OWN_FILTER, true), (300, false)]);
+    assert_eq!(a.decide_connect_redirect(&reauth, ms(1)).reason, Reason::ModifiedBySelf);
+    assert_eq!(a.decide_auth_connect(&s.auth_after_proxy(), ms(2)).reason, Reason::ProxyVerified);
+}
