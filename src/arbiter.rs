@@ -408,14 +408,17 @@ impl<P: Policy> Arbiter<P> {
         if outcome.verdict == Verdict::Proxy {
             // "Every proxy verdict counts one hop for its destination."
             let dest = input.flow.destination();
-            let hop = match self.destinations.get(&dest, now) {
-                Some(h) if now < h.start.saturating_add(loops.hop_window) => {
-                    HopCount { start: h.start, count: h.count.saturating_add(1) }
+            let window = loops.hop_window;
+            let departed = self.destinations.upsert(dest, now, |live| match live {
+                // Same window: count the hop; the deadline (window end) stays,
+                // and so does the entry's place in the age order.
+                Some(h) if now < h.start.saturating_add(window) => {
+                    let hop = HopCount { start: h.start, count: h.count.saturating_add(1) };
+                    (hop, h.start.saturating_add(window), false)
                 }
-                _ => HopCount { start: now, count: 1 },
-            };
-            let until = hop.start.saturating_add(loops.hop_window);
-            if let Some((k, v, why)) = self.destinations.insert(dest, hop, until, now) {
+                _ => (HopCount { start: now, count: 1 }, now.saturating_add(window), true),
+            });
+            if let Some((k, v, why)) = departed {
                 let rec = self.departure(
                     TableId::Destinations,
                     why,

@@ -101,8 +101,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
     }
 
     fn find(&self, key: &K) -> Option<u32> {
-        let slots = &self.slots;
-        self.index.find(self.hash(key), |&i| slots.get(i as usize).is_some_and(|s| s.key == *key)).copied()
+        self.find_hashed(self.hash(key), key)
     }
 
     /// The value under `key`, unless it has expired by `now`.
@@ -167,24 +166,50 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
         self.release(i).map(|(_, v, deadline)| (v, now < deadline))
     }
 
+    fn find_hashed(&self, hash: u64, key: &K) -> Option<u32> {
+        let slots = &self.slots;
+        self.index.find(hash, |&i| slots.get(i as usize).is_some_and(|s| s.key == *key)).copied()
+    }
+
     /// Inserts or replaces the entry under `key`, live until `deadline`.
     ///
     /// A replaced entry becomes the newest. When the table is full, the oldest
     /// entry leaves first and is returned with why: expired if its deadline
     /// has passed, evicted otherwise. With capacity 0 nothing is stored.
     pub fn insert(&mut self, key: K, value: V, deadline: Instant, now: Instant) -> Option<(K, V, Departure)> {
-        if let Some(i) = self.find(&key) {
+        self.upsert(key, now, |_| (value, deadline, true))
+    }
+
+    /// Reads the live entry under `key` (if any) and writes back what `f`
+    /// returns: the value, its deadline, and whether it becomes the newest
+    /// entry (pass false only when the deadline does not move later, so that
+    /// age order stays expiry order). One hash of `key` for the whole update.
+    pub fn upsert(
+        &mut self,
+        key: K,
+        now: Instant,
+        f: impl FnOnce(Option<&V>) -> (V, Instant, bool),
+    ) -> Option<(K, V, Departure)> {
+        let hash = self.hash(&key);
+        if let Some(i) = self.find_hashed(hash, &key) {
+            let mut refresh = true;
             if let Some(s) = self.slot_mut(i) {
+                let live = now < s.deadline;
+                let (value, deadline, newest) = f(live.then_some(&s.value));
                 s.value = value;
                 s.deadline = deadline;
+                refresh = newest;
             }
-            self.unlink(i);
-            self.push_back(i);
+            if refresh {
+                self.unlink(i);
+                self.push_back(i);
+            }
             return None;
         }
         if self.capacity == 0 {
             return None;
         }
+        let (value, deadline, _) = f(None);
         let mut departed = None;
         if self.len >= self.capacity {
             let head = self.head;
@@ -210,7 +235,6 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
             self.slots.push(slot);
             i
         };
-        let hash = self.hash(&key);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hash, i, |&j| slots.get(j as usize).map_or(0, |s| hasher.hash_one(s.key)));
         self.push_back(i);
@@ -293,6 +317,23 @@ mod tests {
         let mut tb = t(1);
         tb.insert(1, 10, at(5), at(0));
         assert_eq!(tb.insert(2, 20, at(50), at(10)), Some((1, 10, Departure::Expired)));
+    }
+
+    #[test]
+    fn upsert_updates_in_place_or_refreshes() {
+        let mut tb = t(2);
+        tb.insert(1, 10, at(100), at(0));
+        tb.insert(2, 20, at(100), at(0));
+        // Update 1 in place without refreshing: it stays the oldest.
+        tb.upsert(1, at(1), |v| (v.copied().unwrap_or(0) + 1, at(100), false));
+        assert_eq!(tb.get(&1, at(1)), Some(&11));
+        assert_eq!(tb.insert(3, 30, at(100), at(2)), Some((1, 11, Departure::Evicted)));
+        // An expired entry reads as absent to the update.
+        tb.upsert(2, at(200), |v| {
+            assert!(v.is_none());
+            (0, at(300), true)
+        });
+        assert_eq!(tb.get(&2, at(200)), Some(&0));
     }
 
     #[test]
