@@ -10,7 +10,7 @@ use core::net::{SocketAddrV4, SocketAddrV6};
 
 use ahash::RandomState;
 
-use crate::audit::{AuditRecord, AuthRecord, ConnectRecord, DepartedEntry, DepartureRecord, Event};
+use crate::audit::{AuditRecord, AuthRecord, ConnectRecord, DepartedEntry, DepartureRecord, Event, FallbackRecord};
 use crate::decide::{
     self, ConnectFacts, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict,
 };
@@ -484,6 +484,42 @@ impl<P: Policy> Arbiter<P> {
 
     const fn decision(outcome: Outcome, audit: AuditRecord<'_>, departures: Departures) -> Decision<'_> {
         Decision { verdict: outcome.verdict, reason: outcome.reason, redirect: outcome.redirect, audit, departures }
+    }
+
+    /// A connect-redirect classification the driver held (pended) while no
+    /// proxy was registered ran out of time and gets the configured fallback.
+    /// Recorded and audited like a decision (`pend-timeout`); a fallback block
+    /// is cached for auth-connect like any connect-redirect block (A1), since
+    /// a block at a redirect layer alone does not reliably stop the flow.
+    ///
+    /// `fallback` is `continue`, `permit` or `block`; `proxy` cannot be a
+    /// fallback (there is no proxy) and is given as `continue`.
+    pub fn decide_fallback<'a>(
+        &mut self,
+        input: &ConnectRedirectInput<'a>,
+        fallback: Verdict,
+        now: Instant,
+    ) -> Decision<'a> {
+        let verdict = if fallback == Verdict::Proxy { Verdict::Continue } else { fallback };
+        let outcome = Outcome { verdict, reason: Reason::PendTimeout, redirect: None };
+        let mut departures = Departures::default();
+        if verdict == Verdict::Block {
+            let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason: Reason::PendTimeout };
+            let deadline = now.saturating_add(self.config.endpoint_ttl);
+            if let Some((k, v, why)) = self.endpoints.insert(input.flow.endpoint, entry, deadline, now) {
+                let rec =
+                    self.departure(TableId::Endpoints, why, DepartedEntry::Endpoint { endpoint: k, entry: v }, now);
+                departures.push(rec);
+            }
+        }
+        self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
+        self.count_verdict(outcome.verdict);
+        let audit = AuditRecord {
+            seq: self.next_seq(),
+            at: now,
+            event: Event::Fallback(FallbackRecord { input: *input, outcome }),
+        };
+        Self::decision(outcome, audit, departures)
     }
 
     /// ALE_ENDPOINT_CLOSURE: the socket is gone, so is its entry. Returns the

@@ -40,6 +40,7 @@ pub const HEADER_LEN: usize = 8;
 const KIND_CONNECT: u8 = 1;
 const KIND_AUTH: u8 = 2;
 const KIND_DEPARTURE: u8 = 3;
+const KIND_FALLBACK: u8 = 4;
 
 /// One audit record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,20 @@ pub enum Event<'a> {
     AuthConnect(AuthRecord<'a>),
     /// An entry left a table without being used.
     Departure(DepartureRecord),
+    /// A held (pended) connect-redirect classification got the configured
+    /// fallback verdict because no proxy registered in time.
+    Fallback(FallbackRecord<'a>),
+}
+
+/// A pended classification's fallback: the input it was held with and the
+/// outcome (`continue`, `permit` or `block`, reason `pend-timeout`). Kind 4: readers that
+/// predate it skip it by its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FallbackRecord<'a> {
+    /// The indication that was held.
+    pub input: ConnectRedirectInput<'a>,
+    /// The fallback outcome.
+    pub outcome: Outcome,
 }
 
 /// A connect-redirect decision, whole.
@@ -237,6 +252,8 @@ impl<'a> AuditRecord<'a> {
             Event::AuthConnect(a) => {
                 Some(Replayed { outcome: decide::auth_connect(&a.input, a.entry), diverged: false })
             }
+            // Not the table's decision: the configured fallback, given as is.
+            Event::Fallback(f) => Some(Replayed { outcome: f.outcome, diverged: false }),
             Event::Departure(_) => None,
         }
     }
@@ -246,6 +263,7 @@ impl<'a> AuditRecord<'a> {
         match &self.event {
             Event::ConnectRedirect(c) => Some(&c.outcome),
             Event::AuthConnect(a) => Some(&a.outcome),
+            Event::Fallback(f) => Some(&f.outcome),
             Event::Departure(_) => None,
         }
     }
@@ -268,6 +286,7 @@ impl<'a> AuditRecord<'a> {
             Event::ConnectRedirect(_) => KIND_CONNECT,
             Event::AuthConnect(_) => KIND_AUTH,
             Event::Departure(_) => KIND_DEPARTURE,
+            Event::Fallback(_) => KIND_FALLBACK,
         };
         let body_len = u32::try_from(need.saturating_sub(HEADER_LEN)).map_err(|_| EncodeError::AppIdTooLong)?;
         let header =
@@ -293,6 +312,7 @@ impl<'a> AuditRecord<'a> {
             Event::ConnectRedirect(c) => write_connect(w, c),
             Event::AuthConnect(a) => write_auth(w, a),
             Event::Departure(d) => write_departure(w, d),
+            Event::Fallback(f) => write_connect_input(w, &f.input).and_then(|()| write_outcome(w, &f.outcome)),
         }
     }
 
@@ -316,7 +336,7 @@ impl<'a> AuditRecord<'a> {
         let body = r.take(len).map_err(|_| truncated(&r))?;
         let mut b = Body { r: Reader::new(body), base: HEADER_LEN, whole: body.len() };
         let record = match kind {
-            KIND_CONNECT | KIND_AUTH | KIND_DEPARTURE => b.record(kind)?,
+            KIND_CONNECT | KIND_AUTH | KIND_DEPARTURE | KIND_FALLBACK => b.record(kind)?,
             other => return Err(DecodeError { offset: 3, kind: DecodeErrorKind::UnknownKind(other) }),
         };
         if b.r.remaining() != 0 {
@@ -429,8 +449,7 @@ fn write_outcome(w: &mut impl Sink, o: &Outcome) -> Result<(), EncodeError> {
     }
 }
 
-fn write_connect(w: &mut impl Sink, c: &ConnectRecord<'_>) -> Result<(), EncodeError> {
-    let i = &c.input;
+fn write_connect_input(w: &mut impl Sink, i: &ConnectRedirectInput<'_>) -> Result<(), EncodeError> {
     write_flow(w, &i.flow)?;
     w.u8(i.state as u8)?;
     w.u8(u8::from(i.write_right) | u8::from(i.reauthorize) << 1 | u8::from(i.previous.overflowed()) << 2)?;
@@ -441,6 +460,11 @@ fn write_connect(w: &mut impl Sink, c: &ConnectRecord<'_>) -> Result<(), EncodeE
         w.u64(e.filter)?;
         w.u8(u8::from(e.local_redirect_handle))?;
     }
+    Ok(())
+}
+
+fn write_connect(w: &mut impl Sink, c: &ConnectRecord<'_>) -> Result<(), EncodeError> {
+    write_connect_input(w, &c.input)?;
     w.u64(c.env.own_filter)?;
     match &c.env.proxy {
         Some(p) => {
@@ -596,6 +620,7 @@ impl<'a> Body<'a> {
         let event = match kind {
             KIND_CONNECT => Event::ConnectRedirect(self.connect()?),
             KIND_AUTH => Event::AuthConnect(self.auth()?),
+            KIND_FALLBACK => Event::Fallback(self.fallback()?),
             _ => Event::Departure(self.departure(seq, at)?),
         };
         Ok(AuditRecord { seq, at, event })
@@ -649,7 +674,7 @@ impl<'a> Body<'a> {
         Ok(Outcome { verdict, reason, redirect })
     }
 
-    fn connect(&mut self) -> Result<ConnectRecord<'a>, DecodeError> {
+    fn connect_input(&mut self) -> Result<ConnectRedirectInput<'a>, DecodeError> {
         let flow = self.flow()?;
         let s = self.u8()?;
         let state = RedirectState::from_u8(s).ok_or_else(|| self.bad("redirect state"))?;
@@ -672,8 +697,20 @@ impl<'a> Body<'a> {
             return Err(self.bad("previousVersion walked count"));
         }
         previous.set_walked(walked, overflowed);
-        let input =
-            ConnectRedirectInput { flow, state, write_right: flags & 1 != 0, reauthorize: flags & 0b10 != 0, previous };
+        Ok(ConnectRedirectInput { flow, state, write_right: flags & 1 != 0, reauthorize: flags & 0b10 != 0, previous })
+    }
+
+    fn fallback(&mut self) -> Result<FallbackRecord<'a>, DecodeError> {
+        let input = self.connect_input()?;
+        let outcome = self.outcome()?;
+        if outcome.reason != Reason::PendTimeout || outcome.verdict == Verdict::Proxy {
+            return Err(self.bad("fallback outcome"));
+        }
+        Ok(FallbackRecord { input, outcome })
+    }
+
+    fn connect(&mut self) -> Result<ConnectRecord<'a>, DecodeError> {
+        let input = self.connect_input()?;
         let own_filter = self.u64()?;
         let proxy = if self.flag("proxy presence")? {
             let pid = self.u64()?;

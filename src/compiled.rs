@@ -1,163 +1,142 @@
 //! The compiled rule matcher: the same answers as [`RuleSet`]'s first-match
 //! scan, without scanning rule by rule.
 //!
-//! Every rule condition is one of six dimensions (protocol, remote address,
-//! remote port, package SID, app id, original app id). For a flow, each
-//! dimension yields the set of rules it admits: the rules that leave the
-//! dimension open (a precomputed bitset) plus the posting lists of the keys
-//! the flow's value hits (one protocol; the nested CIDRs holding the address;
-//! the port tree's nodes on the port's path; the SID; the matching globs). The
-//! first rule in every set is the answer. Sets are intersected one block of
-//! 2,048 rules at a time on the stack, cheap dimensions first, so a block
-//! that no rule survives costs a few hundred word operations and matching
-//! never allocates.
+//! Every rule is filed under exactly one of its conditions, its most
+//! selective one by a static guess ([`primary`]): one of its CIDRs, port
+//! ranges, app or original-app globs, package SIDs, or its protocol; a rule
+//! with no condition at all goes on the "always" list. A rule can only match
+//! a flow if the flow hits the key it is filed under, so a match looks up the
+//! flow's value in each index (the nested CIDRs holding the address, the port
+//! tree's nodes on the port's path, the globs the app id matches, the SID,
+//! the protocol), walks each posting list in rule order, and checks each
+//! candidate against its other conditions ([`rules`]). A list stops at its
+//! first matching rule or at the best answer found so far, and an index
+//! whose earliest rule comes after that answer is not looked up at all, so a
+//! flow that hits an early rule never pays for glob matching.
 //!
-//! If a flow's app id matches more distinct globs than the matcher keeps on
-//! the stack ([`MATCHED_GLOBS`]), that dimension is left out of the
-//! intersection and the surviving candidates are checked against their own
-//! globs instead: the answer stays exact, only slower.
+//! The cost is the lookups plus the candidates checked, not the size of the
+//! rule set. A guess that goes wrong (many rules filed under a key most
+//! flows hit, failing on another condition) makes a match slower, never
+//! different. Below [`SCAN_BELOW`] rules the lookups cost more than checking
+//! every rule, so tiny sets are scanned in order over the same flattened
+//! records.
 //!
 //! [`CompiledRules::compile`] reserves everything with `try_reserve` and
-//! fails with [`OutOfMemory`], never aborting. [`blob`] is the driver's
-//! binary form of a rule set.
+//! fails with [`OutOfMemory`], never aborting; matching never allocates.
+//! [`blob`] is the driver's binary form of a rule set.
 
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
 use ahash::RandomState;
 
-use crate::flow::{AppId, Flow, SidBuf};
-use crate::policy::{Action, Glob, LoopPolicy, Policy, ProxyListeners, RuleHit, RuleSet};
+use crate::flow::{AppId, Flow, Protocol};
+use crate::policy::{Glob, LoopPolicy, Policy, ProxyListeners, Rule, RuleHit, RuleSet};
 use crate::table::OutOfMemory;
 
-mod bits;
 pub mod blob;
 mod globs;
 mod ports;
+mod postings;
 mod prefix;
+mod rules;
 #[cfg(test)]
 mod tests;
 
-use bits::{BLOCK_RULES, BLOCK_WORDS, Block, NONE, Pools, for_each_group, to_u32, to_usize};
-use globs::{GlobIndex, dedup_patterns};
+use globs::{GlobIndex, admits, dedup_patterns};
 use ports::PortTree;
+use postings::{NONE, Pool, Posting, for_each_group, to_u32, to_usize};
 use prefix::{Addr, PrefixTable};
+use rules::{APP, ORIGINAL_APP, PACKAGE, PORTS, Query, REMOTE, RuleTable};
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub use blob::fuzz_decode;
 pub use blob::{BlobError, decode, decode_rule_set, decode_seeded, encode, swap_blob};
 
-/// Most distinct globs of one dimension a match keeps track of on the stack.
-pub const MATCHED_GLOBS: usize = 32;
+/// Rule sets smaller than this are checked rule by rule (over the flattened
+/// records): a handful of checks costs less than the index lookups.
+pub const SCAN_BELOW: usize = 12;
 
 /// Seeds used by [`CompiledRules::compile`] and [`decode`]. The driver should
 /// pass random seeds ([`CompiledRules::compile_seeded`], [`decode_seeded`]).
 pub const DEFAULT_SEED: [u64; 4] =
     [0x9e37_79b9_7f4a_7c15, 0xbf58_476d_1ce4_e5b9, 0x94d0_49bb_1331_11eb, 0x2545_f491_4f6c_dd1d];
 
-/// The dimensions, in the order a match intersects them (cheapest first).
-const PROTOCOL: usize = 0;
-const REMOTE: usize = 1;
-const PORTS: usize = 2;
-const PACKAGE: usize = 3;
-const APP: usize = 4;
-const ORIGINAL_APP: usize = 5;
-const DIMS: usize = 6;
-
-/// An app-id dimension: the glob index, each glob's posting, and each rule's
-/// globs (to check candidates when the stack list overflowed).
-#[derive(Clone, Debug)]
-struct GlobDim {
-    index: GlobIndex,
-    posting: Vec<u32>,
-    rule_start: Vec<u32>,
-    rule_keys: Vec<u32>,
+/// The condition a rule is filed under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Primary {
+    /// No condition: the rule matches every flow.
+    Always = 0,
+    Protocol = 1,
+    Package = 2,
+    Remote = 3,
+    Ports = 4,
+    App = 5,
+    OriginalApp = 6,
 }
 
-/// Postings of the globs one app id matched.
-struct Matched {
-    postings: [u32; MATCHED_GLOBS],
-    len: usize,
-    overflow: bool,
-}
+/// Kinds of [`Primary`].
+const KINDS: usize = 7;
 
-impl Matched {
-    fn postings(&self) -> &[u32] {
-        self.postings.get(..self.len).unwrap_or(&[])
-    }
-}
+/// "Every flow" in the fixed-point scale of [`primary`]'s estimates.
+const ALL: u64 = 1 << 40;
 
-impl GlobDim {
-    fn build(
-        rs: &RuleSet,
-        globs: impl Fn(&crate::policy::Rule) -> &[Glob],
-        hasher: RandomState,
-        pools: &mut Pools,
-    ) -> Result<Self, OutOfMemory> {
-        let mut pairs: Vec<(&[u16], u32)> = Vec::new();
-        let total = rs.rules.iter().map(|r| globs(r).len()).fold(0, usize::saturating_add);
-        pairs.try_reserve_exact(total).map_err(|_| OutOfMemory)?;
-        for (rule, i) in rs.rules.iter().zip(0u32..) {
-            pairs.extend(globs(rule).iter().map(|g| (g.units(), i)));
+/// The condition to file `rule` under: the one expected to admit the fewest
+/// flows, estimated in units of 2^-40 of all flows. Addresses and ports are
+/// taken as uniform except that web and DNS ports are common; an app glob
+/// admits what [`admits`] says. Any choice gives the same answers; a good
+/// one keeps the candidate lists short.
+fn primary(rule: &Rule) -> Primary {
+    let mut best = (Primary::Always, u64::MAX);
+    let mut offer = |kind: Primary, admitted: u64| {
+        if admitted < best.1 {
+            best = (kind, admitted);
         }
-        let distinct = dedup_patterns(&mut pairs)?;
-        let index = GlobIndex::build(distinct.iter().copied(), hasher)?;
-        let mut posting = Vec::new();
-        posting.try_reserve_exact(distinct.len()).map_err(|_| OutOfMemory)?;
-        let mut scratch = Vec::new();
-        for_each_group(&pairs, &mut scratch, |_, rules| {
-            posting.push(pools.posting(rules)?);
-            Ok(())
-        })?;
-        let mut rule_start = Vec::new();
-        let mut rule_keys = Vec::new();
-        rule_start.try_reserve_exact(rs.rules.len().saturating_add(1)).map_err(|_| OutOfMemory)?;
-        rule_keys.try_reserve_exact(total).map_err(|_| OutOfMemory)?;
-        for rule in &rs.rules {
-            rule_start.push(to_u32(rule_keys.len())?);
-            for g in globs(rule) {
-                let key = distinct.binary_search(&g.units()).map_err(|_| OutOfMemory)?;
-                rule_keys.push(to_u32(key)?);
-            }
-        }
-        rule_start.push(to_u32(rule_keys.len())?);
-        Ok(Self { index, posting, rule_start, rule_keys })
-    }
-
-    fn matches(&self, app: &AppId<'_>) -> Matched {
-        let mut m = Matched { postings: [NONE; MATCHED_GLOBS], len: 0, overflow: false };
-        self.index.for_each_match(app, |key| {
-            let Some(slot) = m.postings.get_mut(m.len) else {
-                m.overflow = true;
-                return false;
-            };
-            *slot = self.posting.get(to_usize(key)).copied().unwrap_or(NONE);
-            m.len = m.len.saturating_add(1);
-            true
+    };
+    if !rule.remote.is_empty() {
+        let one = |prefix: u8, bits: u8| ALL >> prefix.min(bits).min(40);
+        let admitted = rule.remote.iter().map(|c| match c.addr {
+            IpAddr::V4(_) => one(c.prefix, 32),
+            IpAddr::V6(_) => one(c.prefix, 128),
         });
-        m
+        offer(Primary::Remote, admitted.fold(0, u64::saturating_add).min(ALL));
     }
-
-    /// Does one of rule `rule`'s own globs match? (The slow check.)
-    fn rule_matches(&self, rule: u32, app: &AppId<'_>) -> bool {
-        let r = to_usize(rule);
-        let (Some(&s), Some(&e)) = (self.rule_start.get(r), self.rule_start.get(r.saturating_add(1))) else {
-            return false;
+    if !rule.remote_ports.is_empty() {
+        let admitted = rule.remote_ports.iter().filter(|p| p.lo <= p.hi).map(|p| {
+            let width = u64::from(p.hi.saturating_sub(p.lo)).saturating_add(1) << 24;
+            let common = if p.contains(443) || p.contains(80) {
+                ALL >> 2
+            } else if p.contains(53) {
+                ALL >> 5
+            } else if p.lo < 1024 {
+                ALL >> 8
+            } else {
+                0
+            };
+            width.saturating_add(common)
+        });
+        offer(Primary::Ports, admitted.fold(0, u64::saturating_add).min(ALL));
+    }
+    if !rule.package.is_empty() {
+        let n = u64::try_from(rule.package.len()).unwrap_or(u64::MAX);
+        offer(Primary::Package, n.saturating_mul(ALL >> 7).min(ALL));
+    }
+    let globs = |list: &[Glob]| list.iter().map(|g| admits(g.units())).fold(0, u64::saturating_add).min(ALL);
+    if !rule.app.is_empty() {
+        offer(Primary::App, globs(&rule.app));
+    }
+    if !rule.original_app.is_empty() {
+        offer(Primary::OriginalApp, globs(&rule.original_app));
+    }
+    if let Some(p) = rule.protocol {
+        let admitted = match p {
+            Protocol::TCP => ALL / 5 * 3,
+            Protocol::UDP => ALL / 3,
+            _ => ALL >> 4,
         };
-        let keys = self.rule_keys.get(to_usize(s)..to_usize(e)).unwrap_or(&[]);
-        keys.is_empty() || keys.iter().any(|&k| self.index.key_matches(k, app))
+        offer(Primary::Protocol, admitted);
     }
-
-    fn bytes(&self) -> usize {
-        self.index.bytes().saturating_add(
-            (self
-                .posting
-                .capacity()
-                .saturating_add(self.rule_start.capacity())
-                .saturating_add(self.rule_keys.capacity()))
-            .saturating_mul(4),
-        )
-    }
+    best.0
 }
 
 /// A rule set compiled for matching: implements [`Policy`] with exactly the
@@ -167,20 +146,26 @@ pub struct CompiledRules {
     loop_policy: LoopPolicy,
     proxy: ProxyListeners,
     id: u32,
-    actions: Vec<Action>,
-    pools: Pools,
-    /// Per dimension: the bitset of rules that leave it open, or [`NONE`]
-    /// when every rule does (the dimension is then skipped).
-    any: [u32; DIMS],
-    /// Posting per protocol number.
-    protocol: Vec<u32>,
+    /// Every rule, flattened for checking.
+    rules: RuleTable,
+    /// Check rule by rule instead of looking up the indexes.
+    scan: bool,
+    pool: Pool,
+    /// Per [`Primary`] kind: the first rule filed there, or [`NONE`].
+    first: [u32; KINDS],
+    /// Per protocol number.
+    protocol: Vec<Posting>,
+    /// Per SID id of [`RuleTable::sids`].
+    package: Vec<Posting>,
     v4: PrefixTable<u32>,
     v6: PrefixTable<u128>,
     ports: PortTree,
-    /// `(SID, posting)`, sorted by the SID's bytes.
-    package: Vec<(SidBuf, u32)>,
-    app: GlobDim,
-    original_app: GlobDim,
+    /// The app and original-app patterns of every rule, in one index so an
+    /// app id equal to its original app id is looked up once.
+    globs: GlobIndex,
+    /// Per glob key: rules filed under it as an app / original-app pattern.
+    app: Vec<Posting>,
+    original_app: Vec<Posting>,
     trust: GlobIndex,
     known_proxies: GlobIndex,
 }
@@ -191,7 +176,28 @@ fn glob_set(globs: &[Glob], hasher: RandomState) -> Result<GlobIndex, OutOfMemor
     pairs.try_reserve_exact(globs.len()).map_err(|_| OutOfMemory)?;
     pairs.extend(globs.iter().map(|g| (g.units(), 0)));
     let distinct = dedup_patterns(&mut pairs)?;
-    GlobIndex::build(distinct.iter().copied(), hasher)
+    GlobIndex::build(distinct.iter().copied(), |_| true, hasher)
+}
+
+/// Postings of `(key, rule)` pairs (any order), one per key below `keys`.
+fn postings_by_key(mut pairs: Vec<(u32, u32)>, keys: usize, pool: &mut Pool) -> Result<Vec<Posting>, OutOfMemory> {
+    pairs.sort_unstable();
+    let mut out = Vec::new();
+    out.try_reserve_exact(keys).map_err(|_| OutOfMemory)?;
+    out.resize(keys, Posting::default());
+    let mut scratch = Vec::new();
+    for_each_group(&pairs, &mut scratch, |key, rules| {
+        let posting = pool.add(rules)?;
+        if let Some(slot) = out.get_mut(to_usize(key)) {
+            *slot = posting;
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn reserve<T>(v: &mut Vec<T>, n: usize) -> Result<(), OutOfMemory> {
+    v.try_reserve(n).map_err(|_| OutOfMemory)
 }
 
 impl CompiledRules {
@@ -203,97 +209,106 @@ impl CompiledRules {
     /// Compiles, seeding the app-id hash tables with `seed` (draw it from a
     /// random source: attackers choose app ids).
     pub fn compile_seeded(rs: &RuleSet, seed: [u64; 4]) -> Result<Self, OutOfMemory> {
+        Self::build(rs, seed, rs.rules.len() < SCAN_BELOW)
+    }
+
+    /// Compiles; `scan` picks the rule-by-rule check over the indexes (the
+    /// tests run both on every rule set).
+    fn build(rs: &RuleSet, seed: [u64; 4], scan: bool) -> Result<Self, OutOfMemory> {
         let [a, b, c, d] = seed;
         let hasher = |n: u64| RandomState::with_seeds(a ^ n, b.rotate_left(11) ^ n, c, d.wrapping_add(n));
-        let n = to_u32(rs.rules.len())?;
-        let mut pools = Pools::new(n);
+        to_u32(rs.rules.len().saturating_add(1))?;
+        let mut pool = Pool::default();
 
-        let mut actions = Vec::new();
-        actions.try_reserve_exact(rs.rules.len()).map_err(|_| OutOfMemory)?;
-        actions.extend(rs.rules.iter().map(|r| r.action));
+        // The app and original-app patterns, distinct, and every rule flattened.
+        let mut pairs: Vec<(&[u16], u32)> = Vec::new();
+        let total = rs.rules.iter().map(|r| r.app.len().saturating_add(r.original_app.len()));
+        reserve(&mut pairs, total.fold(0, usize::saturating_add))?;
+        for (r, i) in rs.rules.iter().zip(0u32..) {
+            pairs.extend(r.app.iter().chain(&r.original_app).map(|g| (g.units(), i)));
+        }
+        let patterns = dedup_patterns(&mut pairs)?;
+        let key = |units: &[u16]| patterns.binary_search(&units).ok().and_then(|k| u32::try_from(k).ok());
+        let rules = RuleTable::build(&rs.rules, key)?;
 
-        let mut any = [NONE; DIMS];
-        let open: [fn(&crate::policy::Rule) -> bool; DIMS] = [
-            |r| r.protocol.is_none(),
-            |r| r.remote.is_empty(),
-            |r| r.remote_ports.is_empty(),
-            |r| r.package.is_empty(),
-            |r| r.app.is_empty(),
-            |r| r.original_app.is_empty(),
-        ];
-        for (slot, open) in any.iter_mut().zip(open) {
-            if !rs.rules.iter().all(open) {
-                *slot = pools.bitset(rs.rules.iter().zip(0u32..).filter(|(r, _)| open(r)).map(|(_, i)| i))?;
+        let kinds: Vec<Primary> = {
+            let mut v = Vec::new();
+            reserve(&mut v, rs.rules.len())?;
+            v.extend(rs.rules.iter().map(primary));
+            v
+        };
+        let filed =
+            |kind: Primary| rs.rules.iter().zip(kinds.iter()).zip(0u32..).filter(move |&((_, &k), _)| k == kind);
+        let mut first = [NONE; KINDS];
+        for (&kind, i) in kinds.iter().zip(0u32..) {
+            if let Some(slot) = first.get_mut(kind as usize)
+                && *slot == NONE
+            {
+                *slot = i;
             }
         }
 
-        // Protocol: one posting per protocol number in use.
-        let mut pairs: Vec<(u8, u32)> = Vec::new();
-        pairs.try_reserve_exact(rs.rules.len()).map_err(|_| OutOfMemory)?;
-        pairs.extend(rs.rules.iter().zip(0u32..).filter_map(|(r, i)| r.protocol.map(|p| (p.0, i))));
-        pairs.sort_unstable();
-        let mut protocol = Vec::new();
-        protocol.try_reserve_exact(256).map_err(|_| OutOfMemory)?;
-        protocol.resize(256, NONE);
-        let mut scratch = Vec::new();
-        for_each_group(&pairs, &mut scratch, |p, rules| {
-            let posting = pools.posting(rules)?;
-            if let Some(slot) = protocol.get_mut(usize::from(p)) {
-                *slot = posting;
-            }
-            Ok(())
-        })?;
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for ((r, _), i) in filed(Primary::Protocol) {
+            reserve(&mut pairs, 1)?;
+            pairs.push((r.protocol.map_or(0, |p| u32::from(p.0)), i));
+        }
+        let protocol = postings_by_key(pairs, 256, &mut pool)?;
 
-        // Remote: interval tables per family.
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for ((r, _), i) in filed(Primary::Package) {
+            for s in &r.package {
+                let id = rules.sid_id(s.as_sid().as_bytes());
+                reserve(&mut pairs, 1)?;
+                pairs.push((id, i));
+            }
+        }
+        let package = postings_by_key(pairs, rules.sids().len(), &mut pool)?;
+
         let mut v4: Vec<((u32, u32), u32)> = Vec::new();
         let mut v6: Vec<((u128, u128), u32)> = Vec::new();
-        for (r, i) in rs.rules.iter().zip(0u32..) {
+        for ((r, _), i) in filed(Primary::Remote) {
             for cidr in &r.remote {
                 match cidr.addr {
                     IpAddr::V4(ip) => {
-                        v4.try_reserve(1).map_err(|_| OutOfMemory)?;
+                        reserve(&mut v4, 1)?;
                         v4.push((u32::from(ip).range(cidr.prefix), i));
                     }
                     IpAddr::V6(ip) => {
-                        v6.try_reserve(1).map_err(|_| OutOfMemory)?;
+                        reserve(&mut v6, 1)?;
                         v6.push((u128::from(ip).range(cidr.prefix), i));
                     }
                 }
             }
         }
-        let v4 = PrefixTable::build(v4, &mut pools)?;
-        let v6 = PrefixTable::build(v6, &mut pools)?;
+        let v4 = PrefixTable::build(v4, &mut pool)?;
+        let v6 = PrefixTable::build(v6, &mut pool)?;
 
-        // Ports: the segment tree.
         let mut ranges = Vec::new();
-        let total = rs.rules.iter().map(|r| r.remote_ports.len()).fold(0, usize::saturating_add);
-        ranges.try_reserve_exact(total).map_err(|_| OutOfMemory)?;
-        for (r, i) in rs.rules.iter().zip(0u32..) {
+        for ((r, _), i) in filed(Primary::Ports) {
+            reserve(&mut ranges, r.remote_ports.len())?;
             ranges.extend(r.remote_ports.iter().map(|&p| (p, i)));
         }
-        let ports = PortTree::build(&ranges, &mut pools)?;
+        let ports = PortTree::build(&ranges, &mut pool)?;
 
-        // Package SIDs: a sorted table.
-        let mut sids: Vec<(&[u8], u32)> = Vec::new();
-        let total = rs.rules.iter().map(|r| r.package.len()).fold(0, usize::saturating_add);
-        sids.try_reserve_exact(total).map_err(|_| OutOfMemory)?;
-        for (r, i) in rs.rules.iter().zip(0u32..) {
-            sids.extend(r.package.iter().map(|s| (s.as_sid().as_bytes(), i)));
-        }
-        sids.sort_unstable();
-        let mut package: Vec<(SidBuf, u32)> = Vec::new();
-        for_each_group(&sids, &mut scratch, |bytes, rules| {
-            let posting = pools.posting(rules)?;
-            let sid = rs.rules.iter().flat_map(|r| &r.package).find(|s| s.as_sid().as_bytes() == bytes);
-            if let Some(&sid) = sid {
-                package.try_reserve(1).map_err(|_| OutOfMemory)?;
-                package.push((sid, posting));
+        let glob_pairs = |kind: Primary, list: fn(&Rule) -> &[Glob]| -> Result<Vec<(u32, u32)>, OutOfMemory> {
+            let mut pairs = Vec::new();
+            for ((r, _), i) in filed(kind) {
+                for g in list(r) {
+                    reserve(&mut pairs, 1)?;
+                    pairs.push((key(g.units()).ok_or(OutOfMemory)?, i));
+                }
             }
-            Ok(())
-        })?;
-
-        let app = GlobDim::build(rs, |r| &r.app, hasher(1), &mut pools)?;
-        let original_app = GlobDim::build(rs, |r| &r.original_app, hasher(2), &mut pools)?;
+            Ok(pairs)
+        };
+        let app = postings_by_key(glob_pairs(Primary::App, |r| &r.app)?, patterns.len(), &mut pool)?;
+        let original_app =
+            postings_by_key(glob_pairs(Primary::OriginalApp, |r| &r.original_app)?, patterns.len(), &mut pool)?;
+        let used = |k: u32| {
+            let k = to_usize(k);
+            [&app, &original_app].iter().any(|p| p.get(k).is_some_and(|&p| p != Posting::default()))
+        };
+        let globs = GlobIndex::build(patterns.iter().copied(), used, hasher(1))?;
         let trust = glob_set(&rs.trust, hasher(3))?;
         let known_proxies = glob_set(&rs.known_proxies, hasher(4))?;
 
@@ -301,14 +316,16 @@ impl CompiledRules {
             loop_policy: rs.loop_policy,
             proxy: rs.proxy,
             id: rs.id,
-            actions,
-            pools,
-            any,
+            rules,
+            scan,
+            pool,
+            first,
             protocol,
+            package,
             v4,
             v6,
             ports,
-            package,
+            globs,
             app,
             original_app,
             trust,
@@ -323,26 +340,27 @@ impl CompiledRules {
 
     /// Number of rules.
     pub fn len(&self) -> usize {
-        self.actions.len()
+        self.rules.len()
     }
 
     /// True when there are no rules (nothing is proxied).
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty()
+        self.rules.len() == 0
     }
 
     /// Approximate heap bytes held by the tables.
     pub fn memory_bytes(&self) -> usize {
         [
-            self.pools.bytes(),
-            self.actions.capacity(),
-            self.protocol.capacity().saturating_mul(4),
+            self.rules.bytes(),
+            self.pool.bytes(),
+            self.protocol.capacity().saturating_mul(size_of::<Posting>()),
+            self.package.capacity().saturating_mul(size_of::<Posting>()),
             self.v4.bytes(),
             self.v6.bytes(),
             self.ports.bytes(),
-            self.package.capacity().saturating_mul(size_of::<(SidBuf, u32)>()),
-            self.app.bytes(),
-            self.original_app.bytes(),
+            self.globs.bytes(),
+            self.app.capacity().saturating_mul(size_of::<Posting>()),
+            self.original_app.capacity().saturating_mul(size_of::<Posting>()),
             self.trust.bytes(),
             self.known_proxies.bytes(),
         ]
@@ -350,119 +368,92 @@ impl CompiledRules {
         .fold(0, usize::saturating_add)
     }
 
-    /// ORs every posting of the remote chain starting at `node` into `out`.
-    fn or_remote(&self, v6: bool, mut node: u32, word: usize, n: usize, out: &mut Block) {
-        loop {
-            let step = if v6 { self.v6.step(node) } else { self.v4.step(node) };
-            let Some((posting, parent)) = step else { return };
-            self.pools.or_block(posting, word, n, out);
-            node = parent;
+    /// Is some rule filed under `kind` earlier than `best`?
+    #[inline]
+    fn worth(&self, kind: Primary, best: u32) -> bool {
+        self.first.get(kind as usize).is_some_and(|&f| f < best)
+    }
+
+    /// Checks the rules of `posting` before `best`, in order, lowering
+    /// `best` to the first that matches. `skip`: the condition the posting
+    /// already vouches for.
+    #[inline]
+    fn visit(&self, posting: Posting, q: &Query<'_>, skip: u8, best: &mut u32) {
+        for &r in self.pool.get(posting) {
+            if r >= *best {
+                return;
+            }
+            if self.rules.matches(r, q, skip, &self.globs) {
+                *best = r;
+                return;
+            }
         }
+    }
+
+    /// Visits the postings of every glob key `app` matches.
+    fn visit_globs(&self, app: &AppId<'_>, q: &Query<'_>, lists: [Option<(&[Posting], u8)>; 2], best: &mut u32) {
+        self.globs.for_each_match(app, |key| {
+            for (postings, skip) in lists.iter().flatten() {
+                if let Some(&p) = postings.get(to_usize(key)) {
+                    self.visit(p, q, *skip, best);
+                }
+            }
+            true
+        });
     }
 
     /// The index of the first rule matching `flow`.
     fn first_index(&self, flow: &Flow<'_>) -> Option<u32> {
-        let words = to_usize(self.pools.words);
-        let proto = self.protocol.get(usize::from(flow.protocol.0)).copied().unwrap_or(NONE);
-        let (v6, remote) = match flow.remote.ip() {
-            IpAddr::V4(ip) => (false, self.v4.innermost(u32::from(ip))),
-            IpAddr::V6(ip) => (true, self.v6.innermost(u128::from(ip))),
-        };
-        // The port tree's path, read once for all blocks.
-        let mut port_path = [NONE; 5];
-        for (slot, p) in port_path.iter_mut().zip(self.ports.path(flow.remote.port())) {
-            *slot = p;
+        let q = self.rules.query(flow);
+        if self.scan {
+            let n = to_u32(self.rules.len()).unwrap_or(0);
+            return (0..n).find(|&r| self.rules.matches(r, &q, 0, &self.globs));
         }
-        let package = flow.package.and_then(|sid| {
-            let bytes = sid.as_bytes();
-            let i = self.package.binary_search_by(|(s, _)| s.as_sid().as_bytes().cmp(bytes)).ok()?;
-            self.package.get(i).map(|&(_, p)| p)
-        });
-        // Glob matching is the dearest step: done once, and only if a block
-        // survives the cheaper dimensions.
-        let mut app: Option<Matched> = None;
-        let mut original_app: Option<Matched> = None;
-
-        let mut word = 0usize;
-        while word < words {
-            let n = words.saturating_sub(word).min(BLOCK_WORDS);
-            let mut acc: Block = [0; BLOCK_WORDS];
-            let first_rule = u32::try_from(word).unwrap_or(u32::MAX).saturating_mul(64);
-            let live = self.pools.rules.saturating_sub(first_rule).min(BLOCK_RULES);
-            for (i, w) in acc.iter_mut().enumerate().take(n) {
-                let below = u32::try_from(i).unwrap_or(u32::MAX).saturating_mul(64);
-                let bits = live.saturating_sub(below).min(64);
-                *w = u64::MAX.checked_shr(64u32.saturating_sub(bits)).unwrap_or(0);
-            }
-            let (mut check_app, mut check_original) = (false, false);
-            let mut alive = true;
-            for (dim, &open) in self.any.iter().enumerate() {
-                if open == NONE {
-                    continue;
-                }
-                let mut tmp: Block = [0; BLOCK_WORDS];
-                self.pools.copy_block(open, word, n, &mut tmp);
-                match dim {
-                    PROTOCOL => self.pools.or_block(proto, word, n, &mut tmp),
-                    REMOTE => self.or_remote(v6, remote, word, n, &mut tmp),
-                    PORTS => {
-                        for &p in port_path.iter().take_while(|&&p| p != NONE) {
-                            self.pools.or_block(p, word, n, &mut tmp);
-                        }
-                    }
-                    PACKAGE => {
-                        if let Some(p) = package {
-                            self.pools.or_block(p, word, n, &mut tmp);
-                        }
-                    }
-                    APP | ORIGINAL_APP => {
-                        let (slot, dim_data, id, check) = if dim == APP {
-                            (&mut app, &self.app, &flow.app, &mut check_app)
-                        } else {
-                            (&mut original_app, &self.original_app, &flow.original_app, &mut check_original)
-                        };
-                        let m = slot.get_or_insert_with(|| dim_data.matches(id));
-                        if m.overflow {
-                            *check = true;
-                            continue;
-                        }
-                        for &p in m.postings() {
-                            self.pools.or_block(p, word, n, &mut tmp);
-                        }
-                    }
-                    _ => {}
-                }
-                let mut any_left = 0u64;
-                for (a, t) in acc.iter_mut().zip(&tmp) {
-                    *a &= *t;
-                    any_left |= *a;
-                }
-                if any_left == 0 {
-                    alive = false;
-                    break;
-                }
-            }
-            if alive {
-                for (i, &w) in acc.iter().enumerate().take(n) {
-                    let mut w = w;
-                    while w != 0 {
-                        let bit = w.trailing_zeros();
-                        w &= w.wrapping_sub(1);
-                        let rule = u32::try_from(word.saturating_add(i))
-                            .unwrap_or(u32::MAX)
-                            .saturating_mul(64)
-                            .saturating_add(bit);
-                        if (!check_app || self.app.rule_matches(rule, &flow.app))
-                            && (!check_original || self.original_app.rule_matches(rule, &flow.original_app))
-                        {
-                            return Some(rule);
-                        }
-                    }
-                }
-            }
-            word = word.saturating_add(n);
+        // Rules without conditions match every flow: the first is an upper bound.
+        let mut best = self.first.first().copied().unwrap_or(NONE);
+        if self.worth(Primary::Protocol, best)
+            && let Some(&p) = self.protocol.get(usize::from(q.protocol))
+        {
+            self.visit(p, &q, 0, &mut best);
         }
-        None
+        if self.worth(Primary::Package, best)
+            && let Some(&p) = self.package.get(to_usize(q.package))
+        {
+            self.visit(p, &q, PACKAGE, &mut best);
+        }
+        if self.worth(Primary::Remote, best) {
+            let (v6, mut node) = match q.addr {
+                IpAddr::V4(ip) => (false, self.v4.innermost(u32::from(ip))),
+                IpAddr::V6(ip) => (true, self.v6.innermost(u128::from(ip))),
+            };
+            // Innermost prefix first, then each one around it.
+            while let Some((p, parent)) = if v6 { self.v6.step(node) } else { self.v4.step(node) } {
+                self.visit(p, &q, REMOTE, &mut best);
+                node = parent;
+            }
+        }
+        if self.worth(Primary::Ports, best) {
+            for p in self.ports.path(q.port) {
+                self.visit(p, &q, PORTS, &mut best);
+            }
+        }
+        // Glob matching is the dearest lookup: last, and only when a rule
+        // filed under a glob could still beat the answer so far.
+        let app = self.worth(Primary::App, best).then_some((self.app.as_slice(), APP));
+        let original = self.worth(Primary::OriginalApp, best).then_some((self.original_app.as_slice(), ORIGINAL_APP));
+        if flow.app.as_bytes() == flow.original_app.as_bytes() {
+            if app.is_some() || original.is_some() {
+                self.visit_globs(&flow.app, &q, [app, original], &mut best);
+            }
+        } else {
+            if app.is_some() {
+                self.visit_globs(&flow.app, &q, [app, None], &mut best);
+            }
+            if original.is_some() && self.worth(Primary::OriginalApp, best) {
+                self.visit_globs(&flow.original_app, &q, [None, original], &mut best);
+            }
+        }
+        (best != NONE).then_some(best)
     }
 }
 
@@ -473,7 +464,7 @@ impl Policy for CompiledRules {
 
     fn first_match(&self, flow: &Flow<'_>) -> Option<RuleHit> {
         let index = self.first_index(flow)?;
-        let action = *self.actions.get(to_usize(index))?;
+        let action = self.rules.action(index)?;
         Some(RuleHit { index, action })
     }
 

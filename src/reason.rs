@@ -114,6 +114,9 @@ reasons! {
     /// Extension, after C4: the previousVersion chain held more distinct
     /// modifiers than the input can carry, so C5/C6 cannot be ruled out.
     ChainTooLong = 101, "chain-too-long", "the previousVersion chain has more distinct modifiers than the core can inspect; left alone";
+    /// Extension: a classification held while no proxy was registered timed
+    /// out and got the configured fallback verdict (driver pend queue).
+    PendTimeout = 102, "pend-timeout", "held for a proxy that did not register in time: the configured fallback verdict applies";
     /// Audit only: a table was full and its oldest entry was evicted.
     Evicted = 200, "evicted", "a full table evicted its oldest entry";
     /// Audit only: a cached block expired before auth-connect saw the endpoint.

@@ -400,3 +400,29 @@ fn c6_keeps_our_proxied_record() {
     assert_eq!(a.decide_connect_redirect(&reauth, ms(1)).reason, Reason::ModifiedBySelf);
     assert_eq!(a.decide_auth_connect(&s.auth_after_proxy(), ms(2)).reason, Reason::ProxyVerified);
 }
+
+#[test]
+fn pend_timeout_fallback_is_audited_and_a_block_is_enforced() {
+    let mut a = arbiter_with(web_rules());
+    a.clear_proxy();
+    let s = Sock::tcp(1, "93.184.216.34:443");
+    let input = s.connect(NotRedirected);
+    assert_eq!(a.decide_connect_redirect(&input, ms(0)).reason, Reason::ProxyUnavailable);
+    let d = a.decide_fallback(&input, Verdict::Block, ms(5000));
+    assert_decision(&d, Verdict::Block, Reason::PendTimeout);
+    let bytes = {
+        let mut b = vec![0u8; d.audit.encoded_len()];
+        d.audit.encode_into(&mut b).unwrap();
+        b
+    };
+    let (back, _) = arbiter::AuditRecord::decode(&bytes).unwrap();
+    assert_eq!(back, d.audit);
+    // A1 enforces it.
+    let d = a.decide_auth_connect(&s.auth(false, None, None), ms(5001));
+    assert_decision(&d, Verdict::Block, Reason::PendTimeout);
+    // A permit fallback caches nothing.
+    let s2 = Sock::tcp(2, "93.184.216.34:443");
+    let input2 = s2.connect(NotRedirected);
+    assert_decision(&a.decide_fallback(&input2, Verdict::Permit, ms(6000)), Verdict::Permit, Reason::PendTimeout);
+    assert_eq!(a.endpoint_entry(2, ms(6001)), None);
+}

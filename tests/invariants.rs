@@ -17,6 +17,7 @@ enum Op {
     Connect { sock: u8, state: u8, write: bool, chain: Vec<(u8, bool)>, proto: u8 },
     Auth { sock: u8, redirected: bool, target: Option<u8>, original: Option<u8> },
     Forget { sock: u8 },
+    Fallback { sock: u8, verdict: u8 },
     Advance { ms: u16 },
     Expire,
 }
@@ -34,6 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u8..24, any::<bool>(), proptest::option::of(0u8..5), proptest::option::of(0u8..5))
             .prop_map(|(sock, redirected, target, original)| Op::Auth { sock, redirected, target, original }),
         1 => (0u8..24).prop_map(|sock| Op::Forget { sock }),
+        1 => (0u8..24, 0u8..4).prop_map(|(sock, verdict)| Op::Fallback { sock, verdict }),
         2 => (0u16..4000).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Expire),
     ]
@@ -149,6 +151,24 @@ fn run(ops: &[Op], rules: RuleSet) -> Vec<(Verdict, Reason, Option<std::net::Soc
                     last_seq = Some(seq);
                 }
                 check_record(&d.audit);
+                departed.extend(d.departures.iter().copied());
+                transcript.push((d.verdict, d.reason, None));
+            }
+            Op::Fallback { sock, verdict } => {
+                let s = sock_for(*sock);
+                let input = s.connect(RedirectState::NotRedirected);
+                let v = Verdict::from_u8(*verdict).unwrap();
+                let d = a.decide_fallback(&input, v, ms(now));
+                assert_ne!(d.verdict, Verdict::Proxy, "a fallback never proxies");
+                assert_eq!(d.reason, Reason::PendTimeout);
+                check_record(&d.audit);
+                if d.verdict == Verdict::Block {
+                    blocks.insert(s.endpoint, (d.reason, now + 60_000));
+                }
+                for seq in d.departures.iter().map(|r| r.seq).chain([d.audit.seq]) {
+                    assert!(last_seq.is_none_or(|l| seq > l), "sequence numbers increase");
+                    last_seq = Some(seq);
+                }
                 departed.extend(d.departures.iter().copied());
                 transcript.push((d.verdict, d.reason, None));
             }

@@ -456,7 +456,24 @@ impl<P: Policy> Callout<P> {
                 self.finish_connect(fwps, h, verdict, redirect, &mut p.classify_out, p.filter_flags);
                 self.counters.pend_completed = self.counters.pend_completed.saturating_add(1);
             } else {
+                // Audited like a decision, and a fallback block is cached for
+                // auth-connect (A1): a block at a redirect layer alone does not
+                // reliably stop the flow.
                 let verdict = fallback_verdict(fallback);
+                if let Some(queue) = self.pend.as_ref() {
+                    let input = ConnectRedirectInput {
+                        flow: queue.flow_of(&p),
+                        state: p.state,
+                        write_right: true,
+                        reauthorize: p.reauthorize,
+                        previous: PreviousChain::new(),
+                    };
+                    let d = self.arbiter.decide_fallback(&input, verdict, now);
+                    self.ring.push_record(&d.audit);
+                    for dep in d.departures.iter() {
+                        self.ring.push_record(&dep.record());
+                    }
+                }
                 self.finish_connect(fwps, h, verdict, None, &mut p.classify_out, p.filter_flags);
                 self.counters.pend_timed_out = self.counters.pend_timed_out.saturating_add(1);
             }

@@ -677,6 +677,10 @@ fn held_past_the_timeout_gets_the_fallback() {
     assert_eq!(completed.actionType, FWP_ACTION_BLOCK);
     assert_eq!(completed.rights & FWPS_RIGHT_ACTION_WRITE, 0);
     assert_eq!(fw.calls.last(), Some(&Call::Release));
+    // The fallback is audited like a decision and the block is enforced at
+    // auth-connect (A1), since a redirect-layer block alone may not hold.
+    assert_eq!(records(&c), vec![(Verdict::Continue, Reason::ProxyUnavailable), (Verdict::Block, Reason::PendTimeout)]);
+    assert!(c.arbiter().endpoint_entry(ENDPOINT, T0.saturating_add(Duration::from_millis(501))).is_some());
 }
 
 #[test]

@@ -89,6 +89,18 @@ pub fn describe(r: &AuditRecord<'_>) -> Described {
             },
             ..base
         },
+        Event::Fallback(f) => Described {
+            kind: "pend-fallback",
+            endpoint: Some(f.input.flow.endpoint),
+            pid: Some(f.input.flow.pid),
+            app: Some(f.input.flow.app.to_string()),
+            remote: Some(f.input.flow.remote.to_string()),
+            state: Some(f.input.state.name()),
+            verdict: Some(f.outcome.verdict.name()),
+            reason: f.outcome.reason.name(),
+            detail: "held for a proxy that did not register in time".to_owned(),
+            ..base
+        },
         Event::Departure(d) => {
             let what = match d.entry {
                 DepartedEntry::Endpoint { endpoint, entry } => format!("endpoint {endpoint}: {entry:?}"),
@@ -126,7 +138,8 @@ pub fn step_of(r: &AuditRecord<'_>) -> Option<Step> {
     let (flow, layer) = match &r.event {
         Event::ConnectRedirect(c) => (&c.input.flow, Layer::ConnectRedirect),
         Event::AuthConnect(a) => (&a.input.flow, Layer::AuthConnect),
-        Event::Departure(_) => return None,
+        // A driver-side fallback is not a classify the replayer can re-run.
+        Event::Fallback(_) | Event::Departure(_) => return None,
     };
     let mut s = Step::connect(flow.endpoint, flow.protocol, flow.local, flow.remote, flow.pid, &flow.app.to_string());
     s.layer = layer;
@@ -148,7 +161,7 @@ pub fn step_of(r: &AuditRecord<'_>) -> Option<Step> {
             s.target_pid = a.input.target_pid;
             s.original_destination = a.input.original_destination;
         }
-        Event::Departure(_) => {}
+        Event::Fallback(_) | Event::Departure(_) => {}
     }
     let o = r.outcome()?;
     s.expect.verdict = Some(o.verdict);
@@ -251,6 +264,12 @@ pub fn check(records: &[AuditRecord<'_>]) -> Vec<Violation> {
                             a.outcome.reason.name()
                         ),
                     );
+                }
+            }
+            // A fallback block is cached for auth-connect like any other.
+            Event::Fallback(f) => {
+                if f.outcome.verdict == Verdict::Block {
+                    pending.insert(f.input.flow.endpoint, (index, f.outcome.reason));
                 }
             }
             Event::Departure(d) => {

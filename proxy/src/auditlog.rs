@@ -141,6 +141,11 @@ fn describe(m: &mut Map<String, Value>, rec: &AuditRecord<'_>) {
             m.insert("redirected".into(), json!(a.input.redirected));
             Some(a.input.flow)
         }
+        Event::Fallback(f) => {
+            m.insert("kind".into(), json!("pend-fallback"));
+            m.insert("state".into(), json!(f.input.state.name()));
+            Some(f.input.flow)
+        }
         Event::Departure(d) => {
             m.insert("kind".into(), json!("departure"));
             m.insert("table".into(), json!(d.table.name()));

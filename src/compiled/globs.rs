@@ -23,7 +23,7 @@ use core::hash::{BuildHasher, Hasher};
 use ahash::RandomState;
 use hashbrown::HashTable;
 
-use super::bits::{to_u32, to_usize};
+use super::postings::{to_u32, to_usize};
 use crate::flow::{AppId, fold_unit};
 use crate::policy::glob_match;
 use crate::table::OutOfMemory;
@@ -178,9 +178,12 @@ fn anchors(p: &[u16], out: &mut Vec<Anchor>) -> Result<(), OutOfMemory> {
 }
 
 impl GlobIndex {
-    /// Indexes `patterns` (folded units, distinct).
+    /// Indexes `patterns` (folded units, distinct). Every pattern can be
+    /// checked with [`Self::key_matches`]; only those `indexed` says yes to
+    /// are filed for [`Self::for_each_match`] (the others are never probed).
     pub(super) fn build<'p>(
         patterns: impl ExactSizeIterator<Item = &'p [u16]> + Clone,
+        indexed: impl Fn(u32) -> bool,
         hasher: RandomState,
     ) -> Result<Self, OutOfMemory> {
         let mut ix = Self {
@@ -204,8 +207,8 @@ impl GlobIndex {
         // Every candidate anchor of every pattern, to count how common each is.
         let mut candidates: Vec<Anchor> = Vec::new();
         let mut scratch: Vec<Anchor> = Vec::new();
-        for p in patterns.clone() {
-            if !p.iter().any(|&u| is_wild(u)) {
+        for (p, key) in patterns.clone().zip(0u32..) {
+            if !indexed(key) || !p.iter().any(|&u| is_wild(u)) {
                 continue;
             }
             anchors(p, &mut scratch)?;
@@ -228,6 +231,9 @@ impl GlobIndex {
                 pack(p.iter().skip(p.len().saturating_sub(last)).copied()),
             ));
             ix.units.extend_from_slice(p);
+            if !indexed(key) {
+                continue;
+            }
             if !p.iter().any(|&u| is_wild(u)) {
                 exact.try_reserve(1).map_err(|_| OutOfMemory)?;
                 exact.push(key);
@@ -388,8 +394,8 @@ impl GlobIndex {
         let p = self.pattern(key);
         let n = app.len_units();
         if head == p.len() {
-            // No wildcard: only the exact table holds these, but stay correct.
-            return glob_match(p, app);
+            // No wildcard: plain case-insensitive equality.
+            return p.len() == n && p.iter().copied().eq(app.folded_units());
         }
         if head.saturating_add(tail) > n {
             return false;
@@ -422,6 +428,22 @@ impl GlobIndex {
             .saturating_add(self.anchors.capacity().saturating_mul(size_of::<Bucket>().saturating_add(1)))
             .saturating_add(self.anchor_keys.capacity().saturating_mul(4))
             .saturating_add(self.always.capacity().saturating_mul(4))
+    }
+}
+
+/// How many app ids in 2^40 a pattern is expected to admit, for choosing
+/// which condition of a rule to index: an exact path admits about one id, a
+/// pattern with an anchor (a literal head, tail or whole component) a few,
+/// and a pattern without one (`*`, `*foo*`) anything. Only speed depends on
+/// this guess, never an answer.
+pub(super) fn admits(p: &[u16]) -> u64 {
+    let mut scratch = Vec::new();
+    if !p.iter().any(|&u| is_wild(u)) {
+        1 << 24
+    } else if anchors(p, &mut scratch).is_ok() && scratch.iter().any(|a| a.1 >= 3) {
+        1 << 30
+    } else {
+        1 << 40
     }
 }
 

@@ -9,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use super::bits::{Pools, for_each_group};
+use super::postings::{Pool, Posting, for_each_group};
 use crate::policy::PortRange;
 use crate::table::OutOfMemory;
 
@@ -24,7 +24,7 @@ const fn shift(level: u32) -> u32 {
 /// Nodes with rules, per level: `(node index, posting)`, sorted by index.
 #[derive(Clone, Debug, Default)]
 pub(super) struct PortTree {
-    levels: [Vec<(u32, u32)>; LEVELS],
+    levels: [Vec<(u32, Posting)>; LEVELS],
 }
 
 /// Calls `emit(level, node)` for each canonical node of `[lo, hi]`.
@@ -55,7 +55,7 @@ fn decompose(
 
 impl PortTree {
     /// Builds the tree from `(range, rule)` pairs; empty (inverted) ranges hold nothing.
-    pub(super) fn build(ranges: &[(PortRange, u32)], pools: &mut Pools) -> Result<Self, OutOfMemory> {
+    pub(super) fn build(ranges: &[(PortRange, u32)], pool: &mut Pool) -> Result<Self, OutOfMemory> {
         let mut pairs: Vec<((u32, u32), u32)> = Vec::new();
         for &(range, rule) in ranges {
             if range.lo > range.hi {
@@ -71,7 +71,7 @@ impl PortTree {
         let mut tree = Self::default();
         let mut scratch = Vec::new();
         for_each_group(&pairs, &mut scratch, |(level, node), rules| {
-            let posting = pools.posting(rules)?;
+            let posting = pool.add(rules)?;
             let Some(list) = tree.levels.get_mut(usize::try_from(level).unwrap_or(usize::MAX)) else {
                 return Ok(());
             };
@@ -83,7 +83,7 @@ impl PortTree {
     }
 
     /// The postings on the path from the root to `port`'s leaf.
-    pub(super) fn path(&self, port: u16) -> impl Iterator<Item = u32> + '_ {
+    pub(super) fn path(&self, port: u16) -> impl Iterator<Item = Posting> + '_ {
         self.levels.iter().zip(0u32..).filter_map(move |(list, level)| {
             let node = u32::from(port) >> shift(level);
             list.binary_search_by_key(&node, |&(n, _)| n).ok().and_then(|i| list.get(i)).map(|&(_, p)| p)
@@ -92,6 +92,9 @@ impl PortTree {
 
     /// Bytes held.
     pub(super) fn bytes(&self) -> usize {
-        self.levels.iter().map(|l| l.capacity().saturating_mul(8)).fold(0, usize::saturating_add)
+        self.levels
+            .iter()
+            .map(|l| l.capacity().saturating_mul(size_of::<(u32, Posting)>()))
+            .fold(0, usize::saturating_add)
     }
 }

@@ -8,7 +8,7 @@
 
 use alloc::vec::Vec;
 
-use super::bits::{NONE, Pools, for_each_group, to_u32, to_usize};
+use super::postings::{NONE, Pool, Posting, for_each_group, to_u32, to_usize};
 use crate::table::OutOfMemory;
 
 /// An address as an unsigned integer: `u32` for IPv4, `u128` for IPv6.
@@ -46,8 +46,8 @@ impl Addr for u128 {
 struct Node {
     /// The innermost prefix strictly containing this one, or [`NONE`].
     parent: u32,
-    /// Rules naming this prefix.
-    posting: u32,
+    /// Rules filed under this prefix.
+    posting: Posting,
 }
 
 /// The interval table of one family.
@@ -62,14 +62,14 @@ pub(super) struct PrefixTable<A> {
 
 impl<A: Addr> PrefixTable<A> {
     /// Builds the table from `(first, last, rule)` triples.
-    pub(super) fn build(mut items: Vec<((A, A), u32)>, pools: &mut Pools) -> Result<Self, OutOfMemory> {
+    pub(super) fn build(mut items: Vec<((A, A), u32)>, pool: &mut Pool) -> Result<Self, OutOfMemory> {
         // Outer prefixes sort before the prefixes they contain.
         items.sort_unstable_by(|((s1, e1), r1), ((s2, e2), r2)| s1.cmp(s2).then(e2.cmp(e1)).then(r1.cmp(r2)));
         let mut ranges: Vec<(A, A)> = Vec::new();
         let mut nodes: Vec<Node> = Vec::new();
         let mut scratch = Vec::new();
         for_each_group(&items, &mut scratch, |range, rules| {
-            let posting = pools.posting(rules)?;
+            let posting = pool.add(rules)?;
             ranges.try_reserve(1).map_err(|_| OutOfMemory)?;
             nodes.try_reserve(1).map_err(|_| OutOfMemory)?;
             ranges.push(range);
@@ -133,7 +133,8 @@ impl<A: Addr> PrefixTable<A> {
     }
 
     /// The node's posting and its parent.
-    pub(super) fn step(&self, node: u32) -> Option<(u32, u32)> {
+    #[inline]
+    pub(super) fn step(&self, node: u32) -> Option<(Posting, u32)> {
         self.nodes.get(to_usize(node)).map(|n| (n.posting, n.parent))
     }
 

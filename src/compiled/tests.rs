@@ -7,8 +7,8 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddr
 
 use proptest::prelude::*;
 
-use super::CompiledRules;
 use super::blob::{self, BlobError, HEADER_LEN};
+use super::{CompiledRules, DEFAULT_SEED};
 use crate::arbiter::{Arbiter, Capacities, Config};
 use crate::flow::{AppId, Flow, Protocol, SidBuf, fold_unit};
 use crate::policy::{Action, Cidr, Glob, LoopPolicy, PermitOrBlock, Policy, PortRange, ProxyListeners, Rule, RuleSet};
@@ -165,11 +165,19 @@ fn flow_spec() -> impl Strategy<Value = FlowSpec> {
         })
 }
 
-fn assert_same(rs: &RuleSet, compiled: &CompiledRules, spec: &FlowSpec) {
+/// The rule set compiled both ways, whatever its size: looked up through the
+/// indexes, and scanned rule by rule.
+fn both(rs: &RuleSet) -> [CompiledRules; 2] {
+    [CompiledRules::build(rs, DEFAULT_SEED, false).unwrap(), CompiledRules::build(rs, DEFAULT_SEED, true).unwrap()]
+}
+
+fn assert_same(rs: &RuleSet, compiled: &[CompiledRules], spec: &FlowSpec) {
     let flow = spec.flow();
-    assert_eq!(compiled.first_match(&flow), rs.first_match(&flow), "first_match for {spec:?}");
-    assert_eq!(compiled.is_trusted(&flow.app), rs.is_trusted(&flow.app), "is_trusted for {spec:?}");
-    assert_eq!(compiled.is_known_proxy(&flow.app), rs.is_known_proxy(&flow.app), "is_known_proxy for {spec:?}");
+    for (c, how) in compiled.iter().zip(["indexed", "scanned"]) {
+        assert_eq!(c.first_match(&flow), rs.first_match(&flow), "first_match ({how}) for {spec:?}");
+        assert_eq!(c.is_trusted(&flow.app), rs.is_trusted(&flow.app), "is_trusted for {spec:?}");
+        assert_eq!(c.is_known_proxy(&flow.app), rs.is_known_proxy(&flow.app), "is_known_proxy for {spec:?}");
+    }
 }
 
 proptest! {
@@ -178,7 +186,7 @@ proptest! {
     /// The compiled matcher answers exactly as the reference scan.
     #[test]
     fn compiled_equals_naive(rs in rule_set(), flows in prop::collection::vec(flow_spec(), 1..24)) {
-        let compiled = CompiledRules::compile(&rs).unwrap();
+        let compiled = both(&rs);
         for spec in &flows {
             assert_same(&rs, &compiled, spec);
         }
@@ -188,7 +196,7 @@ proptest! {
     /// random ones do.
     #[test]
     fn compiled_equals_naive_on_rule_values(rs in rule_set(), picks in prop::collection::vec((any::<usize>(), any::<usize>(), subject()), 1..24)) {
-        let compiled = CompiledRules::compile(&rs).unwrap();
+        let compiled = both(&rs);
         for (i, j, app) in picks {
             let Some(rule) = rs.rules.get(i % rs.rules.len().max(1)) else { continue };
             let ip = rule.remote.get(j % rule.remote.len().max(1)).map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.addr);
@@ -304,7 +312,7 @@ fn many_blocks_agree_with_naive() {
         rules.push(r);
     }
     let rs = RuleSet { rules, ..RuleSet::default() };
-    let compiled = CompiledRules::compile(&rs).unwrap();
+    let compiled = both(&rs);
     let mut hits = 0;
     for _ in 0..3000 {
         let ip = Ipv4Addr::from((10u32 << 24) | (g.below(256) as u32) << 16 | (g.below(256) as u32) << 8 | 7);
@@ -336,7 +344,7 @@ fn too_many_matching_globs_still_exact() {
     miss.app.push(Glob::new("zzz*").unwrap());
     rules.insert(0, miss);
     let rs = RuleSet { rules, ..RuleSet::default() };
-    let compiled = CompiledRules::compile(&rs).unwrap();
+    let compiled = both(&rs);
     for port in [999u16, 1000, 1050, 1099, 1100] {
         let spec = FlowSpec {
             protocol: Protocol::TCP,
@@ -506,7 +514,7 @@ fn glob_anchors_of_every_kind() {
         let mut r = Rule::any(p, Action::Proxy);
         r.app.push(Glob::new(p).unwrap());
         let rs = RuleSet { rules: vec![r], trust: vec![Glob::new(p).unwrap()], ..RuleSet::default() };
-        let compiled = CompiledRules::compile(&rs).unwrap();
+        let compiled = both(&rs);
         for id in ids {
             let spec = FlowSpec {
                 protocol: Protocol::TCP,
