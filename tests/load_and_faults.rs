@@ -127,3 +127,30 @@ fn rule_swap_in_the_middle_of_a_chain() {
         _ => unreachable!(),
     }
 }
+
+#[test]
+fn an_audit_consumer_that_stops_reading() {
+    use arbiter::control::AuditRing;
+    let mut a = arbiter_with(web_rules());
+    let mut ring = AuditRing::new(64 * 1024).unwrap();
+    let capacity = ring.capacity();
+    let mut pushed = 0u64;
+    let mut s = Sock::tcp(0, "93.184.216.34:443");
+    let n: u64 = if cfg!(miri) { 300 } else { 50_000 };
+    for e in 0..n {
+        s.endpoint = e;
+        let d = a.decide_connect_redirect(&s.connect(NotRedirected), ms(e));
+        ring.push_record(&d.audit);
+        pushed += 1;
+        for dep in d.departures.iter() {
+            ring.push_record(&dep.record());
+            pushed += 1;
+        }
+        // Nobody drains: the ring stays within its reservation.
+        assert!(ring.used() <= capacity);
+    }
+    let stats = ring.stats();
+    assert!(stats.dropped > 0, "the ring overflowed");
+    assert_eq!(stats.dropped + u64::from(stats.held), pushed, "every record is held or counted as dropped");
+    assert_eq!(stats.next_seq, pushed);
+}
