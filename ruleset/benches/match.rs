@@ -229,6 +229,20 @@ fn median_ns(policy: &dyn Policy, flows: &[Flow<'_>], batches: usize) -> f64 {
 }
 
 fn main() {
+    if let Ok(n) = std::env::var("MATCH_PROFILE") {
+        // For perf: only the compiled matcher, on one size, for a few seconds.
+        let rs = rule_set(n.parse().expect("MATCH_PROFILE=<rules>"));
+        let compiled = CompiledRules::compile(&rs).unwrap();
+        let specs = flows(&rs);
+        let flows: Vec<Flow<'_>> = specs.iter().map(flow).collect();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            for f in &flows {
+                black_box(compiled.first_match(black_box(f)));
+            }
+        }
+        return;
+    }
     let full = std::env::args().any(|a| a == "--bench");
     let sets: Vec<(usize, RuleSet, CompiledRules, Vec<FlowSpec>, Duration)> = SIZES
         .iter()
