@@ -165,6 +165,11 @@ impl NaiveArbiter {
         self.endpoints.reserved_bytes() + self.destinations.reserved_bytes() + self.known_proxies.reserved_bytes()
     }
 
+    /// Bytes reserved by the endpoint table alone.
+    pub fn endpoint_table_bytes(&self) -> usize {
+        self.endpoints.reserved_bytes()
+    }
+
     /// Live endpoint entries.
     pub fn live_endpoints(&self) -> usize {
         self.endpoints.len()

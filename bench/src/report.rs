@@ -46,9 +46,14 @@ fn column(f: &Figures) -> Value {
         "allocs_per_decision": f.allocs_per_decision,
         "bytes_per_endpoint": round(f.bytes_per_endpoint()),
         "reserved_bytes": f.reserved_bytes,
+        "endpoint_table_bytes_per_endpoint": round(per_live(f.endpoint_table_bytes, f.live_endpoints)),
         "live_endpoints": f.live_endpoints,
         "rounds": f.rounds,
     })
+}
+
+fn per_live(bytes: usize, live: usize) -> f64 {
+    if live == 0 { 0.0 } else { bytes as f64 / live as f64 }
 }
 
 fn round(x: f64) -> f64 {
@@ -111,14 +116,14 @@ pub fn to_table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>6} {:>9} | {:>20} | {:>26} | {:>16} | {:>7} | {:>6} | {:>12}",
-        "rules", "endpoints", "arbiter", "naive", "sampler", "ratio", "allocs", "B/endpoint"
+        "{:>6} {:>9} | {:>20} | {:>26} | {:>16} | {:>7} | {:>6} | {:>22}",
+        "rules", "endpoints", "arbiter", "naive", "sampler", "ratio", "allocs", "B/endpoint (table)"
     );
     for r in &report.runs {
         let triple = |f: &Figures| format!("{:.0}/{:.0}/{:.0}", f.connect_ns, f.auth_ns, f.combined_ns);
         let _ = writeln!(
             out,
-            "{:>6} {:>9} | {:>20} | {:>26} | {:>16} | {:>6.1}x | {:>6.2} | {:>5.1} ({:.0})",
+            "{:>6} {:>9} | {:>20} | {:>26} | {:>16} | {:>6.1}x | {:>6.2} | {:>6.1} ({:>5.1}) n {:>5.0}",
             r.rules,
             r.endpoints,
             triple(&r.arbiter),
@@ -127,6 +132,7 @@ pub fn to_table(report: &Report) -> String {
             r.ratio(),
             r.arbiter.allocs_per_decision,
             r.arbiter.bytes_per_endpoint(),
+            per_live(r.arbiter.endpoint_table_bytes, r.arbiter.live_endpoints),
             r.naive.bytes_per_endpoint(),
         );
     }
@@ -136,7 +142,8 @@ pub fn to_table(report: &Report) -> String {
     let _ = writeln!(
         out,
         "ratio: naive / arbiter (both layers); allocs: arbiter allocations per decision{}; \
-         B/endpoint: arbiter reserved table bytes per live endpoint (naive's in parentheses)",
+         B/endpoint: arbiter reserved bytes of all tables per live endpoint, \
+         (the endpoint table alone), n naive's all tables",
         if report.counting_allocator { "" } else { " (NOT counted: no counting allocator)" }
     );
     let [c, p, b, x] = report.verdict_mix;

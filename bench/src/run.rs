@@ -17,6 +17,7 @@ use std::time::{Duration as Wall, Instant as Clock};
 use arbiter::compiled::CompiledRules;
 use arbiter::decide::Verdict;
 use arbiter::flow::{AuthConnectInput, ConnectRedirectInput};
+use arbiter::policy::RuleSet;
 use arbiter::time::Instant;
 use arbiter::{Arbiter, Capacities, Config};
 
@@ -88,6 +89,9 @@ pub struct Figures {
     pub live_endpoints: usize,
     /// Timed rounds.
     pub rounds: usize,
+    /// Of `reserved_bytes`, what the endpoint table alone reserves (the
+    /// rest is the fixed-size destination and known-proxy tables).
+    pub endpoint_table_bytes: usize,
 }
 
 impl Figures {
@@ -277,6 +281,7 @@ fn figures(mut s: Samples, reserved_bytes: usize, live_endpoints: usize) -> Figu
         reserved_bytes,
         live_endpoints,
         rounds: s.connect.len(),
+        endpoint_table_bytes: reserved_bytes,
     }
 }
 
@@ -328,7 +333,9 @@ pub fn run_one(
         }
         let live = a.occupancy()[0] as usize;
         let s = rounds(&mut a, w, first, plan, count);
-        figures(s, a.reserved_bytes(), live)
+        let only_endpoints = Capacities { endpoints: caps.endpoints, destinations: 0, known_proxies: 0 };
+        let endpoint_table_bytes = Arbiter::new(config(), only_endpoints, RuleSet::default()).ok()?.reserved_bytes();
+        Figures { endpoint_table_bytes, ..figures(s, a.reserved_bytes(), live) }
     };
 
     // Naive: filled directly (a rule scan per filled entry would take minutes
@@ -342,7 +349,7 @@ pub fn run_one(
         }
         let live = n.live_endpoints();
         let s = rounds(&mut n, w, first, plan, count);
-        figures(s, n.reserved_bytes(), live)
+        Figures { endpoint_table_bytes: n.endpoint_table_bytes(), ..figures(s, n.reserved_bytes(), live) }
     };
 
     // The sampler keeps no per-endpoint state.
