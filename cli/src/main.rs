@@ -8,6 +8,7 @@
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
 mod audit_cmd;
+mod explore_cmd;
 mod bench_cmd;
 mod lab_cmd;
 mod replay_cmd;
@@ -55,6 +56,13 @@ enum Command {
     /// logic in our place as the baseline. Exit 1 if any scenario with our
     /// arbiter loops or ends without an explanation.
     Lab(lab_cmd::Args),
+    /// Explore every combination, up to a bound, of vendors, weight orders,
+    /// trust settings, record propagation and interleaved connections.
+    ///
+    /// Prints counts (setups, states, executions, outcomes per kind) and the
+    /// shortest counterexamples found with the sampler logic in our place.
+    /// Exit 1 if our arbiter loops or ends unexplained in any of them.
+    Explore(explore_cmd::Args),
     /// Decode a driver audit log; turn it into a fixture; check its invariants.
     Audit(audit_cmd::Args),
     /// Check or compile rule sets.
@@ -74,6 +82,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Replay(a) => replay_cmd::run(&a),
         Command::Lab(a) => lab_cmd::run(&a),
+        Command::Explore(a) => explore_cmd::run_cmd(&a),
         Command::Audit(a) => audit_cmd::run(&a),
         Command::Rules(c) => rules_cmd::run(c),
         Command::Bench(a) => bench_cmd::run(&a),

@@ -396,6 +396,54 @@ struct LayerData {
     tunnel: Option<(usize, RedirectContext)>,
 }
 
+/// A connection between its connect-redirect and its auth-connect
+/// classification ([`Engine::connect_phase`], [`Engine::auth_phase`]).
+#[derive(Clone, Debug)]
+pub struct Classifying {
+    /// The connection.
+    pub conn: Connection,
+    /// The connect-redirect decisions, in order.
+    pub decisions: Vec<Decided>,
+    data: LayerData,
+    redirect_block: Option<(usize, String)>,
+    /// Simulated time of the connect-redirect classification.
+    pub at_ms: u64,
+    /// Reauthorization did not settle: no auth-connect follows.
+    reauth_loop: bool,
+}
+
+impl Classifying {
+    /// The remote address the layer data ended with.
+    pub const fn final_remote(&self) -> SocketAddr {
+        self.data.remote
+    }
+
+    /// The local redirect in force: (vendor, target PID, context).
+    pub const fn local_redirect(&self) -> Option<(usize, u64, RedirectContext)> {
+        self.data.local
+    }
+
+    /// The remote redirect in force: (vendor, context).
+    pub const fn tunnel(&self) -> Option<(usize, RedirectContext)> {
+        self.data.tunnel
+    }
+
+    /// The first hard block at connect-redirect: (vendor, reason).
+    pub fn redirect_block(&self) -> Option<(usize, &str)> {
+        self.redirect_block.as_ref().map(|(v, r)| (*v, r.as_str()))
+    }
+
+    /// Reauthorization did not settle within [`MAX_REAUTH_ROUNDS`].
+    pub const fn reauth_loop(&self) -> bool {
+        self.reauth_loop
+    }
+
+    /// FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED as auth-connect will see it.
+    pub fn redirected(&self) -> bool {
+        self.data.remote != self.conn.remote || self.data.local.is_some()
+    }
+}
+
 /// The simulated machine.
 #[derive(Debug)]
 pub struct Engine {
@@ -453,6 +501,16 @@ impl Engine {
 
     /// Classifies one connection at both layers and says where it went.
     pub fn classify(&mut self, conn: &Connection, chain_destination: SocketAddr) -> HopTrace {
+        let pending = self.connect_phase(conn);
+        self.auth_phase(pending, chain_destination)
+    }
+
+    /// ALE_CONNECT_REDIRECT for one connection (with its reauthorization
+    /// rounds). The connection then waits in [`Classifying`] for
+    /// [`Engine::auth_phase`]; other connections may be classified in
+    /// between, as on a machine with several CPUs (the interop explorer
+    /// interleaves them).
+    pub fn connect_phase(&mut self, conn: &Connection) -> Classifying {
         self.now_ms += MS_PER_HOP;
         let now_ms = self.now_ms;
         let order = self.by_weight();
@@ -552,17 +610,36 @@ impl Engine {
             }
             round += 1;
             if round > MAX_REAUTH_ROUNDS {
-                return HopTrace {
+                return Classifying {
                     conn: conn.clone(),
                     decisions,
-                    final_remote: data.remote,
-                    context: None,
-                    result: HopResult::ReauthLoop,
+                    data,
+                    redirect_block,
                     at_ms: now_ms,
+                    reauth_loop: true,
                 };
             }
         }
+        Classifying { conn: conn.clone(), decisions, data, redirect_block, at_ms: now_ms, reauth_loop: false }
+    }
 
+    /// ALE_AUTH_CONNECT for a connection whose connect-redirect classification
+    /// is done, and where it went. The callouts see the engine's clock as it
+    /// is now (the same instant when called right after [`Engine::connect_phase`]).
+    pub fn auth_phase(&mut self, pending: Classifying, chain_destination: SocketAddr) -> HopTrace {
+        let Classifying { conn, mut decisions, data, redirect_block, at_ms, reauth_loop } = pending;
+        if reauth_loop {
+            return HopTrace {
+                conn,
+                decisions,
+                final_remote: data.remote,
+                context: None,
+                result: HopResult::ReauthLoop,
+                at_ms,
+            };
+        }
+        let now_ms = self.now_ms;
+        let order = self.by_weight();
         // ALE_AUTH_CONNECT, with the metadata WFP sets for a redirected connection.
         let redirected = data.remote != conn.remote || data.local.is_some();
         let target_pid = data.local.map(|(_, pid, _)| pid);
@@ -570,7 +647,8 @@ impl Engine {
         let mut auth_block: Option<(usize, String)> = None;
         for &v in &order {
             let Some(vendor) = self.vendors.get_mut(v) else { continue };
-            let view = AuthView { conn, remote: data.remote, redirected, target_pid, original_destination, now_ms };
+            let view =
+                AuthView { conn: &conn, remote: data.remote, redirected, target_pid, original_destination, now_ms };
             let d = vendor.callout.auth_connect(&vendor.id, &view);
             if d.action == AuthAction::Block && auth_block.is_none() {
                 auth_block = Some((v, d.reason.clone()));
@@ -595,7 +673,7 @@ impl Engine {
             self.destination_of(&data, chain_destination)
         };
         let context = data.local.map(|(_, _, c)| c);
-        HopTrace { conn: conn.clone(), decisions, final_remote: data.remote, context, result, at_ms: now_ms }
+        HopTrace { conn, decisions, final_remote: data.remote, context, result, at_ms }
     }
 
     /// Where the final layer data leads.

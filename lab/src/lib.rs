@@ -14,12 +14,15 @@
 //! - [`profiles`]: peer vendor profiles.
 //! - [`ours`]: the real core behind the engine's callout seam.
 //! - [`scenario`]: scenarios, the matrix, and the [`scenario::Lab`] harness.
+//! - [`explore`]: the exhaustive interop explorer (vendors, weight orders,
+//!   trust, record propagation, interleaved connections).
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
 pub mod audit_log;
 pub mod dot;
 pub mod engine;
+pub mod explore;
 pub mod fixture;
 pub mod ours;
 pub mod profiles;

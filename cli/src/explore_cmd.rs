@@ -1,0 +1,183 @@
+//! `arbiter explore`: the exhaustive interop explorer (issue 7, "Exhaustive
+//! interop checking"): every combination, up to a bound, of vendors, weight
+//! orders, trust settings, record propagation and connection interleavings,
+//! with our arbiter and with the sampler logic in its place.
+
+use std::io::IsTerminal as _;
+
+use arbiter_lab::explore::{Bounds, Counterexample, Exploration, Findings, Tally, run};
+use arbiter_lab::scenario::Ours;
+use serde_json::{Value, json};
+
+use crate::{EXIT_FAILED, EXIT_OK, print_json};
+
+/// `arbiter explore` options.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Explore setups of up to this many vendors (ours plus 1 or 2 peers).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
+    vendors: u8,
+    /// Concurrent application connections per setup.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
+    connections: u8,
+    /// A bounded exploration that finishes in seconds (fewer connection sets, default loop settings only).
+    #[arg(long)]
+    quick: bool,
+    /// Skip the baseline (the WFP sample's logic in our place).
+    #[arg(long)]
+    no_baseline: bool,
+    /// Worker threads (default: up to 2).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Counterexamples to print per occupant of our place.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    show: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn tally_json(t: &Tally) -> Value {
+    json!({
+        "configurations": t.configurations,
+        "states": t.states,
+        "transitions": t.transitions,
+        "replayed_phases": t.replayed,
+        "executions": t.executions.to_string(),
+        "end_states": t.end_states,
+        "outcomes": {
+            "delivered": t.delivered, "blocked": t.blocked, "loop": t.loops, "unexplained": t.unexplained,
+        },
+        "failing_configurations": t.failing_configurations,
+        "failing_end_states": t.failing_end_states,
+        "model_errors": t.model_errors,
+        "audit_failures": t.audit_failures,
+    })
+}
+
+fn counterexample_json(c: &Counterexample) -> Value {
+    json!({
+        "outcome": c.outcome.kind(),
+        "detail": c.outcome.detail(),
+        "setup": c.setup.to_string(),
+        "vendors": c.setup.vendors(),
+        "connection": c.connection + 1,
+        "chain": c.chain,
+        "hops": c.hops,
+        "moves": c.moves,
+        "other_moves": c.other_moves,
+    })
+}
+
+fn findings_json(f: &Findings, show: usize) -> Value {
+    json!({
+        "tally": tally_json(&f.tally),
+        "counterexamples_found": f.counterexamples_found,
+        "distinct_counterexamples": f.counterexamples.len(),
+        "counterexamples": f.counterexamples.iter().take(show).map(counterexample_json).collect::<Vec<_>>(),
+        "model_errors": f.model_errors.iter().map(|(s, e)| json!({"setup": s, "error": e})).collect::<Vec<_>>(),
+    })
+}
+
+fn row(name: &str, t: &Tally) -> String {
+    format!(
+        "{name:<9} {:>7} {:>9} {:>11} {:>22} {:>9} {:>9} {:>7} {:>11}",
+        t.configurations, t.states, t.transitions, t.executions, t.delivered, t.blocked, t.loops, t.unexplained
+    )
+}
+
+fn print_findings(label: &str, f: &Findings, show: usize) {
+    if f.counterexamples.is_empty() {
+        println!("{label}: no loop or unexplained end");
+    } else {
+        println!(
+            "{label}: {} failing setups, {} distinct shapes; shortest chains first:",
+            f.counterexamples_found,
+            f.counterexamples.len()
+        );
+        for (i, c) in f.counterexamples.iter().take(show).enumerate() {
+            println!("  {:>2}. {}", i + 1, c.describe());
+            if c.other_moves > 0 {
+                println!("      interleaving: {}", c.moves.join(" "));
+            }
+        }
+    }
+    for (setup, e) in &f.model_errors {
+        println!("  model error [{setup}]: {e}");
+    }
+}
+
+fn print_text(x: &Exploration, bounds: &Bounds, show: usize) {
+    println!(
+        "arbiter explore: up to {} vendors, {} concurrent connections{}",
+        bounds.max_vendors,
+        bounds.connections,
+        if bounds.quick { " (quick bounds)" } else { "" }
+    );
+    println!(
+        "{:<9} {:>7} {:>9} {:>11} {:>22} {:>9} {:>9} {:>7} {:>11}",
+        "ours", "setups", "states", "transitions", "executions", "delivered", "blocked", "loops", "unexplained"
+    );
+    println!("{}", row("arbiter", &x.arbiter.tally));
+    if bounds.baseline {
+        println!("{}", row("baseline", &x.baseline.tally));
+    }
+    println!();
+    println!(
+        "arbiter failures: {} ({} loops, {} unexplained, {} model errors, {} audit failures)",
+        x.arbiter_failures(),
+        x.arbiter.tally.loops,
+        x.arbiter.tally.unexplained,
+        x.arbiter.tally.model_errors,
+        x.arbiter.tally.audit_failures
+    );
+    print_findings("arbiter", &x.arbiter, show);
+    if bounds.baseline {
+        print_findings("baseline", &x.baseline, show);
+    }
+    println!("explored in {:.1} s on {} threads", x.seconds, bounds.threads);
+}
+
+/// Runs `arbiter explore`.
+pub(crate) fn run_cmd(args: &Args) -> u8 {
+    let mut bounds =
+        if args.quick { Bounds::quick(usize::from(args.vendors)) } else { Bounds::full(usize::from(args.vendors)) };
+    bounds.connections = usize::from(args.connections);
+    bounds.baseline = !args.no_baseline;
+    if let Some(t) = args.threads {
+        bounds.threads = t.max(1);
+    }
+    let tty = !args.json && std::io::stderr().is_terminal();
+    let last = std::sync::atomic::AtomicUsize::new(0);
+    let progress = |ours: Ours, i: usize, total: usize| {
+        if !tty {
+            return;
+        }
+        let percent = (i + 1) * 100 / total.max(1);
+        if last.swap(percent, std::sync::atomic::Ordering::Relaxed) != percent {
+            eprint!("\r{}: {percent:>3}% of {total} setups ", ours.name());
+        }
+    };
+    let x = run(&bounds, &progress);
+    if tty {
+        eprint!("\r{:60}\r", "");
+    }
+    if args.json {
+        print_json(&json!({
+            "bounds": {
+                "max_vendors": bounds.max_vendors,
+                "connections": bounds.connections,
+                "quick": bounds.quick,
+                "loop_settings": bounds.loop_settings.iter().map(|l| l.name()).collect::<Vec<_>>(),
+                "threads": bounds.threads,
+            },
+            "arbiter": findings_json(&x.arbiter, args.show),
+            "baseline": if bounds.baseline { findings_json(&x.baseline, args.show) } else { Value::Null },
+            "arbiter_failures": x.arbiter_failures(),
+            "elapsed_seconds": (x.seconds * 1000.0).round() / 1000.0,
+        }));
+    } else {
+        print_text(&x, &bounds, args.show);
+    }
+    if x.arbiter_failures() == 0 { EXIT_OK } else { EXIT_FAILED }
+}
