@@ -81,25 +81,91 @@ const KINDS: usize = 7;
 /// "Every flow" in the fixed-point scale of [`primary`]'s estimates.
 const ALL: u64 = 1 << 40;
 
+/// How many rules name each key, per dimension, for [`primary`].
+#[derive(Default)]
+struct Sharing {
+    rules: u64,
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+    ports: Vec<(u16, u16)>,
+    package: Vec<u32>,
+    app: Vec<u32>,
+    original_app: Vec<u32>,
+}
+
+/// Number of entries of a sorted list equal to `key`.
+fn count<T: Ord>(sorted: &[T], key: &T) -> u64 {
+    let lo = sorted.partition_point(|k| k < key);
+    let hi = sorted.partition_point(|k| k <= key);
+    u64::try_from(hi.saturating_sub(lo)).unwrap_or(u64::MAX)
+}
+
+impl Sharing {
+    fn build(rs: &RuleSet, rules: &RuleTable, key: impl Fn(&[u16]) -> Option<u32>) -> Result<Self, OutOfMemory> {
+        let mut s = Self { rules: u64::try_from(rs.rules.len()).unwrap_or(u64::MAX).max(1), ..Self::default() };
+        for r in &rs.rules {
+            for c in &r.remote {
+                match c.addr {
+                    IpAddr::V4(ip) => {
+                        reserve(&mut s.v4, 1)?;
+                        s.v4.push(u32::from(ip).range(c.prefix));
+                    }
+                    IpAddr::V6(ip) => {
+                        reserve(&mut s.v6, 1)?;
+                        s.v6.push(u128::from(ip).range(c.prefix));
+                    }
+                }
+            }
+            reserve(&mut s.ports, r.remote_ports.len())?;
+            s.ports.extend(r.remote_ports.iter().map(|p| (p.lo, p.hi)));
+            reserve(&mut s.package, r.package.len())?;
+            s.package.extend(r.package.iter().map(|p| rules.sid_id(p.as_sid().as_bytes())));
+            reserve(&mut s.app, r.app.len())?;
+            s.app.extend(r.app.iter().map(|g| key(g.units()).unwrap_or(NONE)));
+            reserve(&mut s.original_app, r.original_app.len())?;
+            s.original_app.extend(r.original_app.iter().map(|g| key(g.units()).unwrap_or(NONE)));
+        }
+        s.v4.sort_unstable();
+        s.v6.sort_unstable();
+        s.ports.sort_unstable();
+        s.package.sort_unstable();
+        s.app.sort_unstable();
+        s.original_app.sort_unstable();
+        Ok(s)
+    }
+
+    /// A key named by `n` rules: each rule beyond the first counts as one
+    /// flow in `rules` hitting it. Rule sets name the destinations and apps
+    /// that carry traffic, and a key many rules share costs every flow that
+    /// hits it a check per rule.
+    fn shared(&self, n: u64) -> u64 {
+        n.saturating_sub(1).saturating_mul(ALL.checked_div(self.rules).unwrap_or(ALL))
+    }
+}
+
 /// The condition to file `rule` under: the one expected to admit the fewest
-/// flows, estimated in units of 2^-40 of all flows. Addresses and ports are
-/// taken as uniform except that web and DNS ports are common; an app glob
-/// admits what [`admits`] says. Any choice gives the same answers; a good
-/// one keeps the candidate lists short.
-fn primary(rule: &Rule) -> Primary {
+/// flows, estimated in units of 2^-40 of all flows, per key the larger of a
+/// static guess and what [`Sharing::shared`] says. Statically, addresses are
+/// uniform within their family (an IPv6 prefix counts half its length:
+/// providers hold /32s, sites /48s), ports are concentrated on web and DNS
+/// and no port is rarer than 1 flow in 1,024, and an app glob admits what
+/// [`admits`] says. Any choice gives the same answers; a good one keeps the
+/// candidate lists short.
+fn primary(rule: &Rule, rules: &RuleTable, sharing: &Sharing, key: impl Fn(&[u16]) -> Option<u32>) -> Primary {
     let mut best = (Primary::Always, u64::MAX);
     let mut offer = |kind: Primary, admitted: u64| {
         if admitted < best.1 {
             best = (kind, admitted);
         }
     };
+    let sum = |it: &mut dyn Iterator<Item = u64>| it.fold(0, u64::saturating_add).min(ALL);
     if !rule.remote.is_empty() {
-        let one = |prefix: u8, bits: u8| ALL >> prefix.min(bits).min(40);
         let admitted = rule.remote.iter().map(|c| match c.addr {
-            IpAddr::V4(_) => one(c.prefix, 32),
-            IpAddr::V6(_) => one(c.prefix, 128),
+            IpAddr::V4(ip) => (ALL >> c.prefix.min(32)).max(sharing.shared(count(&sharing.v4, &u32::from(ip).range(c.prefix)))),
+            IpAddr::V6(ip) => (ALL >> (c.prefix.min(128) / 2).min(40))
+                .max(sharing.shared(count(&sharing.v6, &u128::from(ip).range(c.prefix)))),
         });
-        offer(Primary::Remote, admitted.fold(0, u64::saturating_add).min(ALL));
+        offer(Primary::Remote, sum(&mut { admitted }));
     }
     if !rule.remote_ports.is_empty() {
         let admitted = rule.remote_ports.iter().filter(|p| p.lo <= p.hi).map(|p| {
@@ -108,25 +174,30 @@ fn primary(rule: &Rule) -> Primary {
                 ALL >> 2
             } else if p.contains(53) {
                 ALL >> 5
-            } else if p.lo < 1024 {
-                ALL >> 8
             } else {
-                0
+                ALL >> 10
             };
-            width.saturating_add(common)
+            width.saturating_add(common).max(sharing.shared(count(&sharing.ports, &(p.lo, p.hi))))
         });
-        offer(Primary::Ports, admitted.fold(0, u64::saturating_add).min(ALL));
+        offer(Primary::Ports, sum(&mut { admitted }));
     }
     if !rule.package.is_empty() {
-        let n = u64::try_from(rule.package.len()).unwrap_or(u64::MAX);
-        offer(Primary::Package, n.saturating_mul(ALL >> 7).min(ALL));
+        let admitted = rule
+            .package
+            .iter()
+            .map(|s| (ALL >> 7).max(sharing.shared(count(&sharing.package, &rules.sid_id(s.as_sid().as_bytes())))));
+        offer(Primary::Package, sum(&mut { admitted }));
     }
-    let globs = |list: &[Glob]| list.iter().map(|g| admits(g.units())).fold(0, u64::saturating_add).min(ALL);
+    let globs = |list: &[Glob], counts: &[u32]| {
+        let admitted =
+            list.iter().map(|g| admits(g.units()).max(sharing.shared(count(counts, &key(g.units()).unwrap_or(NONE)))));
+        sum(&mut { admitted })
+    };
     if !rule.app.is_empty() {
-        offer(Primary::App, globs(&rule.app));
+        offer(Primary::App, globs(&rule.app, &sharing.app));
     }
     if !rule.original_app.is_empty() {
-        offer(Primary::OriginalApp, globs(&rule.original_app));
+        offer(Primary::OriginalApp, globs(&rule.original_app, &sharing.original_app));
     }
     if let Some(p) = rule.protocol {
         let admitted = match p {
@@ -231,12 +302,14 @@ impl CompiledRules {
         let key = |units: &[u16]| patterns.binary_search(&units).ok().and_then(|k| u32::try_from(k).ok());
         let rules = RuleTable::build(&rs.rules, key)?;
 
+        let sharing = Sharing::build(rs, &rules, key)?;
         let kinds: Vec<Primary> = {
             let mut v = Vec::new();
             reserve(&mut v, rs.rules.len())?;
-            v.extend(rs.rules.iter().map(primary));
+            v.extend(rs.rules.iter().map(|r| primary(r, &rules, &sharing, key)));
             v
         };
+        drop(sharing);
         let filed =
             |kind: Primary| rs.rules.iter().zip(kinds.iter()).zip(0u32..).filter(move |&((_, &k), _)| k == kind);
         let mut first = [NONE; KINDS];
