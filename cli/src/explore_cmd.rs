@@ -42,7 +42,7 @@ fn tally_json(t: &Tally) -> Value {
         "configurations": t.configurations,
         "states": t.states,
         "transitions": t.transitions,
-        "replayed_phases": t.replayed,
+        "forks": t.forks,
         "executions": t.executions.to_string(),
         "end_states": t.end_states,
         "outcomes": {

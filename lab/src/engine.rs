@@ -461,6 +461,13 @@ impl Engine {
         Self { vendors, now_ms: 0, next_endpoint: 1, next_port: 50_000 }
     }
 
+    /// The same machine (clock, endpoint handles and ports handed out so far)
+    /// with these vendors in its place: the interop explorer forks a machine
+    /// to try another interleaving, giving each fork callouts in the same state.
+    pub fn fork(&self, vendors: Vec<Vendor>) -> Self {
+        Self { vendors, now_ms: self.now_ms, next_endpoint: self.next_endpoint, next_port: self.next_port }
+    }
+
     /// Vendor indices in descending weight (ties: installation order).
     pub fn by_weight(&self) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.vendors.len()).collect();

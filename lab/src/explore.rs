@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use arbiter::wide::WideString;
 use arbiter::{
     Arbiter, AuthConnectInput, Capacities, Config as CoreConfig, ConnectRedirectInput, Flow, Instant, PreviousChain,
-    Protocol, Reason, RuleSet, Verdict,
+    Protocol, Reason, RedirectState, RedirectTarget, RuleSet, Verdict,
 };
 
 use crate::engine::{
@@ -61,7 +61,7 @@ use crate::engine::{
     Engine, HopResult, Identity, MAX_CHAIN, ProxyProcess, Vendor,
 };
 use crate::ours::{OWN_FILTER, OWN_HANDLE, OWN_PROXY_APP, OWN_PROXY_PID};
-use crate::profiles::{Profile, Sampler, Wants};
+use crate::profiles::{AuthBlocker, Profile, Sampler, Wants};
 use crate::replay::audit_round_trip;
 use crate::scenario::{APP, APP_PID, DEST_V4, DEST_V6, Ours, Outcome};
 
@@ -503,20 +503,70 @@ impl RulesCache {
     }
 }
 
+/// App ids as the core reads them (UTF-16), built once per setup.
+#[derive(Debug, Default)]
+struct AppTable {
+    index: HashMap<String, usize>,
+    wide: Vec<WideString>,
+}
+
+impl AppTable {
+    fn add(&mut self, app: &str) {
+        if !self.index.contains_key(app) {
+            self.index.insert(app.to_owned(), self.wide.len());
+            self.wide.push(WideString::new(app));
+        }
+    }
+}
+
+/// A flow as the core was given it, with app ids as [`AppTable`] indices.
+#[derive(Clone, Copy, Debug)]
+struct FedFlow {
+    protocol: Protocol,
+    local: SocketAddr,
+    remote: SocketAddr,
+    endpoint: u64,
+    pid: u64,
+    app: usize,
+    original_app: usize,
+}
+
+/// One indication given to the core, kept so a fork can give it again.
+#[derive(Clone, Copy, Debug)]
+enum Fed {
+    Connect {
+        flow: FedFlow,
+        state: RedirectState,
+        write_right: bool,
+        reauthorize: bool,
+        previous: PreviousChain,
+        at: u64,
+    },
+    Auth {
+        flow: FedFlow,
+        redirected: bool,
+        target_pid: Option<u64>,
+        original_destination: Option<SocketAddr>,
+        at: u64,
+    },
+}
+
 /// Our arbiter's side of the machine, shared between its callout and the
-/// search: the core, the explorer's summary of its shared tables, and the
-/// checks made on its decisions.
+/// search: the core, every indication it was given, the explorer's summary
+/// of its shared tables, and the checks made on its decisions.
 #[derive(Debug)]
 struct Core {
     arbiter: Arbiter<RuleSet>,
-    /// App ids as the core reads them (UTF-16), built once per name.
-    wide: HashMap<String, WideString>,
+    rules: Rc<RuleSet>,
+    apps: Rc<AppTable>,
+    /// Every indication so far, in order.
+    log: Vec<Fed>,
     /// Proxied hops per destination (C8's counters): one per `proxy` verdict.
     hops: BTreeMap<(Protocol, SocketAddr), u16>,
     /// Learned local proxies (A6).
     learned: BTreeSet<u64>,
-    /// Check each decision's audit record (off while replaying a path whose
-    /// decisions were checked when first taken).
+    /// Check each decision's audit record (off while a fork catches up on
+    /// indications whose decisions were checked when first made).
     check_audit: bool,
     audit_failures: usize,
     /// Something the summary does not account for (an eviction, an expiry).
@@ -524,18 +574,124 @@ struct Core {
 }
 
 impl Core {
-    fn wide(&mut self, s: &str) {
-        if !self.wide.contains_key(s) {
-            self.wide.insert(s.to_owned(), WideString::new(s));
+    fn new(rules: Rc<RuleSet>, apps: Rc<AppTable>) -> Result<Self, String> {
+        let config = CoreConfig { own_filter: OWN_FILTER, ..CoreConfig::default() };
+        let mut arbiter = Arbiter::new(config, CAPACITIES, (*rules).clone())
+            .map_err(|_| "out of memory reserving the tables".to_owned())?;
+        let v4 = OUR_V4.parse().map_err(|_| "bad listener")?;
+        let v6 = OUR_V6.parse().map_err(|_| "bad listener")?;
+        arbiter.set_proxy(OWN_PROXY_PID, Some(v4), Some(v6)).map_err(|e| e.to_string())?;
+        Ok(Self {
+            arbiter,
+            rules,
+            apps,
+            log: Vec::new(),
+            hops: BTreeMap::new(),
+            learned: BTreeSet::new(),
+            check_audit: true,
+            audit_failures: 0,
+            surprise: None,
+        })
+    }
+
+    /// A core in the same state: a fresh one given the same indications at
+    /// the same times (decisions are deterministic: invariant 5).
+    fn fork(&self) -> Result<Self, String> {
+        let mut c = Self::new(Rc::clone(&self.rules), Rc::clone(&self.apps))?;
+        c.check_audit = false;
+        for fed in &self.log {
+            c.feed(*fed);
+        }
+        c.check_audit = true;
+        if c.hops != self.hops || c.learned != self.learned {
+            c.surprise.get_or_insert_with(|| "a forked arbiter disagrees with its original".to_owned());
+        }
+        Ok(c)
+    }
+
+    fn fed_flow(&mut self, conn: &Connection, remote: SocketAddr) -> FedFlow {
+        let mut index = |app: &str| match self.apps.index.get(app) {
+            Some(&i) => i,
+            None => {
+                self.surprise.get_or_insert_with(|| format!("unknown app id {app}"));
+                0
+            }
+        };
+        let (app, original_app) = (index(&conn.app), index(&conn.original_app));
+        FedFlow {
+            protocol: conn.protocol,
+            local: conn.local,
+            remote,
+            endpoint: conn.endpoint,
+            pid: conn.pid,
+            app,
+            original_app,
         }
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// Gives the core one indication; returns its verdict, reason and redirect.
+    fn feed(&mut self, fed: Fed) -> (Verdict, Reason, Option<RedirectTarget>) {
+        let at = match fed {
+            Fed::Connect { at, .. } | Fed::Auth { at, .. } => at,
+        };
+        let now = Instant::from_millis(at);
         let mut gone = 0usize;
         self.arbiter.expire(now, |_| gone += 1);
         if gone > 0 {
             self.surprise.get_or_insert_with(|| "an arbiter table entry expired during an execution".to_owned());
         }
+        let apps = Rc::clone(&self.apps);
+        let flow = |f: &FedFlow| {
+            Some(Flow {
+                protocol: f.protocol,
+                local: f.local,
+                remote: f.remote,
+                endpoint: f.endpoint,
+                pid: f.pid,
+                app: apps.wide.get(f.app)?.app_id(),
+                original_app: apps.wide.get(f.original_app)?.app_id(),
+                package: None,
+            })
+        };
+        let out = match fed {
+            Fed::Connect { flow: f, state, write_right, reauthorize, previous, .. } => {
+                let Some(flow) = flow(&f) else { return (Verdict::Continue, Reason::NoRule, None) };
+                let input = ConnectRedirectInput { flow, state, write_right, reauthorize, previous };
+                let d = self.arbiter.decide_connect_redirect(&input, now);
+                if self.check_audit && !audit_round_trip(&d) {
+                    self.audit_failures += 1;
+                }
+                if !d.departures.is_empty() {
+                    self.surprise.get_or_insert_with(|| "a decision pushed an entry out of a full table".to_owned());
+                }
+                if d.verdict == Verdict::Proxy {
+                    // "Every proxy verdict counts one hop for its destination."
+                    let key = (f.protocol, SocketAddr::new(f.remote.ip(), f.remote.port()));
+                    *self.hops.entry(key).or_insert(0) += 1;
+                }
+                (d.verdict, d.reason, d.redirect)
+            }
+            Fed::Auth { flow: f, redirected, target_pid, original_destination, .. } => {
+                let Some(flow) = flow(&f) else { return (Verdict::Continue, Reason::NoRule, None) };
+                let input = AuthConnectInput { flow, reauthorize: false, redirected, target_pid, original_destination };
+                let d = self.arbiter.decide_auth_connect(&input, now);
+                if self.check_audit && !audit_round_trip(&d) {
+                    self.audit_failures += 1;
+                }
+                if !d.departures.is_empty() {
+                    self.surprise.get_or_insert_with(|| "a decision pushed an entry out of a full table".to_owned());
+                }
+                // A6 remembers the other redirector's target.
+                if d.reason == Reason::RedirectedByOtherObserved
+                    && let Some(pid) = target_pid.filter(|&p| p != 0)
+                {
+                    self.learned.insert(pid);
+                }
+                (d.verdict, d.reason, d.redirect)
+            }
+        };
+        self.log.push(fed);
+        out
     }
 }
 
@@ -546,50 +702,18 @@ impl Core {
 #[derive(Debug)]
 struct ExploredArbiter(Rc<RefCell<Core>>);
 
-fn flow<'a>(wide: &'a HashMap<String, WideString>, conn: &Connection, remote: SocketAddr) -> Option<Flow<'a>> {
-    Some(Flow {
-        protocol: conn.protocol,
-        local: conn.local,
-        remote,
-        endpoint: conn.endpoint,
-        pid: conn.pid,
-        app: wide.get(&conn.app)?.app_id(),
-        original_app: wide.get(&conn.original_app)?.app_id(),
-        package: None,
-    })
-}
-
 impl Callout for ExploredArbiter {
     fn connect_redirect(&mut self, _me: &Identity, v: &ConnectView<'_>) -> ConnectDecision {
         let mut core = self.0.borrow_mut();
-        let core = &mut *core;
-        let now = Instant::from_millis(v.now_ms);
-        core.expire(now);
-        core.wide(&v.conn.app);
-        core.wide(&v.conn.original_app);
-        let Some(flow) = flow(&core.wide, v.conn, v.remote) else {
-            return ConnectDecision::new(ConnectAction::Continue, "no app id");
-        };
-        let input = ConnectRedirectInput {
+        let flow = core.fed_flow(v.conn, v.remote);
+        let (verdict, reason, redirect) = core.feed(Fed::Connect {
             flow,
             state: v.state,
             write_right: v.write_right,
             reauthorize: v.reauthorize,
             previous: PreviousChain::from_entries(v.previous.iter().copied()),
-        };
-        let d = core.arbiter.decide_connect_redirect(&input, now);
-        if core.check_audit && !audit_round_trip(&d) {
-            core.audit_failures += 1;
-        }
-        if !d.departures.is_empty() {
-            core.surprise.get_or_insert_with(|| "a decision pushed an entry out of a full table".to_owned());
-        }
-        let (verdict, reason, redirect) = (d.verdict, d.reason, d.redirect);
-        if verdict == Verdict::Proxy {
-            // "Every proxy verdict counts one hop for its destination."
-            let key = (input.flow.protocol, SocketAddr::new(input.flow.remote.ip(), input.flow.remote.port()));
-            *core.hops.entry(key).or_insert(0) += 1;
-        }
+            at: v.now_ms,
+        });
         let action = match (verdict, redirect) {
             (Verdict::Continue, _) => ConnectAction::Continue,
             (Verdict::Permit, _) => ConnectAction::Permit,
@@ -604,40 +728,20 @@ impl Callout for ExploredArbiter {
 
     fn auth_connect(&mut self, _me: &Identity, v: &AuthView<'_>) -> AuthDecision {
         let mut core = self.0.borrow_mut();
-        let core = &mut *core;
-        let now = Instant::from_millis(v.now_ms);
-        core.expire(now);
-        core.wide(&v.conn.app);
-        core.wide(&v.conn.original_app);
-        let Some(flow) = flow(&core.wide, v.conn, v.remote) else {
-            return AuthDecision::new(AuthAction::Continue, "no app id");
-        };
-        let input = AuthConnectInput {
+        let flow = core.fed_flow(v.conn, v.remote);
+        let (verdict, reason, _) = core.feed(Fed::Auth {
             flow,
-            reauthorize: false,
             redirected: v.redirected,
             target_pid: v.target_pid,
             original_destination: v.original_destination,
-        };
-        let d = core.arbiter.decide_auth_connect(&input, now);
-        if core.check_audit && !audit_round_trip(&d) {
-            core.audit_failures += 1;
-        }
-        if !d.departures.is_empty() {
-            core.surprise.get_or_insert_with(|| "a decision pushed an entry out of a full table".to_owned());
-        }
-        // A6 remembers the other redirector's target.
-        if d.reason == Reason::RedirectedByOtherObserved
-            && let Some(pid) = v.target_pid.filter(|&p| p != 0)
-        {
-            core.learned.insert(pid);
-        }
-        let action = match d.verdict {
+            at: v.now_ms,
+        });
+        let action = match verdict {
             Verdict::Block => AuthAction::Block,
             Verdict::Permit => AuthAction::Permit,
             Verdict::Continue | Verdict::Proxy => AuthAction::Continue,
         };
-        AuthDecision::new(action, d.reason.name())
+        AuthDecision::new(action, reason.name())
     }
 }
 
@@ -699,6 +803,7 @@ struct World {
     chains: Vec<Chain>,
     /// Our arbiter, when it is in our place.
     core: Option<Rc<RefCell<Core>>>,
+    rules: Rc<RuleSet>,
     /// Proxies the auth-blockers learned.
     blocker: BTreeSet<u64>,
     has_blocker: bool,
@@ -708,6 +813,7 @@ struct World {
 
 impl World {
     fn new(setup: &Setup, rules: &RuleSet) -> Result<Self, String> {
+        let rules = Rc::new(rules.clone());
         let n = setup.vendors();
         let weight_of = |v: usize| {
             let pos = setup.order.iter().position(|&x| x == v).unwrap_or(n);
@@ -716,7 +822,7 @@ impl World {
         let names = setup.vendor_names();
         let v4 = OUR_V4.parse().map_err(|_| "bad listener")?;
         let v6 = OUR_V6.parse().map_err(|_| "bad listener")?;
-        let ours_id = Identity {
+        let mut ids = vec![Identity {
             name: setup.ours.name().to_owned(),
             weight: weight_of(0),
             filter: OWN_FILTER,
@@ -729,33 +835,24 @@ impl World {
                 propagates_records: setup.ours_propagates,
             }),
             tunnel: None,
-        };
-        let mut core = None;
-        let ours: Box<dyn Callout> = match setup.ours {
-            Ours::Arbiter => {
-                let config = CoreConfig { own_filter: OWN_FILTER, ..CoreConfig::default() };
-                let mut a = Arbiter::new(config, CAPACITIES, rules.clone())
-                    .map_err(|_| "out of memory reserving the tables".to_owned())?;
-                a.set_proxy(OWN_PROXY_PID, Some(v4), Some(v6)).map_err(|e| e.to_string())?;
-                let shared = Rc::new(RefCell::new(Core {
-                    arbiter: a,
-                    wide: HashMap::new(),
-                    hops: BTreeMap::new(),
-                    learned: BTreeSet::new(),
-                    check_audit: true,
-                    audit_failures: 0,
-                    surprise: None,
-                }));
-                core = Some(Rc::clone(&shared));
-                Box::new(ExploredArbiter(shared))
-            }
-            Ours::SamplerBaseline => Box::new(Sampler { wants: Wants::Rules(Box::new(rules.clone())) }),
-        };
-        let mut vendors = vec![Vendor { id: ours_id, callout: ours }];
+        }];
         for (i, p) in setup.peers.iter().enumerate() {
             let name = names.get(i + 1).map_or("peer", String::as_str);
-            vendors.push(Vendor { id: peer_identity(*p, i, weight_of(i + 1), name), callout: p.profile.callout() });
+            ids.push(peer_identity(*p, i, weight_of(i + 1), name));
         }
+        let mut apps = AppTable::default();
+        for (_, app) in APPS {
+            apps.add(app);
+        }
+        for p in ids.iter().filter_map(|id| id.proxy.as_ref()) {
+            apps.add(&p.app);
+        }
+        let core = match setup.ours {
+            Ours::Arbiter => Some(Rc::new(RefCell::new(Core::new(Rc::clone(&rules), Rc::new(apps))?))),
+            Ours::SamplerBaseline => None,
+        };
+        let blocker = BTreeSet::new();
+        let vendors = Self::vendors(setup, ids, &rules, core.as_ref(), &blocker);
         let mut engine = Engine::new(vendors);
         let mut chains = Vec::new();
         for (i, c) in setup.conns.iter().enumerate() {
@@ -773,16 +870,55 @@ impl World {
             engine,
             chains,
             core,
-            blocker: BTreeSet::new(),
+            rules,
+            blocker,
             has_blocker: setup.peers.iter().any(|p| p.profile == Profile::AuthBlocker),
             model_error: None,
         })
     }
 
-    fn set_checking(&self, on: bool) {
-        if let Some(c) = &self.core {
-            c.borrow_mut().check_audit = on;
-        }
+    /// The vendors with callouts in the given state: ours (the shared core,
+    /// or the sampler), then each peer (auth-blockers knowing `blocker`).
+    fn vendors(
+        setup: &Setup,
+        ids: Vec<Identity>,
+        rules: &Rc<RuleSet>,
+        core: Option<&Rc<RefCell<Core>>>,
+        blocker: &BTreeSet<u64>,
+    ) -> Vec<Vendor> {
+        ids.into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let callout: Box<dyn Callout> = match (i.checked_sub(1).and_then(|p| setup.peers.get(p)), core) {
+                    (None, Some(c)) => Box::new(ExploredArbiter(Rc::clone(c))),
+                    (None, None) => Box::new(Sampler { wants: Wants::Rules(Box::new((**rules).clone())) }),
+                    (Some(p), _) if p.profile == Profile::AuthBlocker => {
+                        Box::new(AuthBlocker { proxies: blocker.iter().copied().collect(), allowed: Vec::new() })
+                    }
+                    (Some(p), _) => p.profile.callout(),
+                };
+                Vendor { id, callout }
+            })
+            .collect()
+    }
+
+    /// The same machine, to try another interleaving from here.
+    fn fork(&self, setup: &Setup) -> Result<Self, String> {
+        let core = match &self.core {
+            Some(c) => Some(Rc::new(RefCell::new(c.borrow().fork()?))),
+            None => None,
+        };
+        let ids = self.engine.vendors.iter().map(|v| v.id.clone()).collect();
+        let vendors = Self::vendors(setup, ids, &self.rules, core.as_ref(), &self.blocker);
+        Ok(Self {
+            engine: self.engine.fork(vendors),
+            chains: self.chains.clone(),
+            core,
+            rules: Rc::clone(&self.rules),
+            blocker: self.blocker.clone(),
+            has_blocker: self.has_blocker,
+            model_error: self.model_error.clone(),
+        })
     }
 
     /// Audit records that did not replay since the last call.
@@ -974,8 +1110,9 @@ pub struct Tally {
     pub states: u64,
     /// Moves tried (edges of the state graph, including into visited states).
     pub transitions: u64,
-    /// Phases classified to rebuild machines (the price of not cloning the core).
-    pub replayed: u64,
+    /// Machines forked to try another move (each fork gives a fresh core
+    /// every indication of the path again: the core's tables cannot be cloned).
+    pub forks: u64,
     /// Complete executions (interleavings) the explored states stand for.
     pub executions: u128,
     /// Distinct end states (every connection ended).
@@ -1004,7 +1141,7 @@ impl Tally {
         self.configurations += o.configurations;
         self.states += o.states;
         self.transitions += o.transitions;
-        self.replayed += o.replayed;
+        self.forks += o.forks;
         self.executions = self.executions.saturating_add(o.executions);
         self.end_states += o.end_states;
         self.delivered += o.delivered;
@@ -1090,7 +1227,6 @@ pub struct SetupResult {
 /// The search over one setup.
 struct Search<'a> {
     setup: &'a Setup,
-    rules: &'a RuleSet,
     /// Executions represented below each finished state, by fingerprint.
     done: HashMap<u128, u128>,
     /// Hop-less fingerprints of the states on the current path.
@@ -1100,23 +1236,6 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    fn rebuild(&mut self) -> Result<World, String> {
-        let mut w = World::new(self.setup, self.rules)?;
-        // These decisions had their audit records checked when first taken.
-        w.set_checking(false);
-        for m in &self.moves {
-            match *m {
-                Move::Step(i) => {
-                    w.step(i);
-                    self.result.tally.replayed += 1;
-                }
-                Move::Cycle(i) => w.cycle(i),
-            }
-        }
-        w.set_checking(true);
-        Ok(w)
-    }
-
     fn failure(&mut self, w: &World, i: usize) {
         let Some(chain) = w.chains.get(i) else { return };
         let Phase::Done(outcome) = &chain.phase else { return };
@@ -1182,16 +1301,25 @@ impl Search<'_> {
         *self.on_path.entry(hopless).or_insert(0) += 1;
         let mut total: u128 = 0;
         let mut live = Some(w);
-        for &i in &enabled {
+        for (k, &i) in enabled.iter().enumerate() {
             self.result.tally.transitions += 1;
-            let mut next = match live.take() {
-                Some(w) => w,
-                None => match self.rebuild() {
-                    Ok(w) => w,
-                    Err(e) => {
-                        self.result.model_error.get_or_insert(e);
-                        break;
-                    }
+            // Every move but the last runs on a fork; the last takes the machine itself.
+            let forked = match &live {
+                Some(w) if k + 1 < enabled.len() => {
+                    self.result.tally.forks += 1;
+                    Some(w.fork(self.setup))
+                }
+                _ => None,
+            };
+            let mut next = match forked {
+                Some(Ok(w)) => w,
+                Some(Err(e)) => {
+                    self.result.model_error.get_or_insert(e);
+                    break;
+                }
+                None => match live.take() {
+                    Some(w) => w,
+                    None => break,
                 },
             };
             let ended = next.step(i);
@@ -1225,7 +1353,6 @@ impl Search<'_> {
 pub fn explore_setup(setup: &Setup, rules: &RuleSet) -> SetupResult {
     let mut search = Search {
         setup,
-        rules,
         done: HashMap::new(),
         on_path: HashMap::new(),
         moves: Vec::new(),
