@@ -76,7 +76,8 @@ fn ready(rules: usize, connected: bool) -> Ready {
 #[bench::rules_10_x1000(ready(10, false))]
 fn connect_redirect(mut r: Ready) -> Ready {
     for input in &r.connects {
-        black_box(r.arbiter.decide_connect_redirect(black_box(input), r.now));
+        let d = r.arbiter.decide_connect_redirect(black_box(input), r.now);
+        black_box(&d);
     }
     r
 }
@@ -86,7 +87,8 @@ fn connect_redirect(mut r: Ready) -> Ready {
 #[bench::rules_10_x1000(ready(10, true))]
 fn auth_connect(mut r: Ready) -> Ready {
     for input in &r.auths {
-        black_box(r.arbiter.decide_auth_connect(black_box(input), r.now));
+        let d = r.arbiter.decide_auth_connect(black_box(input), r.now);
+        black_box(&d);
     }
     r
 }
