@@ -47,7 +47,7 @@ use globs::{GlobIndex, admits, dedup_patterns};
 use ports::PortTree;
 use postings::{NONE, Pool, Posting, for_each_group, to_u32, to_usize};
 use prefix::{Addr, PrefixTable};
-use rules::{APP, ORIGINAL_APP, PACKAGE, PORTS, Query, REMOTE, RuleTable};
+use rules::{APP, Id, ORIGINAL_APP, PACKAGE, PORTS, Query, REMOTE, RuleTable};
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub use blob::fuzz_decode;
@@ -463,16 +463,17 @@ impl CompiledRules {
         }
     }
 
-    /// Visits the postings of every glob key `app` matches.
-    fn visit_globs(&self, app: &AppId<'_>, q: &Query<'_>, lists: [Option<(&[Posting], u8)>; 2], best: &mut u32) {
-        self.globs.for_each_match(app, |key| {
+    /// Visits the postings of every glob key `id` matches.
+    fn visit_globs(&self, id: &Id<'_>, q: &Query<'_>, lists: [Option<(&[Posting], u8)>; 2], best: &mut u32) {
+        let mut visit = |key: u32| {
             for (postings, skip) in lists.iter().flatten() {
                 if let Some(&p) = postings.get(to_usize(key)) {
                     self.visit(p, q, *skip, best);
                 }
             }
             true
-        });
+        };
+        self.globs.read_each_match(&id.units(), &mut visit);
     }
 
     /// The index of the first rule matching `flow`.
@@ -514,16 +515,16 @@ impl CompiledRules {
         // filed under a glob could still beat the answer so far.
         let app = self.worth(Primary::App, best).then_some((self.app.as_slice(), APP));
         let original = self.worth(Primary::OriginalApp, best).then_some((self.original_app.as_slice(), ORIGINAL_APP));
-        if flow.app.as_bytes() == flow.original_app.as_bytes() {
+        if q.same_apps() {
             if app.is_some() || original.is_some() {
-                self.visit_globs(&flow.app, &q, [app, original], &mut best);
+                self.visit_globs(&q.app, &q, [app, original], &mut best);
             }
         } else {
             if app.is_some() {
-                self.visit_globs(&flow.app, &q, [app, None], &mut best);
+                self.visit_globs(&q.app, &q, [app, None], &mut best);
             }
             if original.is_some() && self.worth(Primary::OriginalApp, best) {
-                self.visit_globs(&flow.original_app, &q, [None, original], &mut best);
+                self.visit_globs(q.original_app(), &q, [None, original], &mut best);
             }
         }
         (best != NONE).then_some(best)

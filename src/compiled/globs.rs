@@ -35,7 +35,6 @@ use hashbrown::HashTable;
 
 use super::postings::{to_u32, to_usize};
 use crate::flow::{AppId, fold_unit};
-use crate::policy::glob_match;
 use crate::table::OutOfMemory;
 
 /// Pattern units `*` and `?`.
@@ -110,6 +109,141 @@ pub(super) struct GlobIndex {
     always: Vec<u32>,
 }
 
+/// Units of an app id folded into a stack buffer for matching (MAX_PATH
+/// and a device prefix); longer ids are folded unit by unit as they are read.
+pub(super) const FOLD_UNITS: usize = 288;
+
+/// An app id's case-folded units, however they are read: a folded slice
+/// (the fast path) or the id itself (folding each unit on the way).
+pub(super) trait Units {
+    /// Number of units.
+    fn count(&self) -> usize;
+    /// The folded unit `i` (0 past the end).
+    fn at(&self, i: usize) -> u16;
+    /// Are the folded units from `from` on equal to `units`? `backwards`
+    /// compares from the last unit (where paths sharing a head differ).
+    fn same(&self, from: usize, units: &[u16], backwards: bool) -> bool;
+    /// Calls `f(i, unit)` for every folded unit, in order.
+    fn each(&self, f: impl FnMut(usize, u16) -> bool) -> bool;
+}
+
+impl Units for [u16] {
+    #[inline]
+    fn count(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn at(&self, i: usize) -> u16 {
+        self.get(i).copied().unwrap_or(0)
+    }
+    #[inline]
+    fn same(&self, from: usize, units: &[u16], _: bool) -> bool {
+        self.get(from..from.saturating_add(units.len())) == Some(units)
+    }
+    #[inline]
+    fn each(&self, mut f: impl FnMut(usize, u16) -> bool) -> bool {
+        self.iter().enumerate().all(|(i, &u)| f(i, u))
+    }
+}
+
+impl Units for AppId<'_> {
+    fn count(&self) -> usize {
+        self.len_units()
+    }
+    fn at(&self, i: usize) -> u16 {
+        self.unit(i).map_or(0, fold_unit)
+    }
+    fn same(&self, from: usize, units: &[u16], backwards: bool) -> bool {
+        let bytes = self.as_bytes();
+        let start = from.saturating_mul(2);
+        let Some(id) = bytes.get(start..start.saturating_add(units.len().saturating_mul(2))) else {
+            return false;
+        };
+        let mut pairs = units.iter().zip(id.chunks_exact(2));
+        let same = |(&p, c): (&u16, &[u8])| match c {
+            &[a, b] => fold_unit(u16::from_le_bytes([a, b])) == p,
+            _ => false,
+        };
+        if backwards { pairs.rev().all(same) } else { pairs.all(same) }
+    }
+    fn each(&self, mut f: impl FnMut(usize, u16) -> bool) -> bool {
+        self.folded_units().enumerate().all(|(i, u)| f(i, u))
+    }
+}
+
+/// An app id as [`Units`]: folded on the stack, or read as it is.
+pub(super) enum Read<'a> {
+    /// Fits [`FOLD_UNITS`].
+    Folded(&'a [u16]),
+    /// Too long: folded unit by unit.
+    Raw(AppId<'a>),
+}
+
+/// Folds `app` into `buf`; `None` when it does not fit. ASCII is folded four
+/// units at a time (an id is almost always ASCII), anything else by
+/// [`fold_unit`].
+pub(super) fn fold<'b>(app: &AppId<'_>, buf: &'b mut [u16; FOLD_UNITS]) -> Option<&'b [u16]> {
+    let bytes = app.as_bytes();
+    let n = app.len_units();
+    let out = buf.get_mut(..n)?;
+    let mut words = bytes.chunks_exact(8);
+    let mut quads = out.chunks_exact_mut(4);
+    for (w, q) in (&mut words).zip(&mut quads) {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        if w & 0xff80_ff80_ff80_ff80 == 0 {
+            // Every unit is ASCII: set 0x20 in the lanes holding 'A'..='Z'.
+            let upper =
+                (w.wrapping_add(0x003f_003f_003f_003f) & !w.wrapping_add(0x0025_0025_0025_0025)) & 0x0080_0080_0080_0080;
+            let lower = (w | (upper >> 2)).to_le_bytes();
+            for (u, c) in q.iter_mut().zip(lower.chunks_exact(2)) {
+                *u = u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]);
+            }
+        } else {
+            for (u, c) in q.iter_mut().zip(w.to_le_bytes().chunks_exact(2)) {
+                *u = fold_unit(u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]));
+            }
+        }
+    }
+    for (u, c) in quads.into_remainder().iter_mut().zip(words.remainder().chunks_exact(2)) {
+        *u = fold_unit(u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]));
+    }
+    Some(out)
+}
+
+/// `*` / `?` matching of `pattern` against units `[from, to)` of `s`:
+/// iterative, one backtrack point, no allocation (the algorithm of
+/// [`crate::policy::glob_match`], over a range of folded units).
+fn wild_match<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
+    let (mut p, mut i) = (0usize, from);
+    // Where to resume after the last `*`: (pattern index after it, subject index).
+    let mut resume: Option<(usize, usize)> = None;
+    loop {
+        let pc = pattern.get(p).copied();
+        let sc = if i < to { Some(s.at(i)) } else { None };
+        match (pc, sc) {
+            (Some(STAR), _) => {
+                resume = Some((p.saturating_add(1), i));
+                p = p.saturating_add(1);
+            }
+            (Some(c), Some(u)) if c == QUESTION || c == u => {
+                p = p.saturating_add(1);
+                i = i.saturating_add(1);
+            }
+            (None, None) => return true,
+            _ => match resume {
+                // Let the last `*` swallow one more unit and retry.
+                Some((rp, ri)) if ri < to => {
+                    let next = ri.saturating_add(1);
+                    resume = Some((rp, next));
+                    p = rp;
+                    i = next;
+                }
+                _ => return false,
+            },
+        }
+    }
+}
+
 fn is_wild(u: u16) -> bool {
     u == STAR || u == QUESTION
 }
@@ -134,31 +268,6 @@ fn len16(n: usize) -> u16 {
 /// Packs up to four units, the first in the high bits.
 fn pack(units: impl Iterator<Item = u16>) -> u64 {
     units.fold(0u64, |acc, u| (acc << 16) | u64::from(u))
-}
-
-/// The id's `i`th unit, folded (0 past the end).
-#[inline]
-fn unit_at(bytes: &[u8], i: usize) -> u16 {
-    match bytes.get(i.saturating_mul(2)..i.saturating_mul(2).saturating_add(2)) {
-        Some(&[a, b]) => fold_unit(u16::from_le_bytes([a, b])),
-        _ => 0,
-    }
-}
-
-/// Do `units` equal the id's folded units from unit `at` on, compared from
-/// the back when `backwards`?
-#[inline]
-fn eq_at(units: &[u16], bytes: &[u8], at: usize, backwards: bool) -> bool {
-    let from = at.saturating_mul(2);
-    let Some(id) = bytes.get(from..from.saturating_add(units.len().saturating_mul(2))) else {
-        return false;
-    };
-    let mut pairs = units.iter().zip(id.chunks_exact(2));
-    let same = |(&p, c): (&u16, &[u8])| match c {
-        &[a, b] => fold_unit(u16::from_le_bytes([a, b])) == p,
-        _ => false,
-    };
-    if backwards { pairs.rev().all(same) } else { pairs.all(same) }
 }
 
 /// The anchors a matching id must contain, for a pattern with a wildcard.
@@ -332,34 +441,34 @@ impl GlobIndex {
         self.units.get(s..s.saturating_add(to_usize(k.len))).unwrap_or(&[])
     }
 
-    /// Calls `f` with each filed key whose pattern matches `app`, each at
+    /// Calls `f` with each filed key whose pattern matches the id, each at
     /// most once, in no particular order, until `f` returns false. Returns
     /// false when stopped early.
-    pub(super) fn for_each_match(&self, app: &AppId<'_>, mut f: impl FnMut(u32) -> bool) -> bool {
-        let bytes = app.as_bytes();
-        let n = app.len_units();
-        let unit = |c: &[u8]| match c {
-            &[a, b] => fold_unit(u16::from_le_bytes([a, b])),
-            _ => 0,
-        };
+    pub(super) fn for_each_match<S: Units + ?Sized>(&self, id: &S, mut f: impl FnMut(u32) -> bool) -> bool {
+        let n = id.count();
         // Front to back: the whole id, its heads and its components.
         if self.exact || self.prefix_lens != 0 || self.component_lens != 0 {
             let mut whole = DIGEST_SEED;
             let mut component = DIGEST_SEED;
             let mut start = 0usize;
             let mut prefixes = self.prefix_lens;
-            for (i, c) in bytes.chunks_exact(2).enumerate() {
-                let u = unit(c);
+            // The next head length to probe (past every unit when none is left).
+            let next_len = |lens: u64| {
+                if lens == 0 { usize::MAX } else { usize::try_from(lens.trailing_zeros()).unwrap_or(usize::MAX) }
+            };
+            let mut next = next_len(prefixes);
+            let go_on = id.each(|i, u| {
                 whole = mix(whole, u);
                 let l = i.saturating_add(1);
-                if prefixes != 0 && prefixes.trailing_zeros() == len_u32(l) {
+                if l == next {
                     prefixes &= prefixes.wrapping_sub(1);
-                    if !self.probe((PREFIX, len16(l), whole), app, &mut f) {
+                    next = next_len(prefixes);
+                    if !self.probe((PREFIX, len16(l), whole), id, &mut f) {
                         return false;
                     }
                 }
                 if u == BACKSLASH {
-                    if !self.probe_component(i.saturating_sub(start), component, app, &mut f) {
+                    if !self.probe_component(i.saturating_sub(start), component, id, &mut f) {
                         return false;
                     }
                     component = DIGEST_SEED;
@@ -367,34 +476,31 @@ impl GlobIndex {
                 } else {
                     component = mix(component, u);
                 }
-            }
-            if !self.probe_component(n.saturating_sub(start), component, app, &mut f) {
+                true
+            });
+            if !go_on || !self.probe_component(n.saturating_sub(start), component, id, &mut f) {
                 return false;
             }
-            if self.exact && !self.probe((EXACT, len16(n), whole), app, &mut f) {
+            if self.exact && !self.probe((EXACT, len16(n), whole), id, &mut f) {
                 return false;
             }
         }
         // Back to front: its tails.
         let mut suffixes = self.suffix_lens & !1;
-        if suffixes != 0 {
-            let mut tail = DIGEST_SEED;
-            for (i, c) in bytes.rchunks_exact(2).enumerate() {
-                tail = mix(tail, unit(c));
-                let l = i.saturating_add(1);
-                if suffixes.trailing_zeros() == len_u32(l) {
-                    suffixes &= suffixes.wrapping_sub(1);
-                    if !self.probe((SUFFIX, len16(l), tail), app, &mut f) {
-                        return false;
-                    }
-                    if suffixes == 0 {
-                        break;
-                    }
+        let mut tail = DIGEST_SEED;
+        let mut l = 0usize;
+        while suffixes != 0 && l < n {
+            l = l.saturating_add(1);
+            tail = mix(tail, id.at(n.saturating_sub(l)));
+            if suffixes.trailing_zeros() == len_u32(l) {
+                suffixes &= suffixes.wrapping_sub(1);
+                if !self.probe((SUFFIX, len16(l), tail), id, &mut f) {
+                    return false;
                 }
             }
         }
         for &k in &self.always {
-            if self.key_matches(k, app) && !f(k) {
+            if self.key_matches(k, id) && !f(k) {
                 return false;
             }
         }
@@ -404,16 +510,22 @@ impl GlobIndex {
     /// Probes a component of `len` units (none when empty or of a length no
     /// anchor has).
     #[inline]
-    fn probe_component(&self, len: usize, d: u64, app: &AppId<'_>, f: &mut impl FnMut(u32) -> bool) -> bool {
+    fn probe_component<S: Units + ?Sized>(
+        &self,
+        len: usize,
+        d: u64,
+        id: &S,
+        f: &mut impl FnMut(u32) -> bool,
+    ) -> bool {
         if len == 0 || self.component_lens & (1 << len.min(63)) == 0 {
             return true;
         }
-        self.probe((COMPONENT, len16(len), d), app, f)
+        self.probe((COMPONENT, len16(len), d), id, f)
     }
 
     /// Tries the patterns filed under `anchor`; false when `f` said stop.
     #[inline]
-    fn probe(&self, anchor: Anchor, app: &AppId<'_>, f: &mut impl FnMut(u32) -> bool) -> bool {
+    fn probe<S: Units + ?Sized>(&self, anchor: Anchor, id: &S, f: &mut impl FnMut(u32) -> bool) -> bool {
         let bit = filter_bit(anchor, self.filter_shift);
         if self.filter.get(bit / 64).is_none_or(|w| w & (1 << (bit % 64)) == 0) {
             return true;
@@ -423,30 +535,51 @@ impl GlobIndex {
         };
         let s = to_usize(b.start);
         for &k in self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[]) {
-            if self.key_matches(k, app) && !f(k) {
+            if self.key_matches(k, id) && !f(k) {
                 return false;
             }
         }
         true
     }
 
+    /// [`Self::for_each_match`] over either form of an id.
+    #[inline]
+    pub(super) fn read_each_match(&self, id: &Read<'_>, f: impl FnMut(u32) -> bool) -> bool {
+        match id {
+            Read::Folded(units) => self.for_each_match(*units, f),
+            Read::Raw(app) => self.for_each_match(app, f),
+        }
+    }
+
+    /// [`Self::key_matches`] over either form of an id.
+    #[inline]
+    pub(super) fn read_matches(&self, key: u32, id: &Read<'_>) -> bool {
+        match id {
+            Read::Folded(units) => self.key_matches(key, *units),
+            Read::Raw(app) => self.key_matches(key, app),
+        }
+    }
+
     /// Does any filed pattern match?
     pub(super) fn any_match(&self, app: &AppId<'_>) -> bool {
-        !self.for_each_match(app, |_| false)
+        let mut buf = [0u16; FOLD_UNITS];
+        match fold(app, &mut buf) {
+            Some(units) => !self.for_each_match(units, |_| false),
+            None => !self.for_each_match(app, |_| false),
+        }
     }
 
     /// Does pattern `key` match? The units next to the wildcards are compared
     /// first (paths sharing a directory differ there), then the whole
     /// literal head and tail; the wildcard matcher only runs on the middle.
-    pub(super) fn key_matches(&self, key: u32, app: &AppId<'_>) -> bool {
+    pub(super) fn key_matches<S: Units + ?Sized>(&self, key: u32, id: &S) -> bool {
         let k = self.key(key);
         let (head, tail, len) = (to_usize(k.head), to_usize(k.tail), to_usize(k.len));
         let p = self.pattern(&k);
-        let bytes = app.as_bytes();
-        let n = app.len_units();
+        let n = id.count();
         if head == len {
             // No wildcard: plain case-insensitive equality.
-            return n == len && eq_at(p, bytes, 0, true);
+            return n == len && id.same(0, p, true);
         }
         if head.saturating_add(tail) > n {
             return false;
@@ -454,24 +587,17 @@ impl GlobIndex {
         let tail_at = n.saturating_sub(tail);
         let inner_head = head.min(PRINT_UNITS);
         let inner_tail = tail.min(PRINT_UNITS);
-        let at = |from: usize, count: usize| pack((from..from.saturating_add(count)).map(|i| unit_at(bytes, i)));
+        let at = |from: usize, count: usize| pack((from..from.saturating_add(count)).map(|i| id.at(i)));
         if at(head.saturating_sub(inner_head), inner_head) != k.head_print || at(tail_at, inner_tail) != k.tail_print {
             return false;
         }
         let head_units = p.get(..head).unwrap_or(&[]);
         let tail_units = p.get(len.saturating_sub(tail)..).unwrap_or(&[]);
-        if !eq_at(tail_units, bytes, tail_at, false) || !eq_at(head_units, bytes, 0, true) {
+        if !id.same(tail_at, tail_units, false) || !id.same(0, head_units, true) {
             return false;
         }
         let middle = p.get(head..len.saturating_sub(tail)).unwrap_or(&[]);
-        if middle.iter().all(|&u| u == STAR) {
-            return true;
-        }
-        match bytes.get(head.saturating_mul(2)..tail_at.saturating_mul(2)) {
-            // AppId drops trailing NUL units, which would shorten the middle: use the whole id.
-            Some(mid) if !mid.ends_with(&[0, 0]) => glob_match(middle, &AppId::from_utf16le(mid)),
-            _ => glob_match(p, app),
-        }
+        middle.iter().all(|&u| u == STAR) || wild_match(middle, id, head, tail_at)
     }
 
     /// Bytes held.

@@ -8,9 +8,10 @@
 //! answer for every flow, with the conditions ordered cheapest first.
 
 use alloc::vec::Vec;
+use core::cell::OnceCell;
 use core::net::IpAddr;
 
-use super::globs::GlobIndex;
+use super::globs::{FOLD_UNITS, GlobIndex, Read, fold};
 use super::postings::{NONE, to_u32, to_usize};
 use super::prefix::Addr;
 use crate::flow::{AppId, Flow, SidBuf};
@@ -44,6 +45,34 @@ struct Rec {
     action: u8,
 }
 
+/// An app id, folded on first use.
+pub(super) struct Id<'f> {
+    id: AppId<'f>,
+    /// The folded units and their count (more than [`FOLD_UNITS`] when the
+    /// id did not fit and is read unit by unit instead).
+    folded: OnceCell<([u16; FOLD_UNITS], usize)>,
+}
+
+impl<'f> Id<'f> {
+    fn new(id: AppId<'f>) -> Self {
+        Self { id, folded: OnceCell::new() }
+    }
+
+    /// The id's folded units, read the fastest way available.
+    #[inline]
+    pub(super) fn units(&self) -> Read<'_> {
+        let (buf, n) = self.folded.get_or_init(|| {
+            let mut buf = [0u16; FOLD_UNITS];
+            let n = fold(&self.id, &mut buf).map_or(usize::MAX, <[u16]>::len);
+            (buf, n)
+        });
+        match buf.get(..*n) {
+            Some(units) => Read::Folded(units),
+            None => Read::Raw(self.id),
+        }
+    }
+}
+
 /// The flow as the checks read it, computed once per match.
 pub(super) struct Query<'f> {
     pub(super) protocol: u16,
@@ -52,8 +81,21 @@ pub(super) struct Query<'f> {
     /// The flow's package SID as an id of [`RuleTable::sids`], or [`NONE`]
     /// (no SID, or one no rule names).
     pub(super) package: u32,
-    pub(super) app: AppId<'f>,
-    pub(super) original_app: AppId<'f>,
+    pub(super) app: Id<'f>,
+    /// `None` when the original app id is byte for byte the app id.
+    original_app: Option<Id<'f>>,
+}
+
+impl<'f> Query<'f> {
+    /// The original app id (shared with the app id when they are equal).
+    pub(super) fn original_app(&self) -> &Id<'f> {
+        self.original_app.as_ref().unwrap_or(&self.app)
+    }
+
+    /// Is the original app id the app id?
+    pub(super) fn same_apps(&self) -> bool {
+        self.original_app.is_none()
+    }
 }
 
 /// All rules, flattened.
@@ -179,13 +221,14 @@ impl RuleTable {
             Some(sid) if !self.sids.is_empty() => self.sid_id(sid.as_bytes()),
             _ => NONE,
         };
+        let same = flow.app.as_bytes() == flow.original_app.as_bytes();
         Query {
             protocol: u16::from(flow.protocol.0),
             addr: flow.remote.ip(),
             port: flow.remote.port(),
             package,
-            app: flow.app,
-            original_app: flow.original_app,
+            app: Id::new(flow.app),
+            original_app: (!same).then(|| Id::new(flow.original_app)),
         }
     }
 
@@ -230,20 +273,19 @@ impl RuleTable {
         {
             return false;
         }
-        if need & APP != 0
-            && !self.app.get(run(rec.app, next.app)).unwrap_or(&[]).iter().any(|&k| globs.key_matches(k, &q.app))
-        {
-            return false;
+        if need & APP != 0 {
+            let keys = self.app.get(run(rec.app, next.app)).unwrap_or(&[]);
+            let id = q.app.units();
+            if !keys.iter().any(|&k| globs.read_matches(k, &id)) {
+                return false;
+            }
         }
-        if need & ORIGINAL_APP != 0
-            && !self
-                .original_app
-                .get(run(rec.original_app, next.original_app))
-                .unwrap_or(&[])
-                .iter()
-                .any(|&k| globs.key_matches(k, &q.original_app))
-        {
-            return false;
+        if need & ORIGINAL_APP != 0 {
+            let keys = self.original_app.get(run(rec.original_app, next.original_app)).unwrap_or(&[]);
+            let id = q.original_app().units();
+            if !keys.iter().any(|&k| globs.read_matches(k, &id)) {
+                return false;
+            }
         }
         true
     }
