@@ -382,6 +382,7 @@ impl CompiledRules {
             [&app, &original_app].iter().any(|p| p.get(k).is_some_and(|&p| p != Posting::default()))
         };
         let globs = GlobIndex::build(patterns.iter().copied(), used, hasher(1))?;
+        pool.finish(|r| rules.entry(r))?;
         let trust = glob_set(&rs.trust, hasher(3))?;
         let known_proxies = glob_set(&rs.known_proxies, hasher(4))?;
 
@@ -452,12 +453,12 @@ impl CompiledRules {
     /// already vouches for.
     #[inline]
     fn visit(&self, posting: Posting, q: &Query<'_>, skip: u8, best: &mut u32) {
-        for &r in self.pool.get(posting) {
-            if r >= *best {
+        for e in self.pool.get(posting) {
+            if e.rule >= *best {
                 return;
             }
-            if self.rules.matches(r, q, skip, &self.globs) {
-                *best = r;
+            if e.admits(q.protocol, q.port) && self.rules.matches(e.rule, q, skip, &self.globs) {
+                *best = e.rule;
                 return;
             }
         }

@@ -21,10 +21,34 @@ const fn shift(level: u32) -> u32 {
     16u32.saturating_sub(level.saturating_mul(4))
 }
 
-/// Nodes with rules, per level: `(node index, posting)`, sorted by index.
+/// The nodes of one level that hold rules: a bitmap over the level's
+/// `16^level` nodes, the number of set bits before each bitmap word, and the
+/// postings in node order, so finding a node's posting is one bit test and
+/// one popcount.
+#[derive(Clone, Debug, Default)]
+struct Level {
+    bits: Vec<u64>,
+    rank: Vec<u32>,
+    postings: Vec<Posting>,
+}
+
+impl Level {
+    fn get(&self, node: usize) -> Option<Posting> {
+        let (w, b) = (node / 64, node % 64);
+        let word = *self.bits.get(w)?;
+        if word & (1 << b) == 0 {
+            return None;
+        }
+        let before = (word & ((1u64 << b).wrapping_sub(1))).count_ones();
+        let i = self.rank.get(w)?.saturating_add(before);
+        self.postings.get(usize::try_from(i).ok()?).copied()
+    }
+}
+
+/// Nodes with rules, per level.
 #[derive(Clone, Debug, Default)]
 pub(super) struct PortTree {
-    levels: [Vec<(u32, Posting)>; LEVELS],
+    levels: [Level; LEVELS],
 }
 
 /// Calls `emit(level, node)` for each canonical node of `[lo, hi]`.
@@ -72,21 +96,40 @@ impl PortTree {
         let mut scratch = Vec::new();
         for_each_group(&pairs, &mut scratch, |(level, node), rules| {
             let posting = pool.add(rules)?;
-            let Some(list) = tree.levels.get_mut(usize::try_from(level).unwrap_or(usize::MAX)) else {
+            let (Some(l), Ok(node)) = (tree.levels.get_mut(usize::try_from(level).unwrap_or(usize::MAX)), usize::try_from(node))
+            else {
                 return Ok(());
             };
-            list.try_reserve(1).map_err(|_| OutOfMemory)?;
-            list.push((node, posting));
+            if l.bits.is_empty() {
+                let words = 1usize.checked_shl(level.saturating_mul(4)).unwrap_or(0).div_ceil(64);
+                l.bits.try_reserve_exact(words).map_err(|_| OutOfMemory)?;
+                l.bits.resize(words, 0);
+                l.rank.try_reserve_exact(words).map_err(|_| OutOfMemory)?;
+                l.rank.resize(words, 0);
+            }
+            if let Some(w) = l.bits.get_mut(node / 64) {
+                *w |= 1 << (node % 64);
+            }
+            l.postings.try_reserve(1).map_err(|_| OutOfMemory)?;
+            l.postings.push(posting);
             Ok(())
         })?;
+        for l in &mut tree.levels {
+            let mut total = 0u32;
+            for (r, w) in l.rank.iter_mut().zip(&l.bits) {
+                *r = total;
+                total = total.saturating_add(w.count_ones());
+            }
+        }
         Ok(tree)
     }
 
-    /// The postings on the path from the root to `port`'s leaf.
+    /// The postings on the path from the root to `port`'s leaf (levels
+    /// without rules cost one test).
+    #[inline]
     pub(super) fn path(&self, port: u16) -> impl Iterator<Item = Posting> + '_ {
-        self.levels.iter().zip(0u32..).filter_map(move |(list, level)| {
-            let node = u32::from(port) >> shift(level);
-            list.binary_search_by_key(&node, |&(n, _)| n).ok().and_then(|i| list.get(i)).map(|&(_, p)| p)
+        self.levels.iter().zip(0u32..).filter(|(l, _)| !l.postings.is_empty()).filter_map(move |(l, level)| {
+            l.get(usize::try_from(u32::from(port) >> shift(level)).unwrap_or(usize::MAX))
         })
     }
 
@@ -94,7 +137,11 @@ impl PortTree {
     pub(super) fn bytes(&self) -> usize {
         self.levels
             .iter()
-            .map(|l| l.capacity().saturating_mul(size_of::<(u32, Posting)>()))
+            .map(|l| {
+                (l.bits.capacity().saturating_mul(8))
+                    .saturating_add(l.rank.capacity().saturating_mul(4))
+                    .saturating_add(l.postings.capacity().saturating_mul(8))
+            })
             .fold(0, usize::saturating_add)
     }
 }

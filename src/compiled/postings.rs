@@ -5,6 +5,11 @@
 //! `(start, len)` pair and memory is linear in the number of conditions.
 //! Matching walks a list from its front and stops at the first rule at or
 //! past the best answer so far, which is why the lists are sorted.
+//!
+//! Each entry carries a summary of its rule next to the index (protocol,
+//! and the smallest range holding all its ports), so a candidate that fails
+//! on those is turned away without reading the rule's own record: the
+//! entries of one list are contiguous, the records are not.
 
 use alloc::vec::Vec;
 
@@ -28,10 +33,35 @@ pub(super) struct Posting {
     len: u32,
 }
 
-/// The pool every posting points into.
+/// One entry of a posting: a rule and what a flow must have to pass it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Entry {
+    /// The rule's index.
+    pub(super) rule: u32,
+    /// Every port the rule admits lies in `lo..=hi` (`1..=0` when none).
+    pub(super) lo: u16,
+    pub(super) hi: u16,
+    /// The rule's protocol number, or [`ANY_PROTOCOL`].
+    pub(super) protocol: u16,
+}
+
+/// [`Entry::protocol`] of a rule that takes any protocol.
+pub(super) const ANY_PROTOCOL: u16 = 0x100;
+
+impl Entry {
+    /// Can a flow with this protocol and port pass the rule?
+    #[inline]
+    pub(super) fn admits(&self, protocol: u16, port: u16) -> bool {
+        (self.protocol == ANY_PROTOCOL || self.protocol == protocol) && self.lo <= port && port <= self.hi
+    }
+}
+
+/// The pool every posting points into: rule indices while the tables are
+/// built, entries once [`Pool::finish`] has run.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Pool {
     indices: Vec<u32>,
+    entries: Vec<Entry>,
 }
 
 impl Pool {
@@ -43,16 +73,24 @@ impl Pool {
         Ok(Posting { start, len: to_u32(sorted.len())? })
     }
 
-    /// The rule indices of a posting (empty for a posting of another pool).
+    /// Turns every stored index into an entry, `summary` filling in the rest.
+    pub(super) fn finish(&mut self, summary: impl Fn(u32) -> Entry) -> Result<(), OutOfMemory> {
+        self.entries.try_reserve_exact(self.indices.len()).map_err(|_| OutOfMemory)?;
+        self.entries.extend(self.indices.iter().map(|&r| summary(r)));
+        self.indices = Vec::new();
+        Ok(())
+    }
+
+    /// The entries of a posting (empty for a posting of another pool).
     #[inline]
-    pub(super) fn get(&self, p: Posting) -> &[u32] {
+    pub(super) fn get(&self, p: Posting) -> &[Entry] {
         let start = to_usize(p.start);
-        self.indices.get(start..start.saturating_add(to_usize(p.len))).unwrap_or(&[])
+        self.entries.get(start..start.saturating_add(to_usize(p.len))).unwrap_or(&[])
     }
 
     /// Bytes held.
     pub(super) fn bytes(&self) -> usize {
-        self.indices.capacity().saturating_mul(4)
+        self.indices.capacity().saturating_mul(4).saturating_add(self.entries.capacity().saturating_mul(size_of::<Entry>()))
     }
 }
 

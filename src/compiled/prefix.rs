@@ -15,6 +15,8 @@ use crate::table::OutOfMemory;
 pub(super) trait Addr: Copy + Ord + Default {
     /// `self + 1`, or `None` past the end.
     fn succ(self) -> Option<Self>;
+    /// The top `bits` bits (at most 24), as an index.
+    fn top(self, bits: u32) -> usize;
     /// The first and last address of `self/prefix` (prefix clamped to `BITS`).
     fn range(self, prefix: u8) -> (Self, Self);
 }
@@ -22,6 +24,10 @@ pub(super) trait Addr: Copy + Ord + Default {
 impl Addr for u32 {
     fn succ(self) -> Option<Self> {
         self.checked_add(1)
+    }
+    #[inline]
+    fn top(self, bits: u32) -> usize {
+        usize::try_from(self.checked_shr(Self::BITS.saturating_sub(bits)).unwrap_or(0)).unwrap_or(0)
     }
     fn range(self, prefix: u8) -> (Self, Self) {
         let bits = Self::from(prefix).min(Self::BITS);
@@ -33,6 +39,10 @@ impl Addr for u32 {
 impl Addr for u128 {
     fn succ(self) -> Option<Self> {
         self.checked_add(1)
+    }
+    #[inline]
+    fn top(self, bits: u32) -> usize {
+        usize::try_from(self.checked_shr(Self::BITS.saturating_sub(bits)).unwrap_or(0)).unwrap_or(0)
     }
     fn range(self, prefix: u8) -> (Self, Self) {
         let bits = u32::from(prefix).min(Self::BITS);
@@ -55,6 +65,11 @@ struct Node {
 pub(super) struct PrefixTable<A> {
     /// Interval starts, ascending; the first is always 0.
     starts: Vec<A>,
+    /// Directory over the top `dir_bits` address bits: entry `j` is the
+    /// number of starts whose top bits are below `j` (one more entry than
+    /// slots), so a lookup searches only the starts of its own slot.
+    dir: Vec<u32>,
+    dir_bits: u32,
     /// Innermost node per interval, or [`NONE`].
     inner: Vec<u32>,
     nodes: Vec<Node>,
@@ -77,7 +92,7 @@ impl<A: Addr> PrefixTable<A> {
             Ok(())
         })?;
 
-        let mut table = Self { starts: Vec::new(), inner: Vec::new(), nodes: Vec::new() };
+        let mut table = Self { starts: Vec::new(), dir: Vec::new(), dir_bits: 0, inner: Vec::new(), nodes: Vec::new() };
         // At most one interval per prefix start, one per prefix end, and the first.
         let cap = ranges.len().saturating_mul(2).saturating_add(1);
         table.starts.try_reserve_exact(cap).map_err(|_| OutOfMemory)?;
@@ -111,6 +126,17 @@ impl<A: Addr> PrefixTable<A> {
             }
         }
         table.nodes = nodes;
+        // About four starts per slot: a lookup reads one slot and a cache line of starts.
+        table.dir_bits = usize::BITS.saturating_sub((table.starts.len() / 4).leading_zeros()).min(20);
+        let slots = 1usize << table.dir_bits;
+        table.dir.try_reserve_exact(slots.saturating_add(1)).map_err(|_| OutOfMemory)?;
+        let mut i = 0usize;
+        for j in 0..=slots {
+            while table.starts.get(i).is_some_and(|s| s.top(table.dir_bits) < j) {
+                i = i.saturating_add(1);
+            }
+            table.dir.push(to_u32(i)?);
+        }
         Ok(table)
     }
 
@@ -127,8 +153,12 @@ impl<A: Addr> PrefixTable<A> {
     }
 
     /// The innermost prefix holding `addr`, or [`NONE`].
+    #[inline]
     pub(super) fn innermost(&self, addr: A) -> u32 {
-        let i = self.starts.partition_point(|&s| s <= addr);
+        let j = addr.top(self.dir_bits);
+        let (Some(&lo), Some(&hi)) = (self.dir.get(j), self.dir.get(j.saturating_add(1))) else { return NONE };
+        let (lo, hi) = (to_usize(lo), to_usize(hi));
+        let i = lo.saturating_add(self.starts.get(lo..hi).map_or(0, |s| s.partition_point(|&s| s <= addr)));
         i.checked_sub(1).and_then(|i| self.inner.get(i)).copied().unwrap_or(NONE)
     }
 
@@ -144,6 +174,7 @@ impl<A: Addr> PrefixTable<A> {
             .capacity()
             .saturating_mul(size_of::<A>())
             .saturating_add(self.inner.capacity().saturating_mul(4))
+            .saturating_add(self.dir.capacity().saturating_mul(4))
             .saturating_add(self.nodes.capacity().saturating_mul(size_of::<Node>()))
     }
 }

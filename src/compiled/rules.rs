@@ -12,7 +12,7 @@ use core::cell::OnceCell;
 use core::net::IpAddr;
 
 use super::globs::{FOLD_UNITS, GlobIndex, Read, fold};
-use super::postings::{NONE, to_u32, to_usize};
+use super::postings::{ANY_PROTOCOL, Entry, NONE, to_u32, to_usize};
 use super::prefix::Addr;
 use crate::flow::{AppId, Flow, SidBuf};
 use crate::policy::{Action, Rule};
@@ -25,8 +25,6 @@ pub(super) const PACKAGE: u8 = 4;
 pub(super) const APP: u8 = 8;
 pub(super) const ORIGINAL_APP: u8 = 16;
 
-/// [`Rec::protocol`] of a rule that takes any protocol.
-const ANY_PROTOCOL: u16 = 0x100;
 
 /// One rule, flattened.
 #[derive(Clone, Copy, Debug)]
@@ -203,6 +201,23 @@ impl RuleTable {
     /// Number of rules.
     pub(super) fn len(&self) -> usize {
         self.recs.len().saturating_sub(1)
+    }
+
+    /// Rule `r`'s posting entry.
+    pub(super) fn entry(&self, r: u32) -> Entry {
+        let i = to_usize(r);
+        let (Some(rec), Some(next)) = (self.recs.get(i), self.recs.get(i.saturating_add(1))) else {
+            return Entry { rule: r, lo: 1, hi: 0, protocol: ANY_PROTOCOL };
+        };
+        let (lo, hi) = if rec.constrained & PORTS == 0 {
+            (0, u16::MAX)
+        } else {
+            let ranges = self.ports.get(to_usize(rec.ports)..to_usize(next.ports)).unwrap_or(&[]);
+            // Inverted ranges hold nothing; with none left the hull is empty.
+            ranges.iter().filter(|(lo, hi)| lo <= hi).fold((u16::MAX, 0), |(a, b), &(lo, hi)| (a.min(lo), b.max(hi)))
+        };
+        let (lo, hi) = if lo > hi { (1, 0) } else { (lo, hi) };
+        Entry { rule: r, lo, hi, protocol: rec.protocol }
     }
 
     /// Rule `r`'s action.
