@@ -58,6 +58,7 @@ fn main() {
     let mut a = Arbiter::new(config, caps, rules()).unwrap();
     a.set_proxy(5151, Some("127.0.0.1:34010".parse().unwrap()), None).unwrap();
     let bytes_per_endpoint = a.reserved_bytes() as f64 / f64::from(LIVE);
+    let endpoint_table_bytes = a.reserved_bytes_per_table()[0] as f64 / f64::from(LIVE);
 
     // Fill the endpoint table to 65,536 live proxied endpoints.
     let mut next = 0u64;
@@ -135,7 +136,9 @@ fn main() {
     }
     let auth = median(samples);
     assert_eq!(a.occupancy()[0], LIVE);
-    println!("live endpoints: {LIVE}, reserved bytes per endpoint slot (all tables / {LIVE}): {bytes_per_endpoint:.1}");
+    println!(
+        "live endpoints: {LIVE}; reserved bytes per endpoint: endpoint table {endpoint_table_bytes:.1}, all tables {bytes_per_endpoint:.1}"
+    );
     println!("connect-redirect (proxy + eviction): median {connect:.1} ns/decision");
     println!("auth-connect (proxy-verified):       median {auth:.1} ns/decision");
 }

@@ -15,6 +15,7 @@ use crate::decide::{
     self, ConnectFacts, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict,
 };
 use crate::flow::{AuthConnectInput, ConnectRedirectInput, Destination, Flow};
+use crate::packed::PackedEntry;
 use crate::policy::{PermitOrBlock, Policy, RuleHit};
 use crate::reason::Reason;
 use crate::table::{BoundedTable, Departure, OutOfMemory};
@@ -182,6 +183,8 @@ pub enum SetProxyError {
     ZeroPid,
     /// Neither an IPv4 nor an IPv6 listener.
     NoListener,
+    /// Above 32 bits: WFP's localRedirectTargetPID is a DWORD.
+    PidTooLarge,
 }
 
 impl core::fmt::Display for SetProxyError {
@@ -189,6 +192,7 @@ impl core::fmt::Display for SetProxyError {
         match self {
             Self::ZeroPid => f.write_str("proxy PID 0 is not a process"),
             Self::NoListener => f.write_str("a proxy needs an IPv4 or an IPv6 listener"),
+            Self::PidTooLarge => f.write_str("proxy PID does not fit localRedirectTargetPID (32 bits)"),
         }
     }
 }
@@ -201,11 +205,48 @@ pub struct Arbiter<P> {
     config: Config,
     policy: P,
     proxy: Option<ProxyRegistration>,
-    endpoints: BoundedTable<u64, EndpointEntry>,
+    endpoints: EndpointTable,
     destinations: BoundedTable<Destination, HopCount>,
     known_proxies: BoundedTable<u64, ()>,
     counters: Counters,
     seq: u64,
+}
+
+/// The endpoint table: [`EndpointEntry`] outside, [`PackedEntry`] inside.
+#[derive(Debug)]
+struct EndpointTable(BoundedTable<u64, PackedEntry>);
+
+impl EndpointTable {
+    fn get(&self, endpoint: &u64, now: Instant) -> Option<EndpointEntry> {
+        self.0.get(endpoint, now).map(PackedEntry::unpack)
+    }
+
+    fn insert(
+        &mut self,
+        endpoint: u64,
+        entry: EndpointEntry,
+        deadline: Instant,
+        now: Instant,
+    ) -> Option<(u64, EndpointEntry, Departure)> {
+        let departed = self.0.insert(endpoint, PackedEntry::pack(&entry), deadline, now);
+        departed.map(|(k, v, why)| (k, v.unpack(), why))
+    }
+
+    fn remove(&mut self, endpoint: &u64, now: Instant) -> Option<(EndpointEntry, bool)> {
+        self.0.remove(endpoint, now).map(|(v, live)| (v.unpack(), live))
+    }
+
+    fn pop_expired(&mut self, now: Instant) -> Option<(u64, EndpointEntry)> {
+        self.0.pop_expired(now).map(|(k, v)| (k, v.unpack()))
+    }
+
+    const fn len(&self) -> u32 {
+        self.0.len()
+    }
+
+    fn reserved_bytes(&self) -> usize {
+        self.0.reserved_bytes()
+    }
 }
 
 /// The live facts: answers from the tables and the policy, memoized.
@@ -249,7 +290,7 @@ impl<P: Policy> Arbiter<P> {
             config,
             policy,
             proxy: None,
-            endpoints: BoundedTable::new(capacities.endpoints, seeded(1))?,
+            endpoints: EndpointTable(BoundedTable::new(capacities.endpoints, seeded(1))?),
             destinations: BoundedTable::new(capacities.destinations, seeded(2))?,
             known_proxies: BoundedTable::new(capacities.known_proxies, seeded(3))?,
             counters: Counters::default(),
@@ -283,6 +324,10 @@ impl<P: Policy> Arbiter<P> {
         if pid == 0 {
             return Err(SetProxyError::ZeroPid);
         }
+        if pid > u64::from(u32::MAX) {
+            // localRedirectTargetPID is a DWORD: such a PID cannot be a target.
+            return Err(SetProxyError::PidTooLarge);
+        }
         if v4.is_none() && v6.is_none() {
             return Err(SetProxyError::NoListener);
         }
@@ -315,6 +360,11 @@ impl<P: Policy> Arbiter<P> {
         [self.endpoints.len(), self.destinations.len(), self.known_proxies.len()]
     }
 
+    /// Bytes reserved per table: endpoints, destinations, known proxies.
+    pub fn reserved_bytes_per_table(&self) -> [usize; 3] {
+        [self.endpoints.reserved_bytes(), self.destinations.reserved_bytes(), self.known_proxies.reserved_bytes()]
+    }
+
     /// Bytes reserved by the three tables.
     pub fn reserved_bytes(&self) -> usize {
         self.endpoints
@@ -330,7 +380,7 @@ impl<P: Policy> Arbiter<P> {
 
     /// The endpoint table's live entry for `endpoint`.
     pub fn endpoint_entry(&self, endpoint: u64, now: Instant) -> Option<EndpointEntry> {
-        self.endpoints.get(&endpoint, now).copied()
+        self.endpoints.get(&endpoint, now)
     }
 
     fn next_seq(&mut self) -> u64 {

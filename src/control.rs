@@ -196,6 +196,7 @@ impl From<SetProxyError> for Status {
         match e {
             SetProxyError::ZeroPid => Self::ZeroPid,
             SetProxyError::NoListener => Self::NoListener,
+            SetProxyError::PidTooLarge => Self::BadValue,
         }
     }
 }

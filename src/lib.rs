@@ -40,6 +40,7 @@ pub mod context;
 pub mod control;
 pub mod decide;
 pub mod flow;
+mod packed;
 pub mod policy;
 pub mod reason;
 pub mod table;

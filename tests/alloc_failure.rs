@@ -74,6 +74,7 @@ fn every_reservation_failure_is_a_clean_error() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri's allocator tries to honour the huge reservation")]
 fn impossible_capacity_is_an_error() {
     let config = Config::default();
     let caps = Capacities { endpoints: u32::MAX, destinations: u32::MAX, known_proxies: u32::MAX };

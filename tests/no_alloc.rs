@@ -100,3 +100,24 @@ fn the_counter_counts() {
     let (_, allocs) = counted(|| Box::new(7u64));
     assert_eq!(allocs, 1);
 }
+
+#[test]
+fn index_tombstones_are_cleared_without_allocating() {
+    use arbiter::table::BoundedTable;
+    // A small, nearly full table churned hard: hashbrown leaves tombstones
+    // on removal, and without the in-place rebuild it would grow.
+    let mut t: BoundedTable<u64, u64> = BoundedTable::new(28, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+    let (_, allocs) = counted(|| {
+        for k in 0..200_000u64 {
+            t.insert(k, k, arbiter::Instant::from_millis(k + 100), arbiter::Instant::from_millis(k));
+            if k % 2 == 0 {
+                t.remove(&(k.saturating_sub(7)), arbiter::Instant::from_millis(k));
+            }
+        }
+    });
+    assert_eq!(allocs, 0, "allocations while churning");
+    assert!(t.index_rebuilds() > 0, "the churn must reach the rebuild");
+    for (k, v, _) in t.iter() {
+        assert_eq!(t.get(k, arbiter::Instant::from_millis(199_999)), Some(v));
+    }
+}
