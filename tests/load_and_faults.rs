@@ -18,7 +18,7 @@ fn a_million_endpoints_through_a_65536_entry_table() {
     let mut a = Arbiter::new(config, caps, web_rules()).unwrap();
     a.set_proxy(PROXY_PID, Some("127.0.0.1:34010".parse().unwrap()), None).unwrap();
     let reserved = a.reserved_bytes();
-    let total: u64 = if cfg!(miri) { 2_000 } else { 1_000_000 };
+    let total: u64 = if cfg!(miri) { 300 } else { 1_000_000 };
     let mut audited_evictions = 0u64;
     // Port 23 is blocked by the rules: every endpoint caches a block.
     let mut s = Sock::tcp(0, "93.184.216.34:23");
@@ -132,11 +132,11 @@ fn rule_swap_in_the_middle_of_a_chain() {
 fn an_audit_consumer_that_stops_reading() {
     use arbiter::control::AuditRing;
     let mut a = arbiter_with(web_rules());
-    let mut ring = AuditRing::new(64 * 1024).unwrap();
+    let mut ring = AuditRing::new(if cfg!(miri) { 4 * 1024 } else { 64 * 1024 }).unwrap();
     let capacity = ring.capacity();
     let mut pushed = 0u64;
     let mut s = Sock::tcp(0, "93.184.216.34:443");
-    let n: u64 = if cfg!(miri) { 300 } else { 50_000 };
+    let n: u64 = if cfg!(miri) { 60 } else { 50_000 };
     for e in 0..n {
         s.endpoint = e;
         let d = a.decide_connect_redirect(&s.connect(NotRedirected), ms(e));

@@ -53,6 +53,7 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "a long run; Miri checks the same code in the other tests")]
 fn decision_path_does_not_allocate() {
     let config = Config { own_filter: OWN_FILTER, ..Config::default() };
     let caps = Capacities { endpoints: 4096, destinations: 512, known_proxies: 64 };
@@ -102,6 +103,7 @@ fn the_counter_counts() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "a long run; Miri checks the same code in the other tests")]
 fn index_tombstones_are_cleared_without_allocating() {
     use arbiter::table::BoundedTable;
     // A small, nearly full table churned hard: hashbrown leaves tombstones
