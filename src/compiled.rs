@@ -161,7 +161,9 @@ fn primary(rule: &Rule, rules: &RuleTable, sharing: &Sharing, key: impl Fn(&[u16
     let sum = |it: &mut dyn Iterator<Item = u64>| it.fold(0, u64::saturating_add).min(ALL);
     if !rule.remote.is_empty() {
         let admitted = rule.remote.iter().map(|c| match c.addr {
-            IpAddr::V4(ip) => (ALL >> c.prefix.min(32)).max(sharing.shared(count(&sharing.v4, &u32::from(ip).range(c.prefix)))),
+            IpAddr::V4(ip) => {
+                (ALL >> c.prefix.min(32)).max(sharing.shared(count(&sharing.v4, &u32::from(ip).range(c.prefix))))
+            }
             IpAddr::V6(ip) => (ALL >> (c.prefix.min(128) / 2).min(40))
                 .max(sharing.shared(count(&sharing.v6, &u128::from(ip).range(c.prefix)))),
         });

@@ -192,8 +192,8 @@ pub(super) fn fold<'b>(app: &AppId<'_>, buf: &'b mut [u16; FOLD_UNITS]) -> Optio
         let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
         if w & 0xff80_ff80_ff80_ff80 == 0 {
             // Every unit is ASCII: set 0x20 in the lanes holding 'A'..='Z'.
-            let upper =
-                (w.wrapping_add(0x003f_003f_003f_003f) & !w.wrapping_add(0x0025_0025_0025_0025)) & 0x0080_0080_0080_0080;
+            let upper = (w.wrapping_add(0x003f_003f_003f_003f) & !w.wrapping_add(0x0025_0025_0025_0025))
+                & 0x0080_0080_0080_0080;
             let lower = (w | (upper >> 2)).to_le_bytes();
             for (u, c) in q.iter_mut().zip(lower.chunks_exact(2)) {
                 *u = u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]);
@@ -510,13 +510,7 @@ impl GlobIndex {
     /// Probes a component of `len` units (none when empty or of a length no
     /// anchor has).
     #[inline]
-    fn probe_component<S: Units + ?Sized>(
-        &self,
-        len: usize,
-        d: u64,
-        id: &S,
-        f: &mut impl FnMut(u32) -> bool,
-    ) -> bool {
+    fn probe_component<S: Units + ?Sized>(&self, len: usize, d: u64, id: &S, f: &mut impl FnMut(u32) -> bool) -> bool {
         if len == 0 || self.component_lens & (1 << len.min(63)) == 0 {
             return true;
         }

@@ -96,7 +96,8 @@ impl PortTree {
         let mut scratch = Vec::new();
         for_each_group(&pairs, &mut scratch, |(level, node), rules| {
             let posting = pool.add(rules)?;
-            let (Some(l), Ok(node)) = (tree.levels.get_mut(usize::try_from(level).unwrap_or(usize::MAX)), usize::try_from(node))
+            let (Some(l), Ok(node)) =
+                (tree.levels.get_mut(usize::try_from(level).unwrap_or(usize::MAX)), usize::try_from(node))
             else {
                 return Ok(());
             };
@@ -128,9 +129,11 @@ impl PortTree {
     /// without rules cost one test).
     #[inline]
     pub(super) fn path(&self, port: u16) -> impl Iterator<Item = Posting> + '_ {
-        self.levels.iter().zip(0u32..).filter(|(l, _)| !l.postings.is_empty()).filter_map(move |(l, level)| {
-            l.get(usize::try_from(u32::from(port) >> shift(level)).unwrap_or(usize::MAX))
-        })
+        self.levels
+            .iter()
+            .zip(0u32..)
+            .filter(|(l, _)| !l.postings.is_empty())
+            .filter_map(move |(l, level)| l.get(usize::try_from(u32::from(port) >> shift(level)).unwrap_or(usize::MAX)))
     }
 
     /// Bytes held.

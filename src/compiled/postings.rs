@@ -90,7 +90,10 @@ impl Pool {
 
     /// Bytes held.
     pub(super) fn bytes(&self) -> usize {
-        self.indices.capacity().saturating_mul(4).saturating_add(self.entries.capacity().saturating_mul(size_of::<Entry>()))
+        self.indices
+            .capacity()
+            .saturating_mul(4)
+            .saturating_add(self.entries.capacity().saturating_mul(size_of::<Entry>()))
     }
 }
 

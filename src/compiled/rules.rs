@@ -25,7 +25,6 @@ pub(super) const PACKAGE: u8 = 4;
 pub(super) const APP: u8 = 8;
 pub(super) const ORIGINAL_APP: u8 = 16;
 
-
 /// One rule, flattened.
 #[derive(Clone, Copy, Debug)]
 struct Rec {

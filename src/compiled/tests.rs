@@ -14,6 +14,7 @@ use crate::flow::{AppId, Flow, Protocol, SidBuf, fold_unit};
 use crate::policy::{Action, Cidr, Glob, LoopPolicy, PermitOrBlock, Policy, PortRange, ProxyListeners, Rule, RuleSet};
 use crate::time::Duration;
 use crate::wide::WideString;
+use counting::counted;
 
 const SIDS: [&str; 3] =
     ["S-1-15-2-1430448594-2639229838-973813799-439329657-1197984847-4069523365-4100528453", "S-1-15-2-1", "S-1-5-18"];
@@ -48,16 +49,20 @@ fn v6() -> impl Strategy<Value = Ipv6Addr> {
             "fe80::1".parse().unwrap(),
             "2001:db8::1".parse().unwrap(),
             "2001:db8:1::".parse().unwrap(),
+            "::ffff:0:0".parse().unwrap(),
             Ipv6Addr::from(u128::MAX),
         ]),
+        // IPv4-mapped: an IPv6 address, never matched by an IPv4 CIDR.
+        v4().prop_map(|a| a.to_ipv6_mapped()),
         any::<u128>().prop_map(Ipv6Addr::from),
     ]
 }
 
 fn cidr() -> impl Strategy<Value = Cidr> {
     prop_oneof![
-        (v4(), 0u8..=34).prop_map(|(a, p)| Cidr { addr: IpAddr::V4(a), prefix: p }),
-        (v6(), 0u8..=130).prop_map(|(a, p)| Cidr { addr: IpAddr::V6(a), prefix: p }),
+        (v4(), prop_oneof![Just(0u8), Just(32), 0u8..=34]).prop_map(|(a, p)| Cidr { addr: IpAddr::V4(a), prefix: p }),
+        (v6(), prop_oneof![Just(0u8), Just(128), 0u8..=130]).prop_map(|(a, p)| Cidr { addr: IpAddr::V6(a), prefix: p }),
+        (v4(), 96u8..=128).prop_map(|(a, p)| Cidr { addr: IpAddr::V6(a.to_ipv6_mapped()), prefix: p }),
     ]
 }
 
@@ -69,21 +74,63 @@ fn port_range() -> impl Strategy<Value = PortRange> {
     prop_oneof![
         port().prop_map(|p| PortRange { lo: p, hi: p }),
         (port(), port()).prop_map(|(lo, hi)| PortRange { lo, hi }),
+        Just(PortRange { lo: 0, hi: u16::MAX }),
     ]
 }
 
+/// Path-like pieces, so heads, tails and whole components recur across
+/// patterns and ids; `K` is the Kelvin sign (it folds to ASCII `k`).
+const PIECES: [&str; 12] = ["\\", "dev", "k", "\u{212A}", "x.exe", "Vendor", "vendor1", "É", "\\dev\\", "ab", "a", "b"];
+
 fn pattern() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(vec!['a', 'b', 'A', '\\', '*', '?', 'é', 'É']), 0..7)
-        .prop_map(|c| c.into_iter().collect())
+    prop_oneof![
+        prop::collection::vec(prop::sample::select(vec!['a', 'b', 'A', '\\', '*', '?', 'é', 'É']), 0..7)
+            .prop_map(|c| c.into_iter().collect()),
+        prop::collection::vec(
+            prop_oneof![prop::sample::select(PIECES.to_vec()), prop::sample::select(vec!["*", "?", "*\\", "\\*"])],
+            0..6
+        )
+        .prop_map(|p| p.concat()),
+    ]
 }
 
 fn subject() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(vec!['a', 'b', 'B', '\\', 'é', 'É']), 0..9)
-        .prop_map(|c| c.into_iter().collect())
+    prop_oneof![
+        prop::collection::vec(prop::sample::select(vec!['a', 'b', 'B', '\\', 'é', 'É']), 0..9)
+            .prop_map(|c| c.into_iter().collect()),
+        prop::collection::vec(prop::sample::select(PIECES.to_vec()), 0..8).prop_map(|p| p.concat()),
+    ]
 }
 
 fn globs() -> impl Strategy<Value = Vec<Glob>> {
-    prop::collection::vec(pattern().prop_map(|p| Glob::new(&p).unwrap()), 0..3)
+    prop_oneof![
+        3 => prop::collection::vec(pattern().prop_map(|p| Glob::new(&p).unwrap()), 0..3),
+        1 => prop::collection::vec(pattern().prop_map(|p| Glob::new(&p).unwrap()), 3..8),
+    ]
+}
+
+/// Raw UTF-16LE app id bytes: odd lengths, trailing and inner NUL units,
+/// lone surrogates, and ids longer than the matcher's fold buffer.
+fn raw_id() -> impl Strategy<Value = Vec<u8>> {
+    let wide = |s: String| s.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+    (
+        prop_oneof![
+            4 => subject().prop_map(wide),
+            1 => (subject(), 0usize..3).prop_map(move |(s, k)| {
+                let long: String = "\\dir".repeat(70 + 2 * k);
+                wide(long + &s)
+            }),
+        ],
+        prop::collection::vec(prop::sample::select(vec![0u16, 0xd800, 0x212a, 0x5c]), 0..2),
+        any::<bool>(),
+    )
+        .prop_map(|(mut bytes, extra, odd)| {
+            bytes.extend(extra.into_iter().flat_map(u16::to_le_bytes));
+            if odd {
+                bytes.push(b'a');
+            }
+            bytes
+        })
 }
 
 fn protocol() -> impl Strategy<Value = Protocol> {
@@ -180,8 +227,71 @@ fn assert_same(rs: &RuleSet, compiled: &[CompiledRules], spec: &FlowSpec) {
     }
 }
 
+fn assert_same_flow(rs: &RuleSet, compiled: &[CompiledRules], flow: &Flow<'_>) {
+    for (c, how) in compiled.iter().zip(["indexed", "scanned"]) {
+        assert_eq!(c.first_match(flow), rs.first_match(flow), "first_match ({how}) for {flow:?}");
+        assert_eq!(c.is_trusted(&flow.app), rs.is_trusted(&flow.app), "is_trusted for {flow:?}");
+        assert_eq!(c.is_known_proxy(&flow.original_app), rs.is_known_proxy(&flow.original_app), "{flow:?}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 512 }, ..ProptestConfig::default() })]
+
+    /// App ids as raw bytes (odd, NUL-padded, non-ASCII, longer than the
+    /// fold buffer), equal or not to the original app id.
+    #[test]
+    fn compiled_equals_naive_on_raw_ids(
+        rs in rule_set(),
+        ids in prop::collection::vec((raw_id(), prop::option::of(raw_id()), flow_spec()), 1..12),
+    ) {
+        let compiled = both(&rs);
+        for (app, original, spec) in &ids {
+            let mut flow = spec.flow();
+            flow.app = AppId::from_utf16le(app);
+            flow.original_app = AppId::from_utf16le(original.as_deref().unwrap_or(app));
+            assert_same_flow(&rs, &compiled, &flow);
+        }
+    }
+
+    /// The glob index's two ways of reading an id (folded on the stack, or
+    /// unit by unit) and the reference matcher agree, pattern by pattern and
+    /// through the index.
+    #[test]
+    fn glob_paths_agree(patterns in prop::collection::vec(pattern(), 1..6), id in raw_id()) {
+        use super::globs::{FOLD_UNITS, GlobIndex, fold};
+        let globs: Vec<Glob> = patterns.iter().map(|p| Glob::new(p).unwrap()).collect();
+        let mut units: Vec<&[u16]> = globs.iter().map(Glob::units).collect();
+        units.sort_unstable();
+        units.dedup();
+        let ix = GlobIndex::build(units.iter().copied(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+        let app = AppId::from_utf16le(&id);
+        let mut buf = [0u16; FOLD_UNITS];
+        let folded = fold(&app, &mut buf);
+        let expect: Vec<u16> = app.folded_units().collect();
+        prop_assert_eq!(folded.map(<[u16]>::to_vec), (expect.len() <= FOLD_UNITS).then_some(expect));
+        let mut want = Vec::new();
+        for (k, p) in (0u32..).zip(&units) {
+            let reference = crate::policy::glob_match(p, &app);
+            prop_assert_eq!(ix.key_matches(k, &app), reference, "unfolded, pattern {:?}", p);
+            if let Some(f) = folded {
+                prop_assert_eq!(ix.key_matches(k, f), reference, "folded, pattern {:?}", p);
+            }
+            if reference {
+                want.push(k);
+            }
+        }
+        let mut got = Vec::new();
+        ix.for_each_match(&app, |k| { got.push(k); true });
+        got.sort_unstable();
+        prop_assert_eq!(&got, &want);
+        if let Some(f) = folded {
+            let mut got = Vec::new();
+            ix.for_each_match(f, |k| { got.push(k); true });
+            got.sort_unstable();
+            prop_assert_eq!(&got, &want);
+        }
+    }
 
     /// The compiled matcher answers exactly as the reference scan.
     #[test]
@@ -534,4 +644,126 @@ fn glob_anchors_of_every_kind() {
     assert!(!hit(r"*\Vendor\*", ids[2]));
     assert!(!hit(r"*\Vendor\*", ids[4]), "the component must be followed by a backslash");
     assert!(hit(r"device\*", ids[3]));
+}
+
+// ---------------------------------------------------------------- allocation
+
+/// Counts this thread's allocations while a flag is up (the pattern of
+/// `tests/no_alloc.rs`), for the whole lib test binary.
+mod counting {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::cell::Cell;
+    use std::alloc::System;
+
+    struct Counting;
+
+    std::thread_local! {
+        static COUNTING: Cell<bool> = const { Cell::new(false) };
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    // SAFETY: forwards every call to the system allocator unchanged; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if COUNTING.with(Cell::get) {
+                COUNT.with(|c| c.set(c.get() + 1));
+            }
+            // SAFETY: same contract as ours.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as ours.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if COUNTING.with(Cell::get) {
+                COUNT.with(|c| c.set(c.get() + 1));
+            }
+            // SAFETY: same contract as ours.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
+
+    /// Runs `f` and returns its result and the allocations it made.
+    pub(super) fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        COUNT.with(|c| c.set(0));
+        COUNTING.with(|c| c.set(true));
+        let r = f();
+        COUNTING.with(|c| c.set(false));
+        (r, COUNT.with(Cell::get))
+    }
+}
+
+#[test]
+fn matching_does_not_allocate() {
+    // Every index kind, globs of every anchor kind, and ids that take the
+    // stack fold, the unit-by-unit path, and the shared app/original lookup.
+    let mut g = XorShift(0x0dd_ba11_5eed);
+    let mut rules = Vec::new();
+    for i in 0..3000u32 {
+        let mut r = Rule::any("r", [Action::Proxy, Action::Block, Action::Bypass][(i % 3) as usize]);
+        match i % 7 {
+            0 => r.remote.push(Cidr { addr: IpAddr::V4(Ipv4Addr::from(g.next() as u32)), prefix: 16 }),
+            1 => r.remote.push(Cidr { addr: IpAddr::V6(Ipv6Addr::from(u128::from(g.next()) << 64)), prefix: 48 }),
+            2 => r.remote_ports.push(PortRange { lo: g.below(60000) as u16, hi: 60000 }),
+            3 => r.app.push(Glob::new(&alloc::format!("*\\app{}.exe", g.below(50))).unwrap()),
+            4 => r.app.push(Glob::new(&alloc::format!("\\device\\v{}\\*", g.below(50))).unwrap()),
+            5 => r.original_app.push(Glob::new(&alloc::format!("*\\v{}\\*", g.below(50))).unwrap()),
+            _ => r.package.push(sid(i as usize)),
+        }
+        if i % 5 == 0 {
+            r.protocol = Some(Protocol::TCP);
+        }
+        rules.push(r);
+    }
+    let rs = RuleSet { rules, trust: vec![Glob::new("*\\trusted.exe").unwrap()], ..RuleSet::default() };
+    let long = WideString::new(&(String::from("\\device\\v1") + &"\\d".repeat(400) + "\\app3.exe"));
+    let specs: Vec<FlowSpec> = (0..400)
+        .map(|i| FlowSpec {
+            protocol: [Protocol::TCP, Protocol::UDP][i % 2],
+            remote: if i % 3 == 0 {
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::from(u128::from(g.next()) << 64)), g.below(65536) as u16)
+            } else {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::from(g.next() as u32)), g.below(65536) as u16)
+            },
+            app: if i % 10 == 0 {
+                long.clone()
+            } else {
+                WideString::new(&alloc::format!("\\device\\v{}\\app{}.exe", g.below(60), g.below(60)))
+            },
+            original_app: WideString::new(&alloc::format!("\\device\\v{}\\x.exe", g.below(60))),
+            package: (i % 4 == 0).then(|| sid(i)),
+        })
+        .collect();
+    let flows: Vec<Flow<'_>> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut f = s.flow();
+            if i % 2 == 0 {
+                f.original_app = f.app;
+            }
+            f
+        })
+        .collect();
+    for compiled in both(&rs) {
+        let (hits, allocs) = counted(|| {
+            flows
+                .iter()
+                .map(|f| {
+                    usize::from(compiled.first_match(f).is_some())
+                        + usize::from(compiled.is_trusted(&f.app))
+                        + usize::from(compiled.is_known_proxy(&f.app))
+                })
+                .sum::<usize>()
+        });
+        assert_eq!(allocs, 0, "matching allocated");
+        assert!(hits > 50, "the flows must hit rules too ({hits})");
+        for f in &flows {
+            assert_eq!(compiled.first_match(f), rs.first_match(f));
+        }
+    }
 }
