@@ -1,0 +1,7 @@
+//! Control messages: any request decodes or is refused with a status, and a
+//! refused request changes nothing.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    arbiter::control::fuzz_decode(data);
+});
