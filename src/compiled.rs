@@ -43,11 +43,11 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use globs::{GlobIndex, admits, dedup_patterns};
+use globs::{FOLD_UNITS, GlobIndex, admits, dedup_patterns, fold};
 use ports::PortTree;
 use postings::{NONE, Pool, Posting, for_each_group, to_u32, to_usize};
 use prefix::{Addr, PrefixTable};
-use rules::{APP, Id, ORIGINAL_APP, PACKAGE, PORTS, Query, REMOTE, RuleTable};
+use rules::{APP, ORIGINAL_APP, PACKAGE, PORTS, Query, REMOTE, RuleTable};
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub use blob::fuzz_decode;
@@ -55,7 +55,7 @@ pub use blob::{BlobError, decode, decode_rule_set, decode_seeded, encode, swap_b
 
 /// Rule sets smaller than this are checked rule by rule (over the flattened
 /// records): a handful of checks costs less than the index lookups.
-pub const SCAN_BELOW: usize = 12;
+pub const SCAN_BELOW: usize = 4;
 
 /// Seeds used by [`CompiledRules::compile`] and [`decode`]. The driver should
 /// pass random seeds ([`CompiledRules::compile_seeded`], [`decode_seeded`]).
@@ -466,17 +466,32 @@ impl CompiledRules {
         }
     }
 
-    /// Visits the postings of every glob key `id` matches.
-    fn visit_globs(&self, id: &Id<'_>, q: &Query<'_>, lists: [Option<(&[Posting], u8)>; 2], best: &mut u32) {
+    /// Visits the postings of every glob key the app id (`original` false)
+    /// or the original app id matches. The id is folded here, on the stack,
+    /// and the checks of the candidates found reuse the folded units.
+    fn visit_globs(&self, q: &Query<'_>, original: bool, lists: [Option<(&[Posting], u8)>; 2], best: &mut u32) {
+        let mut buf = [0u16; FOLD_UNITS];
+        let id = if original { q.original_app } else { q.app };
+        let units = fold(&id, &mut buf);
+        let mut q = *q;
+        if original || q.same_apps {
+            q.original_units = units;
+        }
+        if !original || q.same_apps {
+            q.app_units = units;
+        }
         let mut visit = |key: u32| {
             for (postings, skip) in lists.iter().flatten() {
                 if let Some(&p) = postings.get(to_usize(key)) {
-                    self.visit(p, q, *skip, best);
+                    self.visit(p, &q, *skip, best);
                 }
             }
             true
         };
-        self.globs.read_each_match(&id.units(), &mut visit);
+        match units {
+            Some(units) => self.globs.for_each_match(units, &mut visit),
+            None => self.globs.for_each_match(&id, &mut visit),
+        };
     }
 
     /// The index of the first rule matching `flow`.
@@ -518,16 +533,16 @@ impl CompiledRules {
         // filed under a glob could still beat the answer so far.
         let app = self.worth(Primary::App, best).then_some((self.app.as_slice(), APP));
         let original = self.worth(Primary::OriginalApp, best).then_some((self.original_app.as_slice(), ORIGINAL_APP));
-        if q.same_apps() {
+        if q.same_apps {
             if app.is_some() || original.is_some() {
-                self.visit_globs(&q.app, &q, [app, original], &mut best);
+                self.visit_globs(&q, false, [app, original], &mut best);
             }
         } else {
             if app.is_some() {
-                self.visit_globs(&q.app, &q, [app, None], &mut best);
+                self.visit_globs(&q, false, [app, None], &mut best);
             }
             if original.is_some() && self.worth(Primary::OriginalApp, best) {
-                self.visit_globs(q.original_app(), &q, [None, original], &mut best);
+                self.visit_globs(&q, true, [None, original], &mut best);
             }
         }
         (best != NONE).then_some(best)

@@ -248,17 +248,31 @@ fn is_wild(u: u16) -> bool {
     u == STAR || u == QUESTION
 }
 
-/// Digest step: FNV-1a over 16-bit units.
-#[inline]
-fn mix(h: u64, u: u16) -> u64 {
-    (h ^ u64::from(u)).wrapping_mul(0x0000_0100_0000_01b3)
+/// A running digest of folded units (FNV-1a over 16-bit units). The
+/// length is not part of the value: anchors carry it.
+#[derive(Clone, Copy)]
+struct Digest {
+    h: u64,
 }
 
-/// Digest start.
-const DIGEST_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+impl Digest {
+    const NEW: Self = Self { h: 0xcbf2_9ce4_8422_2325 };
+
+    #[inline]
+    fn push(&mut self, u: u16) {
+        self.h = (self.h ^ u64::from(u)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+
+    #[inline]
+    fn value(&self) -> u64 {
+        self.h
+    }
+}
 
 fn digest(units: impl Iterator<Item = u16>) -> u64 {
-    units.fold(DIGEST_SEED, mix)
+    let mut d = Digest::NEW;
+    units.for_each(|u| d.push(u));
+    d.value()
 }
 
 fn len16(n: usize) -> u16 {
@@ -448,8 +462,8 @@ impl GlobIndex {
         let n = id.count();
         // Front to back: the whole id, its heads and its components.
         if self.exact || self.prefix_lens != 0 || self.component_lens != 0 {
-            let mut whole = DIGEST_SEED;
-            let mut component = DIGEST_SEED;
+            let mut whole = Digest::NEW;
+            let mut component = Digest::NEW;
             let mut start = 0usize;
             let mut prefixes = self.prefix_lens;
             // The next head length to probe (past every unit when none is left).
@@ -458,43 +472,43 @@ impl GlobIndex {
             };
             let mut next = next_len(prefixes);
             let go_on = id.each(|i, u| {
-                whole = mix(whole, u);
+                whole.push(u);
                 let l = i.saturating_add(1);
                 if l == next {
                     prefixes &= prefixes.wrapping_sub(1);
                     next = next_len(prefixes);
-                    if !self.probe((PREFIX, len16(l), whole), id, &mut f) {
+                    if !self.probe((PREFIX, len16(l), whole.value()), id, &mut f) {
                         return false;
                     }
                 }
                 if u == BACKSLASH {
-                    if !self.probe_component(i.saturating_sub(start), component, id, &mut f) {
+                    if !self.probe_component(i.saturating_sub(start), component.value(), id, &mut f) {
                         return false;
                     }
-                    component = DIGEST_SEED;
+                    component = Digest::NEW;
                     start = l;
                 } else {
-                    component = mix(component, u);
+                    component.push(u);
                 }
                 true
             });
-            if !go_on || !self.probe_component(n.saturating_sub(start), component, id, &mut f) {
+            if !go_on || !self.probe_component(n.saturating_sub(start), component.value(), id, &mut f) {
                 return false;
             }
-            if self.exact && !self.probe((EXACT, len16(n), whole), id, &mut f) {
+            if self.exact && !self.probe((EXACT, len16(n), whole.value()), id, &mut f) {
                 return false;
             }
         }
         // Back to front: its tails.
         let mut suffixes = self.suffix_lens & !1;
-        let mut tail = DIGEST_SEED;
+        let mut tail = Digest::NEW;
         let mut l = 0usize;
         while suffixes != 0 && l < n {
             l = l.saturating_add(1);
-            tail = mix(tail, id.at(n.saturating_sub(l)));
+            tail.push(id.at(n.saturating_sub(l)));
             if suffixes.trailing_zeros() == len_u32(l) {
                 suffixes &= suffixes.wrapping_sub(1);
-                if !self.probe((SUFFIX, len16(l), tail), id, &mut f) {
+                if !self.probe((SUFFIX, len16(l), tail.value()), id, &mut f) {
                     return false;
                 }
             }
@@ -534,15 +548,6 @@ impl GlobIndex {
             }
         }
         true
-    }
-
-    /// [`Self::for_each_match`] over either form of an id.
-    #[inline]
-    pub(super) fn read_each_match(&self, id: &Read<'_>, f: impl FnMut(u32) -> bool) -> bool {
-        match id {
-            Read::Folded(units) => self.for_each_match(*units, f),
-            Read::Raw(app) => self.for_each_match(app, f),
-        }
     }
 
     /// [`Self::key_matches`] over either form of an id.

@@ -8,10 +8,9 @@
 //! answer for every flow, with the conditions ordered cheapest first.
 
 use alloc::vec::Vec;
-use core::cell::OnceCell;
 use core::net::IpAddr;
 
-use super::globs::{FOLD_UNITS, GlobIndex, Read, fold};
+use super::globs::{GlobIndex, Read};
 use super::postings::{ANY_PROTOCOL, Entry, NONE, to_u32, to_usize};
 use super::prefix::Addr;
 use crate::flow::{AppId, Flow, SidBuf};
@@ -42,35 +41,8 @@ struct Rec {
     action: u8,
 }
 
-/// An app id, folded on first use.
-pub(super) struct Id<'f> {
-    id: AppId<'f>,
-    /// The folded units and their count (more than [`FOLD_UNITS`] when the
-    /// id did not fit and is read unit by unit instead).
-    folded: OnceCell<([u16; FOLD_UNITS], usize)>,
-}
-
-impl<'f> Id<'f> {
-    fn new(id: AppId<'f>) -> Self {
-        Self { id, folded: OnceCell::new() }
-    }
-
-    /// The id's folded units, read the fastest way available.
-    #[inline]
-    pub(super) fn units(&self) -> Read<'_> {
-        let (buf, n) = self.folded.get_or_init(|| {
-            let mut buf = [0u16; FOLD_UNITS];
-            let n = fold(&self.id, &mut buf).map_or(usize::MAX, <[u16]>::len);
-            (buf, n)
-        });
-        match buf.get(..*n) {
-            Some(units) => Read::Folded(units),
-            None => Read::Raw(self.id),
-        }
-    }
-}
-
 /// The flow as the checks read it, computed once per match.
+#[derive(Clone, Copy)]
 pub(super) struct Query<'f> {
     pub(super) protocol: u16,
     pub(super) addr: IpAddr,
@@ -78,20 +50,26 @@ pub(super) struct Query<'f> {
     /// The flow's package SID as an id of [`RuleTable::sids`], or [`NONE`]
     /// (no SID, or one no rule names).
     pub(super) package: u32,
-    pub(super) app: Id<'f>,
-    /// `None` when the original app id is byte for byte the app id.
-    original_app: Option<Id<'f>>,
+    pub(super) app: AppId<'f>,
+    pub(super) original_app: AppId<'f>,
+    /// The original app id is byte for byte the app id.
+    pub(super) same_apps: bool,
+    /// The ids' folded units, once the glob phase has folded them.
+    pub(super) app_units: Option<&'f [u16]>,
+    pub(super) original_units: Option<&'f [u16]>,
 }
 
 impl<'f> Query<'f> {
-    /// The original app id (shared with the app id when they are equal).
-    pub(super) fn original_app(&self) -> &Id<'f> {
-        self.original_app.as_ref().unwrap_or(&self.app)
+    /// The app id, folded if it has been.
+    #[inline]
+    pub(super) fn app(&self) -> Read<'f> {
+        self.app_units.map_or(Read::Raw(self.app), Read::Folded)
     }
 
-    /// Is the original app id the app id?
-    pub(super) fn same_apps(&self) -> bool {
-        self.original_app.is_none()
+    /// The original app id, folded if it has been.
+    #[inline]
+    pub(super) fn original_app(&self) -> Read<'f> {
+        self.original_units.map_or(Read::Raw(self.original_app), Read::Folded)
     }
 }
 
@@ -235,14 +213,16 @@ impl RuleTable {
             Some(sid) if !self.sids.is_empty() => self.sid_id(sid.as_bytes()),
             _ => NONE,
         };
-        let same = flow.app.as_bytes() == flow.original_app.as_bytes();
         Query {
             protocol: u16::from(flow.protocol.0),
             addr: flow.remote.ip(),
             port: flow.remote.port(),
             package,
-            app: Id::new(flow.app),
-            original_app: (!same).then(|| Id::new(flow.original_app)),
+            app: flow.app,
+            original_app: flow.original_app,
+            same_apps: flow.app.as_bytes() == flow.original_app.as_bytes(),
+            app_units: None,
+            original_units: None,
         }
     }
 
@@ -289,14 +269,14 @@ impl RuleTable {
         }
         if need & APP != 0 {
             let keys = self.app.get(run(rec.app, next.app)).unwrap_or(&[]);
-            let id = q.app.units();
+            let id = q.app();
             if !keys.iter().any(|&k| globs.read_matches(k, &id)) {
                 return false;
             }
         }
         if need & ORIGINAL_APP != 0 {
             let keys = self.original_app.get(run(rec.original_app, next.original_app)).unwrap_or(&[]);
-            let id = q.original_app().units();
+            let id = q.original_app();
             if !keys.iter().any(|&k| globs.read_matches(k, &id)) {
                 return false;
             }
