@@ -702,8 +702,9 @@ fn matching_does_not_allocate() {
     // Every index kind, globs of every anchor kind, and ids that take the
     // stack fold, the unit-by-unit path, and the shared app/original lookup.
     let mut g = XorShift(0x0dd_ba11_5eed);
+    let (n_rules, n_flows) = if cfg!(miri) { (200u32, 30) } else { (3000, 400) };
     let mut rules = Vec::new();
-    for i in 0..3000u32 {
+    for i in 0..n_rules {
         let mut r = Rule::any("r", [Action::Proxy, Action::Block, Action::Bypass][(i % 3) as usize]);
         match i % 7 {
             0 => r.remote.push(Cidr { addr: IpAddr::V4(Ipv4Addr::from(g.next() as u32)), prefix: 16 }),
@@ -721,7 +722,7 @@ fn matching_does_not_allocate() {
     }
     let rs = RuleSet { rules, trust: vec![Glob::new("*\\trusted.exe").unwrap()], ..RuleSet::default() };
     let long = WideString::new(&(String::from("\\device\\v1") + &"\\d".repeat(400) + "\\app3.exe"));
-    let specs: Vec<FlowSpec> = (0..400)
+    let specs: Vec<FlowSpec> = (0..n_flows)
         .map(|i| FlowSpec {
             protocol: [Protocol::TCP, Protocol::UDP][i % 2],
             remote: if i % 3 == 0 {
@@ -761,7 +762,7 @@ fn matching_does_not_allocate() {
                 .sum::<usize>()
         });
         assert_eq!(allocs, 0, "matching allocated");
-        assert!(hits > 50, "the flows must hit rules too ({hits})");
+        assert!(hits > n_flows / 8, "the flows must hit rules too ({hits})");
         for f in &flows {
             assert_eq!(compiled.first_match(f), rs.first_match(f));
         }
