@@ -5,7 +5,8 @@
 
 use std::io::IsTerminal as _;
 
-use arbiter_lab::explore::{Bounds, Counterexample, Exploration, Findings, Tally, run};
+use arbiter_lab::explore::{Bounds, Counterexample, Exploration, Findings, LoopSettings, Tally, run};
+use arbiter_lab::profiles::Profile;
 use arbiter_lab::scenario::Ours;
 use serde_json::{Value, json};
 
@@ -20,9 +21,15 @@ pub(crate) struct Args {
     /// Concurrent application connections per setup.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
     connections: u8,
-    /// A bounded exploration that finishes in seconds (fewer connection sets, default loop settings only).
+    /// A bounded exploration that finishes in seconds (two connection sets instead of eight).
     #[arg(long)]
     quick: bool,
+    /// Draw peers only from these profiles (repeatable; default: all).
+    #[arg(long = "peer", value_name = "P", value_parser = clap::builder::PossibleValuesParser::new(Profile::ALL.map(Profile::name)))]
+    peers: Vec<String>,
+    /// Also explore the strict loop settings (revisit = block, on_loop = block, max_hops = 2).
+    #[arg(long)]
+    strict: bool,
     /// Skip the baseline (the WFP sample's logic in our place).
     #[arg(long)]
     no_baseline: bool,
@@ -49,6 +56,7 @@ fn tally_json(t: &Tally) -> Value {
             "delivered": t.delivered, "blocked": t.blocked, "loop": t.loops, "unexplained": t.unexplained,
         },
         "failing_configurations": t.failing_configurations,
+        "peer_only_configurations": t.peer_only_configurations,
         "failing_end_states": t.failing_end_states,
         "model_errors": t.model_errors,
         "audit_failures": t.audit_failures,
@@ -75,32 +83,62 @@ fn findings_json(f: &Findings, show: usize) -> Value {
         "counterexamples_found": f.counterexamples_found,
         "distinct_counterexamples": f.counterexamples.len(),
         "counterexamples": f.counterexamples.iter().take(show).map(counterexample_json).collect::<Vec<_>>(),
+        "distinct_peer_only": f.peer_only.len(),
+        "peer_only": f.peer_only.iter().take(show).map(counterexample_json).collect::<Vec<_>>(),
         "model_errors": f.model_errors.iter().map(|(s, e)| json!({"setup": s, "error": e})).collect::<Vec<_>>(),
     })
 }
 
+/// Executions can outgrow any integer: shown in scientific notation, `>=` when saturated.
+fn executions(n: u128) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "an order of magnitude for humans")]
+    let x = n as f64;
+    let shown = if n < 1_000_000 { n.to_string() } else { format!("{x:.3e}") };
+    if n == u128::MAX { format!(">={shown}") } else { shown }
+}
+
 fn row(name: &str, t: &Tally) -> String {
     format!(
-        "{name:<9} {:>7} {:>9} {:>11} {:>22} {:>9} {:>9} {:>7} {:>11}",
-        t.configurations, t.states, t.transitions, t.executions, t.delivered, t.blocked, t.loops, t.unexplained
+        "{name:<9} {:>7} {:>9} {:>11} {:>12} {:>9} {:>9} {:>7} {:>11}",
+        t.configurations,
+        t.states,
+        t.transitions,
+        executions(t.executions),
+        t.delivered,
+        t.blocked,
+        t.loops,
+        t.unexplained
     )
+}
+
+fn print_list(list: &[Counterexample], show: usize) {
+    for (i, c) in list.iter().take(show).enumerate() {
+        println!("  {:>2}. {}", i + 1, c.describe());
+        if c.other_moves > 0 {
+            println!("      interleaving: {}", c.moves.join(" "));
+        }
+    }
 }
 
 fn print_findings(label: &str, f: &Findings, show: usize) {
     if f.counterexamples.is_empty() {
-        println!("{label}: no loop or unexplained end");
+        println!("{label}: no loop or unexplained end that our place causes");
     } else {
         println!(
             "{label}: {} failing setups, {} distinct shapes; shortest chains first:",
             f.counterexamples_found,
             f.counterexamples.len()
         );
-        for (i, c) in f.counterexamples.iter().take(show).enumerate() {
-            println!("  {:>2}. {}", i + 1, c.describe());
-            if c.other_moves > 0 {
-                println!("      interleaving: {}", c.moves.join(" "));
-            }
-        }
+        print_list(&f.counterexamples, show);
+    }
+    if !f.peer_only.is_empty() {
+        println!(
+            "{label}: {} setups where peers fail among themselves (the same connection fails alone with our driver \
+             uninstalled), {} distinct shapes:",
+            f.tally.peer_only_configurations,
+            f.peer_only.len()
+        );
+        print_list(&f.peer_only, show);
     }
     for (setup, e) in &f.model_errors {
         println!("  model error [{setup}]: {e}");
@@ -115,7 +153,7 @@ fn print_text(x: &Exploration, bounds: &Bounds, show: usize) {
         if bounds.quick { " (quick bounds)" } else { "" }
     );
     println!(
-        "{:<9} {:>7} {:>9} {:>11} {:>22} {:>9} {:>9} {:>7} {:>11}",
+        "{:<9} {:>7} {:>9} {:>11} {:>12} {:>9} {:>9} {:>7} {:>11}",
         "ours", "setups", "states", "transitions", "executions", "delivered", "blocked", "loops", "unexplained"
     );
     println!("{}", row("arbiter", &x.arbiter.tally));
@@ -124,10 +162,9 @@ fn print_text(x: &Exploration, bounds: &Bounds, show: usize) {
     }
     println!();
     println!(
-        "arbiter failures: {} ({} loops, {} unexplained, {} model errors, {} audit failures)",
+        "arbiter failures: {} ({} setups with a loop or unexplained end our arbiter may cause, {} model errors, {} audit failures)",
         x.arbiter_failures(),
-        x.arbiter.tally.loops,
-        x.arbiter.tally.unexplained,
+        x.arbiter.tally.failing_configurations,
         x.arbiter.tally.model_errors,
         x.arbiter.tally.audit_failures
     );
@@ -144,6 +181,12 @@ pub(crate) fn run_cmd(args: &Args) -> u8 {
         if args.quick { Bounds::quick(usize::from(args.vendors)) } else { Bounds::full(usize::from(args.vendors)) };
     bounds.connections = usize::from(args.connections);
     bounds.baseline = !args.no_baseline;
+    if args.strict {
+        bounds.loop_settings.push(LoopSettings::Strict);
+    }
+    if !args.peers.is_empty() {
+        bounds.profiles = args.peers.iter().filter_map(|p| Profile::from_name(p)).collect();
+    }
     if let Some(t) = args.threads {
         bounds.threads = t.max(1);
     }

@@ -301,6 +301,8 @@ pub struct Bounds {
     pub baseline: bool,
     /// Worker threads.
     pub threads: usize,
+    /// Peer profiles to draw from.
+    pub profiles: Vec<Profile>,
 }
 
 impl Bounds {
@@ -310,15 +312,16 @@ impl Bounds {
             max_vendors,
             connections: 2,
             quick: false,
-            loop_settings: vec![LoopSettings::Default, LoopSettings::Strict],
+            loop_settings: vec![LoopSettings::Default],
             baseline: true,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()).min(2),
+            profiles: Profile::ALL.to_vec(),
         }
     }
 
     /// A bounded exploration that finishes in seconds.
     pub fn quick(max_vendors: usize) -> Self {
-        Self { quick: true, loop_settings: vec![LoopSettings::Default], ..Self::full(max_vendors) }
+        Self { quick: true, ..Self::full(max_vendors) }
     }
 }
 
@@ -326,7 +329,7 @@ impl Bounds {
 /// trust settings, so with it in our place that dimension collapses.
 pub fn setups(bounds: &Bounds, ours: Ours) -> Vec<Setup> {
     let trust_dimension = ours == Ours::Arbiter;
-    let specs: Vec<PeerSpec> = Profile::ALL.iter().flat_map(|&p| PeerSpec::all(p, trust_dimension)).collect();
+    let specs: Vec<PeerSpec> = bounds.profiles.iter().flat_map(|&p| PeerSpec::all(p, trust_dimension)).collect();
     let mut peer_sets: Vec<Vec<PeerSpec>> = specs.iter().map(|&s| vec![s]).collect();
     if bounds.max_vendors >= 3 {
         // Unordered pairs with repetition: the weight orders cover both placements.
@@ -796,6 +799,42 @@ fn hash_outcome(h: &mut impl Hasher, o: &Outcome) {
     }
 }
 
+/// A vendor that looks at nothing and changes nothing: our place with our
+/// driver uninstalled, to tell a failure the peers cause among themselves
+/// from one our presence causes.
+#[derive(Debug)]
+struct Passive;
+
+impl Callout for Passive {
+    fn connect_redirect(&mut self, _me: &Identity, _v: &ConnectView<'_>) -> ConnectDecision {
+        ConnectDecision::new(ConnectAction::Continue, "not installed")
+    }
+
+    fn auth_connect(&mut self, _me: &Identity, _v: &AuthView<'_>) -> AuthDecision {
+        AuthDecision::new(AuthAction::Continue, "not installed")
+    }
+}
+
+/// Runs connection `conn` of `setup` alone, move after move, and says how
+/// it ends (a recurring state is a loop).
+fn run_alone(setup: &Setup, rules: &RuleSet, conn: usize, passive: bool) -> Option<Outcome> {
+    let mut alone = setup.clone();
+    alone.conns = vec![*setup.conns.get(conn)?];
+    let mut w = World::build(&alone, rules, passive).ok()?;
+    let mut seen = HashSet::new();
+    loop {
+        if !seen.insert(w.fingerprint(false)) {
+            w.cycle(0);
+        }
+        match &w.chains.first()?.phase {
+            Phase::Done(o) => return Some(o.clone()),
+            _ => {
+                w.step(0);
+            }
+        }
+    }
+}
+
 /// A simulated machine running one setup's connections.
 #[derive(Debug)]
 struct World {
@@ -813,6 +852,12 @@ struct World {
 
 impl World {
     fn new(setup: &Setup, rules: &RuleSet) -> Result<Self, String> {
+        Self::build(setup, rules, false)
+    }
+
+    /// With `passive`, our vendor is installed but does nothing and has no
+    /// proxy: the machine as it would be without our driver.
+    fn build(setup: &Setup, rules: &RuleSet, passive: bool) -> Result<Self, String> {
         let rules = Rc::new(rules.clone());
         let n = setup.vendors();
         let weight_of = |v: usize| {
@@ -833,7 +878,8 @@ impl World {
                 v4: SocketAddr::V4(v4),
                 v6: SocketAddr::V6(v6),
                 propagates_records: setup.ours_propagates,
-            }),
+            })
+            .filter(|_| !passive),
             tunnel: None,
         }];
         for (i, p) in setup.peers.iter().enumerate() {
@@ -848,11 +894,14 @@ impl World {
             apps.add(&p.app);
         }
         let core = match setup.ours {
-            Ours::Arbiter => Some(Rc::new(RefCell::new(Core::new(Rc::clone(&rules), Rc::new(apps))?))),
-            Ours::SamplerBaseline => None,
+            Ours::Arbiter if !passive => Some(Rc::new(RefCell::new(Core::new(Rc::clone(&rules), Rc::new(apps))?))),
+            Ours::Arbiter | Ours::SamplerBaseline => None,
         };
         let blocker = BTreeSet::new();
-        let vendors = Self::vendors(setup, ids, &rules, core.as_ref(), &blocker);
+        let mut vendors = Self::vendors(setup, ids, &rules, core.as_ref(), &blocker);
+        if passive && let Some(v) = vendors.first_mut() {
+            v.callout = Box::new(Passive);
+        }
         let mut engine = Engine::new(vendors);
         let mut chains = Vec::new();
         for (i, c) in setup.conns.iter().enumerate() {
@@ -1125,8 +1174,12 @@ pub struct Tally {
     pub loops: u64,
     /// Connections ended unexplained over the end states.
     pub unexplained: u64,
-    /// Setups with at least one loop or unexplained end.
+    /// Setups with a loop or unexplained end that our presence may have
+    /// caused (for the baseline: any loop or unexplained end).
     pub failing_configurations: u64,
+    /// Setups whose only failures the peers cause among themselves (the
+    /// same connection fails alone with our driver uninstalled).
+    pub peer_only_configurations: u64,
     /// End states with at least one loop or unexplained end.
     pub failing_end_states: u64,
     /// Disagreements between the abstract state and the live core, or setups
@@ -1149,6 +1202,7 @@ impl Tally {
         self.loops += o.loops;
         self.unexplained += o.unexplained;
         self.failing_configurations += o.failing_configurations;
+        self.peer_only_configurations += o.peer_only_configurations;
         self.failing_end_states += o.failing_end_states;
         self.model_errors += o.model_errors;
         self.audit_failures += o.audit_failures;
@@ -1218,8 +1272,11 @@ impl Counterexample {
 pub struct SetupResult {
     /// Counts.
     pub tally: Tally,
-    /// The shortest failure found, if any.
+    /// The shortest failure found that our presence may have caused, if any.
     pub counterexample: Option<Counterexample>,
+    /// The shortest failure the peers cause among themselves: the same
+    /// connection, alone on the machine with our driver uninstalled, fails too.
+    pub peer_only: Option<Counterexample>,
     /// The first model error.
     pub model_error: Option<String>,
 }
@@ -1227,6 +1284,9 @@ pub struct SetupResult {
 /// The search over one setup.
 struct Search<'a> {
     setup: &'a Setup,
+    rules: &'a RuleSet,
+    /// Per connection: does it fail alone, with our driver uninstalled?
+    fails_without_us: HashMap<usize, bool>,
     /// Executions represented below each finished state, by fingerprint.
     done: HashMap<u128, u128>,
     /// Hop-less fingerprints of the states on the current path.
@@ -1260,8 +1320,17 @@ impl Search<'_> {
             moves,
             other_moves,
         };
-        if self.result.counterexample.as_ref().is_none_or(|best| cx.rank() < best.rank()) {
-            self.result.counterexample = Some(cx);
+        // Only our arbiter's failures need telling apart: the baseline's are
+        // all shown, as what the arbiter fixes.
+        let (setup, rules) = (self.setup, self.rules);
+        let peer_only = setup.ours == Ours::Arbiter
+            && *self
+                .fails_without_us
+                .entry(i)
+                .or_insert_with(|| run_alone(setup, rules, i, true).is_some_and(|o| !o.is_explained()));
+        let slot = if peer_only { &mut self.result.peer_only } else { &mut self.result.counterexample };
+        if slot.as_ref().is_none_or(|best| cx.rank() < best.rank()) {
+            *slot = Some(cx);
         }
     }
 
@@ -1353,6 +1422,8 @@ impl Search<'_> {
 pub fn explore_setup(setup: &Setup, rules: &RuleSet) -> SetupResult {
     let mut search = Search {
         setup,
+        rules,
+        fails_without_us: HashMap::new(),
         done: HashMap::new(),
         on_path: HashMap::new(),
         moves: Vec::new(),
@@ -1369,6 +1440,7 @@ pub fn explore_setup(setup: &Setup, rules: &RuleSet) -> SetupResult {
     let mut r = search.result;
     r.tally.model_errors = u64::from(r.model_error.is_some());
     r.tally.failing_configurations = u64::from(r.counterexample.is_some());
+    r.tally.peer_only_configurations = u64::from(r.peer_only.is_some());
     r
 }
 
@@ -1381,6 +1453,9 @@ pub struct Findings {
     pub counterexamples: Vec<Counterexample>,
     /// How many counterexamples were found in all (one per failing setup).
     pub counterexamples_found: u64,
+    /// The shortest failure of each shape that the peers cause among
+    /// themselves (arbiter only).
+    pub peer_only: Vec<Counterexample>,
     /// Model errors (setup and message), first few.
     pub model_errors: Vec<(String, String)>,
 }
@@ -1397,13 +1472,18 @@ impl Findings {
             self.counterexamples_found += 1;
             self.counterexamples.push(cx);
         }
+        if let Some(cx) = r.peer_only {
+            self.peer_only.push(cx);
+        }
     }
 
     /// Keeps the shortest counterexample of each signature.
     fn finish(&mut self) {
-        self.counterexamples.sort_by_key(Counterexample::rank);
-        let mut seen = HashSet::new();
-        self.counterexamples.retain(|c| seen.insert(c.signature()));
+        for list in [&mut self.counterexamples, &mut self.peer_only] {
+            list.sort_by_key(Counterexample::rank);
+            let mut seen = HashSet::new();
+            list.retain(|c| seen.insert(c.signature()));
+        }
     }
 }
 
@@ -1419,9 +1499,10 @@ pub struct Exploration {
 }
 
 impl Exploration {
-    /// Loops, unexplained ends and model errors with our arbiter present.
+    /// Setups where our arbiter's presence may have caused a loop or an
+    /// unexplained end, plus model errors and audit records that did not replay.
     pub const fn arbiter_failures(&self) -> u64 {
-        self.arbiter.tally.failures() + self.arbiter.tally.model_errors + self.arbiter.tally.audit_failures
+        self.arbiter.tally.failing_configurations + self.arbiter.tally.model_errors + self.arbiter.tally.audit_failures
     }
 }
 
@@ -1442,6 +1523,7 @@ pub fn explore_all(setups: &[Setup], threads: usize, progress: &(dyn Fn(usize) +
                         Err(e) => SetupResult {
                             tally: Tally { configurations: 1, model_errors: 1, ..Tally::default() },
                             counterexample: None,
+                            peer_only: None,
                             model_error: Some(e),
                         },
                     };
