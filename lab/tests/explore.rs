@@ -96,3 +96,26 @@ fn one_connection_alone_ends_as_in_the_lab_matrix() {
         }
     }
 }
+
+#[test]
+fn two_record_dropping_peers_loop_among_themselves_and_that_is_told_apart() {
+    // Both peers above us, neither propagating records: each redirects the
+    // other's proxy outbound forever. We only ever see C5 (another's local
+    // redirect) and permit; uninstalling our driver changes nothing.
+    let peer = PeerSpec { profile: Profile::NoRecords, propagates: false, trusted: false, known: false };
+    let c = ConnSpec { protocol: Protocol::TCP, v6: false, dest: 0 };
+    let setup = Setup {
+        ours: Ours::Arbiter,
+        ours_propagates: true,
+        peers: vec![peer, peer],
+        order: vec![1, 2, 0],
+        loops: LoopSettings::Default,
+        conns: vec![c, c],
+    };
+    let r = explore_setup(&setup, &rules());
+    assert!(r.tally.loops > 0, "{:?}", r.tally);
+    assert_eq!(r.tally.failing_configurations, 0, "{:?}", r.counterexample.map(|c| c.describe()));
+    assert_eq!(r.tally.peer_only_configurations, 1);
+    let p = r.peer_only.expect("the peers' own loop");
+    assert!(!p.chain.iter().any(|h| h == "arbiter-proxy"), "{}", p.describe());
+}
