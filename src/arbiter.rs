@@ -512,9 +512,15 @@ impl<P: Policy> Arbiter<P> {
         };
         let outcome = decide::auth_connect(input, entry);
         let mut departures = Departures::default();
-        // A6: remember the other redirector's target as a known local proxy.
-        if outcome.reason == Reason::RedirectedByOtherObserved
-            && let Some(pid) = input.target_pid.filter(|&p| p != 0)
+        // A6, and the vocabulary's "known local proxy": any process a
+        // redirector targets locally is one, whatever row decided. Learning
+        // only at A6 misses a proxy whose flow met a cached verdict (A1/A2):
+        // with two other vendors, the second one's proxy then never counts
+        // for C8 and its record-less reconnects loop through us
+        // (`arbiter explore --vendors 3` found this). Our own proxy is C7's.
+        let own_proxy = self.proxy.map(|p| p.pid);
+        if input.redirected
+            && let Some(pid) = input.target_pid.filter(|&p| p != 0 && Some(p) != own_proxy)
         {
             let until = now.saturating_add(self.config.known_proxy_ttl);
             if let Some((k, _, why)) = self.known_proxies.insert(pid, (), until, now) {

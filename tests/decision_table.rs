@@ -426,3 +426,30 @@ fn pend_timeout_fallback_is_audited_and_a_block_is_enforced() {
     assert_decision(&a.decide_fallback(&input2, Verdict::Permit, ms(6000)), Verdict::Permit, Reason::PendTimeout);
     assert_eq!(a.endpoint_entry(2, ms(6001)), None);
 }
+
+#[test]
+fn known_local_proxies_are_learned_whatever_row_decides() {
+    // A cached permit (A2) for a flow another vendor redirected to its local
+    // proxy: the verdict is A2's, and the target still becomes a known local
+    // proxy (C8 must see its reconnects).
+    let mut a = arbiter_with(web_rules());
+    let s = Sock::tcp(1, "93.184.216.34:443");
+    a.decide_connect_redirect(&s.connect(PreviouslyRedirectedBySelf), ms(0));
+    let d = a.decide_auth_connect(&s.auth(true, Some(8888), Some("93.184.216.34:443")), ms(1));
+    assert_decision(&d, Verdict::Permit, Reason::RevisitPermitted);
+    assert!(a.is_learned_proxy(8888, ms(2)));
+    // A3: whoever took our redirect is a local proxy too.
+    let s2 = Sock::tcp(2, "93.184.216.34:443");
+    a.decide_connect_redirect(&s2.connect(NotRedirected), ms(3));
+    let d = a.decide_auth_connect(&s2.auth(true, Some(9999), Some("93.184.216.34:443")), ms(4));
+    assert_decision(&d, Verdict::Block, Reason::RedirectTargetMismatch);
+    assert!(a.is_learned_proxy(9999, ms(5)));
+    // Our own proxy is never learned (C7 covers it), nor are flows not redirected.
+    let s3 = Sock::tcp(3, "93.184.216.34:443");
+    a.decide_connect_redirect(&s3.connect(NotRedirected), ms(6));
+    assert_eq!(a.decide_auth_connect(&s3.auth_after_proxy(), ms(7)).reason, Reason::ProxyVerified);
+    assert!(!a.is_learned_proxy(PROXY_PID, ms(8)));
+    let s4 = Sock::tcp(4, "93.184.216.34:22");
+    a.decide_auth_connect(&s4.auth(false, Some(7777), None), ms(9));
+    assert!(!a.is_learned_proxy(7777, ms(10)));
+}

@@ -8,8 +8,8 @@
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
 mod audit_cmd;
-mod explore_cmd;
 mod bench_cmd;
+mod explore_cmd;
 mod lab_cmd;
 mod replay_cmd;
 mod rules_cmd;

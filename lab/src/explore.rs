@@ -684,9 +684,10 @@ impl Core {
                 if !d.departures.is_empty() {
                     self.surprise.get_or_insert_with(|| "a decision pushed an entry out of a full table".to_owned());
                 }
-                // A6 remembers the other redirector's target.
-                if d.reason == Reason::RedirectedByOtherObserved
-                    && let Some(pid) = target_pid.filter(|&p| p != 0)
+                // Any redirected flow's local target other than our proxy is a
+                // known local proxy (the core learns it whatever row decided).
+                if redirected
+                    && let Some(pid) = target_pid.filter(|&p| p != 0 && p != OWN_PROXY_PID)
                 {
                     self.learned.insert(pid);
                 }
