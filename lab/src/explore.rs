@@ -686,9 +686,7 @@ impl Core {
                 }
                 // Any redirected flow's local target other than our proxy is a
                 // known local proxy (the core learns it whatever row decided).
-                if redirected
-                    && let Some(pid) = target_pid.filter(|&p| p != 0 && p != OWN_PROXY_PID)
-                {
+                if redirected && let Some(pid) = target_pid.filter(|&p| p != 0 && p != OWN_PROXY_PID) {
                     self.learned.insert(pid);
                 }
                 (d.verdict, d.reason, d.redirect)
