@@ -111,6 +111,18 @@ pub struct HopCount {
     pub count: u16,
 }
 
+impl HopCount {
+    /// Is the window this counter opened still open at `now`?
+    pub const fn open_at(&self, now: Instant, window: Duration) -> bool {
+        now.as_millis() < self.start.saturating_add(window).as_millis()
+    }
+
+    /// Hops counted in the window still open at `now` (0 once it closed).
+    pub const fn count_at(&self, now: Instant, window: Duration) -> u16 {
+        if self.open_at(now, window) { self.count } else { 0 }
+    }
+}
+
 /// Running totals, for the control device and reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -274,9 +286,7 @@ impl<P: Policy> ConnectFacts for Live<'_, '_, P> {
     }
     fn hops(&mut self) -> u16 {
         let (dest, now, window) = (self.flow.destination(), self.now, self.window);
-        *self.memo.hops.get_or_insert_with(|| {
-            self.destinations.get(&dest, now).filter(|h| now < h.start.saturating_add(window)).map_or(0, |h| h.count)
-        })
+        *self.memo.hops.get_or_insert_with(|| self.destinations.get(&dest, now).map_or(0, |h| h.count_at(now, window)))
     }
 }
 
@@ -412,6 +422,16 @@ impl<P: Policy> Arbiter<P> {
         DepartureRecord { seq: self.next_seq(), at: now, table, why, entry }
     }
 
+    /// Stores an endpoint's cached verdict or proxied record for its
+    /// auth-connect, auditing whatever a full table pushes out.
+    fn store_endpoint(&mut self, endpoint: u64, entry: EndpointEntry, now: Instant, departures: &mut Departures) {
+        let deadline = now.saturating_add(self.config.endpoint_ttl);
+        if let Some((k, v, why)) = self.endpoints.insert(endpoint, entry, deadline, now) {
+            let rec = self.departure(TableId::Endpoints, why, DepartedEntry::Endpoint { endpoint: k, entry: v }, now);
+            departures.push(rec);
+        }
+    }
+
     /// Decides one FWPM_LAYER_ALE_CONNECT_REDIRECT indication (rows C1..C14).
     pub fn decide_connect_redirect<'a>(&mut self, input: &ConnectRedirectInput<'a>, now: Instant) -> Decision<'a> {
         let env = self.env();
@@ -431,7 +451,6 @@ impl<P: Policy> Arbiter<P> {
 
         // Effects.
         let endpoint = input.flow.endpoint;
-        let deadline = now.saturating_add(self.config.endpoint_ttl);
         let cached = match outcome.verdict {
             // Invariant 2: every block is enforced again at auth-connect (A1).
             Verdict::Block => Some(PermitOrBlock::Block),
@@ -449,11 +468,8 @@ impl<P: Policy> Arbiter<P> {
             }
             (None, None) => None,
         };
-        if let Some(entry) = entry
-            && let Some((k, v, why)) = self.endpoints.insert(endpoint, entry, deadline, now)
-        {
-            let rec = self.departure(TableId::Endpoints, why, DepartedEntry::Endpoint { endpoint: k, entry: v }, now);
-            departures.push(rec);
+        if let Some(entry) = entry {
+            self.store_endpoint(endpoint, entry, now, &mut departures);
         }
         if outcome.verdict == Verdict::Proxy {
             // "Every proxy verdict counts one hop for its destination."
@@ -462,7 +478,7 @@ impl<P: Policy> Arbiter<P> {
             let departed = self.destinations.upsert(dest, now, |live| match live {
                 // Same window: count the hop; the deadline (window end) stays,
                 // and so does the entry's place in the age order.
-                Some(h) if now < h.start.saturating_add(window) => {
+                Some(h) if h.open_at(now, window) => {
                     let hop = HopCount { start: h.start, count: h.count.saturating_add(1) };
                     (hop, h.start.saturating_add(window), false)
                 }
@@ -561,12 +577,7 @@ impl<P: Policy> Arbiter<P> {
         let mut departures = Departures::default();
         if verdict == Verdict::Block {
             let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason: Reason::PendTimeout };
-            let deadline = now.saturating_add(self.config.endpoint_ttl);
-            if let Some((k, v, why)) = self.endpoints.insert(input.flow.endpoint, entry, deadline, now) {
-                let rec =
-                    self.departure(TableId::Endpoints, why, DepartedEntry::Endpoint { endpoint: k, entry: v }, now);
-                departures.push(rec);
-            }
+            self.store_endpoint(input.flow.endpoint, entry, now, &mut departures);
         }
         self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
         self.count_verdict(outcome.verdict);

@@ -139,9 +139,7 @@ impl ConnectFacts for NaiveFacts<'_> {
     }
     fn hops(&mut self) -> u16 {
         let (dest, now, window) = (self.flow.destination(), self.now, self.window);
-        *self.memo.hops.get_or_insert_with(|| {
-            self.destinations.get(&dest, now).filter(|h| now < h.start.saturating_add(window)).map_or(0, |h| h.count)
-        })
+        *self.memo.hops.get_or_insert_with(|| self.destinations.get(&dest, now).map_or(0, |h| h.count_at(now, window)))
     }
 }
 
@@ -231,7 +229,7 @@ impl NaiveArbiter {
         if outcome.verdict == Verdict::Proxy {
             let dest = input.flow.destination();
             let hop = match self.destinations.get(&dest, now) {
-                Some(h) if now < h.start.saturating_add(loops.hop_window) => {
+                Some(h) if h.open_at(now, loops.hop_window) => {
                     HopCount { start: h.start, count: h.count.saturating_add(1) }
                 }
                 _ => HopCount { start: now, count: 1 },

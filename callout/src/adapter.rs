@@ -189,10 +189,7 @@ impl<P: Policy> Callout<P> {
     }
 
     fn audit(&mut self, decision: &Decision<'_>) {
-        self.ring.push_record(&decision.audit);
-        for d in decision.departures.iter() {
-            self.ring.push_record(&d.record());
-        }
+        audit_into(&mut self.ring, decision);
     }
 
     /// Expires the core's tables, auditing what it reports.
@@ -441,10 +438,7 @@ impl<P: Policy> Callout<P> {
                             previous,
                         };
                         let d = self.arbiter.decide_connect_redirect(&input, now);
-                        self.ring.push_record(&d.audit);
-                        for dep in d.departures.iter() {
-                            self.ring.push_record(&dep.record());
-                        }
+                        audit_into(&mut self.ring, &d);
                         Some((d.verdict, d.redirect))
                     }
                     Err(e) => {
@@ -469,10 +463,7 @@ impl<P: Policy> Callout<P> {
                         previous: PreviousChain::new(),
                     };
                     let d = self.arbiter.decide_fallback(&input, verdict, now);
-                    self.ring.push_record(&d.audit);
-                    for dep in d.departures.iter() {
-                        self.ring.push_record(&dep.record());
-                    }
+                    audit_into(&mut self.ring, &d);
                 }
                 self.finish_connect(fwps, h, verdict, None, &mut p.classify_out, p.filter_flags);
                 self.counters.pend_timed_out = self.counters.pend_timed_out.saturating_add(1);
@@ -552,6 +543,15 @@ fn acquire<F: Fwps>(
             fwps.release_classify_handle(handle);
             None
         }
+    }
+}
+
+/// Pushes a decision's audit record and its departures into the ring. A free
+/// function so callers holding a borrow of the pend queue can use it.
+fn audit_into(ring: &mut AuditRing, decision: &Decision<'_>) {
+    ring.push_record(&decision.audit);
+    for d in decision.departures.iter() {
+        ring.push_record(&d.record());
     }
 }
 

@@ -21,35 +21,27 @@ pub(super) trait Addr: Copy + Ord + Default {
     fn range(self, prefix: u8) -> (Self, Self);
 }
 
-impl Addr for u32 {
-    fn succ(self) -> Option<Self> {
-        self.checked_add(1)
-    }
-    #[inline]
-    fn top(self, bits: u32) -> usize {
-        usize::try_from(self.checked_shr(Self::BITS.saturating_sub(bits)).unwrap_or(0)).unwrap_or(0)
-    }
-    fn range(self, prefix: u8) -> (Self, Self) {
-        let bits = Self::from(prefix).min(Self::BITS);
-        let mask = Self::MAX.checked_shl(Self::BITS.saturating_sub(bits)).unwrap_or(0);
-        (self & mask, self | !mask)
-    }
+/// The two address widths share one implementation.
+macro_rules! impl_addr {
+    ($($t:ty),*) => {$(
+        impl Addr for $t {
+            fn succ(self) -> Option<Self> {
+                self.checked_add(1)
+            }
+            #[inline]
+            fn top(self, bits: u32) -> usize {
+                usize::try_from(self.checked_shr(Self::BITS.saturating_sub(bits)).unwrap_or(0)).unwrap_or(0)
+            }
+            fn range(self, prefix: u8) -> (Self, Self) {
+                let bits = u32::from(prefix).min(Self::BITS);
+                let mask = Self::MAX.checked_shl(Self::BITS.saturating_sub(bits)).unwrap_or(0);
+                (self & mask, self | !mask)
+            }
+        }
+    )*};
 }
 
-impl Addr for u128 {
-    fn succ(self) -> Option<Self> {
-        self.checked_add(1)
-    }
-    #[inline]
-    fn top(self, bits: u32) -> usize {
-        usize::try_from(self.checked_shr(Self::BITS.saturating_sub(bits)).unwrap_or(0)).unwrap_or(0)
-    }
-    fn range(self, prefix: u8) -> (Self, Self) {
-        let bits = u32::from(prefix).min(Self::BITS);
-        let mask = Self::MAX.checked_shl(Self::BITS.saturating_sub(bits)).unwrap_or(0);
-        (self & mask, self | !mask)
-    }
-}
+impl_addr!(u32, u128);
 
 /// One distinct prefix.
 #[derive(Clone, Copy, Debug)]
