@@ -37,6 +37,7 @@ extern crate std;
 
 pub mod adapter;
 pub mod control;
+pub mod filters;
 pub mod fwps;
 #[cfg(windows)]
 pub mod kernel;
