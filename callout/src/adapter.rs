@@ -37,7 +37,7 @@ use wfp_ffi::{
 };
 
 use crate::fwps::Fwps;
-use crate::pend::{Fallback, Hold, PendConfig, PendQueue};
+use crate::pend::{Fallback, Hold, PendConfig, PendQueue, PendTimer};
 pub use crate::read::Family;
 use crate::read::{Indexes, Indication, ReadError, walk_chain};
 use crate::sockaddr::write_storage;
@@ -181,6 +181,16 @@ impl<P: Policy> Callout<P> {
     /// The adapter's counters.
     pub const fn counters(&self) -> &AdapterCounters {
         &self.counters
+    }
+
+    /// Arms `timer` for the earliest held deadline, or cancels it when
+    /// nothing is held. Call after every classify and every completion,
+    /// outside any lock the timer's DPC takes.
+    pub fn sync_timer<T: PendTimer>(&self, timer: &mut T) {
+        match self.pend.as_ref().and_then(PendQueue::earliest_deadline) {
+            Some(due) => timer.arm(due),
+            None => timer.cancel(),
+        }
     }
 
     /// Classifications held right now.

@@ -36,6 +36,19 @@ pub enum Fallback {
     Block,
 }
 
+/// The timer that completes held classifications when they time out.
+///
+/// The driver implements it over a kernel timer (KeSetTimer /
+/// KeCancelTimer) whose DPC calls `Callout::complete_pended`; the tests over
+/// the WFP model's timers. [`crate::Callout::sync_timer`] arms it for the
+/// earliest deadline held, or cancels it when nothing is held.
+pub trait PendTimer {
+    /// (Re)arms the timer to fire at `due`.
+    fn arm(&mut self, due: Instant);
+    /// Cancels it.
+    fn cancel(&mut self);
+}
+
 /// Pending configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendConfig {
@@ -194,6 +207,11 @@ impl PendQueue {
     /// How many are held.
     pub(crate) fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// The earliest deadline held.
+    pub(crate) fn earliest_deadline(&self) -> Option<Instant> {
+        self.slots.iter().flatten().map(|p| p.deadline).min()
     }
 
     /// Takes out the next held entry for which `take` says yes.
