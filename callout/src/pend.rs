@@ -172,11 +172,6 @@ impl PendQueue {
         Some(slot)
     }
 
-    /// The held classifyOut copy of `slot`.
-    pub(crate) fn classify_out_mut(&mut self, slot: usize) -> Option<&mut FWPS_CLASSIFY_OUT0> {
-        self.slots.get_mut(slot)?.as_mut().map(|p| &mut p.classify_out)
-    }
-
     /// Frees `slot`.
     pub(crate) fn remove(&mut self, slot: usize) {
         if let Some(s) = self.slots.get_mut(slot) {
