@@ -11,8 +11,10 @@ mod audit_cmd;
 mod bench_cmd;
 mod explore_cmd;
 mod lab_cmd;
+mod lab_setup_cmd;
 mod replay_cmd;
 mod rules_cmd;
+mod wfpdiag_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +77,13 @@ enum Command {
     /// generated rules (or --rules FILE) and 1,000, 65,536 and 1,000,000 live
     /// endpoints. Exit 1 if the arbiter and the naive implementation disagree.
     Bench(bench_cmd::Args),
+    /// Read a machine's WFP state from netsh's XML: the vendors at the redirect
+    /// and auth-connect layers, their classification order, who acts before us,
+    /// and who decided each drop and allow.
+    ///
+    /// Exit 1 if a vendor classifying before us at connect-redirect can take our
+    /// write right, or (with --audit) another vendor dropped a connection we handled.
+    Wfpdiag(wfpdiag_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +95,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => audit_cmd::run(&a),
         Command::Rules(c) => rules_cmd::run(c),
         Command::Bench(a) => bench_cmd::run(&a),
+        Command::Wfpdiag(a) => wfpdiag_cmd::run(&a),
     };
     ExitCode::from(code)
 }
