@@ -36,6 +36,9 @@ pub(crate) struct Args {
     /// Skip the baseline (the WFP sample's logic in our place).
     #[arg(long)]
     no_baseline: bool,
+    /// Run a machine's vendor set instead of the matrix (a file `arbiter wfpdiag --lab-setup` writes).
+    #[arg(long, value_name = "FILE")]
+    setup: Option<PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -164,6 +167,9 @@ pub(crate) fn run(args: &Args) -> u8 {
             return EXIT_BAD_INPUT;
         }
     };
+    if let Some(setup) = &args.setup {
+        return crate::lab_setup_cmd::run(setup, &rule_sets, args.json);
+    }
     for dir in [&args.record, &args.dot].into_iter().flatten() {
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("{}: {e}", dir.display());

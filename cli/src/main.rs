@@ -14,8 +14,10 @@ mod bench_cmd;
 mod explore_cmd;
 mod lab_cmd;
 mod reasons_cmd;
+mod lab_setup_cmd;
 mod replay_cmd;
 mod rules_cmd;
+mod wfpdiag_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +85,13 @@ enum Command {
     /// Without NAME: one line per reason (name, code, row, verdict, description).
     /// With NAME (or a numeric code): when the core gives it and what follows.
     Reasons(reasons_cmd::Args),
+    /// Read a machine's WFP state from netsh's XML: the vendors at the redirect
+    /// and auth-connect layers, their classification order, who acts before us,
+    /// and who decided each drop and allow.
+    ///
+    /// Exit 1 if a vendor classifying before us at connect-redirect can take our
+    /// write right, or (with --audit) another vendor dropped a connection we handled.
+    Wfpdiag(wfpdiag_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +108,7 @@ fn main() -> ExitCode {
         Command::Rules(c) => rules_cmd::run(c),
         Command::Bench(a) => bench_cmd::run(&a),
         Command::Reasons(a) => reasons_cmd::run(&a),
+        Command::Wfpdiag(a) => wfpdiag_cmd::run(&a),
     };
     out::flush();
     ExitCode::from(code)
