@@ -34,9 +34,15 @@ pub struct FlowInfo {
     pub endpoint: u64,
     /// FWP_CONDITION_FLAG_IS_REAUTHORIZE.
     pub reauthorize: bool,
-    /// Auth-connect: FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED with
-    /// LOCAL_REDIRECT_TARGET_PID and ORIGINAL_DESTINATION.
-    pub redirected: Option<(u32, SocketAddr)>,
+    /// Auth-connect: FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED.
+    pub redirected: bool,
+    /// FWPS_METADATA_FIELD_LOCAL_REDIRECT_TARGET_PID, when present.
+    pub target_pid: Option<u32>,
+    /// FWPS_METADATA_FIELD_ORIGINAL_DESTINATION, when present.
+    pub original_destination: Option<SocketAddr>,
+    /// FWPM_CONDITION_ALE_PACKAGE_ID: the binary SID (`None`: the field is
+    /// left empty).
+    pub package: Option<Vec<u8>>,
 }
 
 fn wide(s: &str) -> Vec<u8> {
@@ -75,6 +81,7 @@ struct Idx {
     remote_ip: usize,
     remote_port: usize,
     flags: Option<usize>,
+    package: usize,
 }
 
 macro_rules! idx {
@@ -90,6 +97,7 @@ macro_rules! idx {
             remote_ip: L::IP_REMOTE_ADDRESS,
             remote_port: L::IP_REMOTE_PORT,
             flags: $f,
+            package: L::ALE_PACKAGE_ID,
         }
     }};
 }
@@ -170,22 +178,38 @@ impl Indication {
         if flow.reauthorize {
             cond |= FWP_CONDITION_FLAG_IS_REAUTHORIZE;
         }
-        if let Some((pid, dest)) = flow.redirected {
+        if flow.redirected {
             cond |= FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED;
-            ind.meta.currentMetadataValues |=
-                FWPS_METADATA_FIELD_LOCAL_REDIRECT_TARGET_PID | FWPS_METADATA_FIELD_ORIGINAL_DESTINATION;
+        }
+        if let Some(pid) = flow.target_pid {
+            ind.meta.currentMetadataValues |= FWPS_METADATA_FIELD_LOCAL_REDIRECT_TARGET_PID;
             ind.meta.localRedirectTargetPID = pid;
+        }
+        if let Some(dest) = flow.original_destination {
+            ind.meta.currentMetadataValues |= FWPS_METADATA_FIELD_ORIGINAL_DESTINATION;
             *ind.dest = to_storage(&dest);
             ind.meta.originalDestination = (&raw mut *ind.dest).cast::<SOCKADDR>();
+        }
+        if let Some(sid) = &flow.package {
+            let mut data = sid.clone();
+            let p = data.as_mut_ptr().cast::<c_void>();
+            ind.bytes.push(data);
+            ind.set(ix.package, FWP_SID, FWP_VALUE0_u { sid: p });
         }
         if let Some(f) = ix.flags {
             ind.set(f, FWP_UINT32, FWP_VALUE0_u { uint32: cond });
         }
         if let Some(r) = records {
-            ind.meta.currentMetadataValues |= FWPS_METADATA_FIELD_REDIRECT_RECORD_HANDLE;
-            ind.meta.redirectRecords = std::ptr::without_provenance_mut(usize::try_from(r).unwrap_or(0));
+            ind.set_redirect_records(r);
         }
         ind
+    }
+
+    /// Sets the metadata's redirect-records handle (the classify id the
+    /// runtime resolves records by).
+    pub fn set_redirect_records(&mut self, records: u64) {
+        self.meta.currentMetadataValues |= FWPS_METADATA_FIELD_REDIRECT_RECORD_HANDLE;
+        self.meta.redirectRecords = std::ptr::without_provenance_mut(usize::try_from(records).unwrap_or(0));
     }
 
     /// Makes the value at `index` `FWP_EMPTY` (an indication the adapter
