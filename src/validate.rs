@@ -169,12 +169,13 @@ impl Finding {
     /// A stable kebab-case code, the one `arbiter rules check` reports.
     pub const fn code(&self) -> &'static str {
         match self.problem {
-            Problem::MaxHopsZero | Problem::HopWindowZero => "bad-value",
-            Problem::Listener(ListenerError::ZeroPort) => "proxy-port-zero",
+            Problem::MaxHopsZero => "zero-max-hops",
+            Problem::HopWindowZero => "zero-hop-window",
+            Problem::Listener(ListenerError::ZeroPort) => "bad-socket-addr",
             Problem::Listener(ListenerError::NotLocal) => "proxy-not-local",
             Problem::Glob(_) => "bad-glob",
-            Problem::DuplicateName { .. } => "duplicate-name",
-            Problem::OutOfMemory => "out-of-memory",
+            Problem::DuplicateName { .. } => "duplicate-rule-name",
+            Problem::OutOfMemory => "out-of-range",
         }
     }
 }
