@@ -13,7 +13,7 @@ use std::time::Instant as Clock;
 use arbiter::compiled::CompiledRules;
 use arbiter::flow::{Flow, Protocol};
 use arbiter::policy::{Action, Glob, Policy, Rule, RuleSet};
-use arbiter::validate::{MAX_GLOB_STARS, MAX_GLOB_UNITS, check_glob};
+use arbiter::validate::{MAX_GLOB_MIDDLE, MAX_GLOB_STARS, MAX_GLOB_UNITS, check_glob};
 use arbiter::wide::WideString;
 
 /// The longest app id: UNICODE_STRING lengths are u16 byte counts.
@@ -31,32 +31,42 @@ fn fill(s: &str, n: usize) -> String {
     s.chars().cycle().take(n).collect()
 }
 
-/// (name, pattern, id): each a legal pattern of the longest legal length
-/// against an id chosen to make it work hardest.
+/// A literal head and tail that fill a pattern with a `middle` of wildcards
+/// up to the longest legal length, and an id that starts and ends with them.
+fn framed(middle: &str, body: &str) -> (String, String) {
+    let room = MAX_GLOB_UNITS - middle.chars().count();
+    let head = format!("\\device\\{}", fill("h", room / 2 - 8));
+    let tail = fill("t", room - head.chars().count());
+    let id = format!("{head}{}{tail}", fill(body, ID_UNITS - room));
+    (format!("{head}{middle}{tail}"), id)
+}
+
+/// (name, pattern, id): each a legal pattern as long as the validator allows
+/// in its shape, against an id chosen to make it work hardest.
 fn shapes() -> Vec<(&'static str, String, String)> {
-    let stars = MAX_GLOB_STARS;
     let mut v = Vec::new();
-    // One long middle segment that almost matches everywhere.
-    let seg = format!("{}b", "a".repeat(MAX_GLOB_UNITS - 3));
-    v.push(("long middle segment, id of a's", format!("*{seg}*"), fill("a", ID_UNITS)));
-    // Every star used, short segments, the last one never found.
-    let mut p = String::from("*");
-    for _ in 0..stars - 1 {
-        p.push_str("a*");
+    // The longest middle segment that almost matches everywhere.
+    let seg = format!("*{}b*", "a".repeat(MAX_GLOB_MIDDLE - 1));
+    let (p, id) = framed(&seg, "a");
+    v.push(("head+tail match, segment of a's missing", p, id));
+    // Question marks that fit everywhere, then a miss.
+    let q = format!("*{}b*", "?".repeat(MAX_GLOB_MIDDLE - 1));
+    let (p, id) = framed(&q, "a");
+    v.push(("head+tail match, ?-segment missing", p, id));
+    // Every star used, the last segment never found.
+    let mut m = String::from("*");
+    for _ in 0..MAX_GLOB_STARS - 1 {
+        m.push_str("a*");
     }
-    let rest = MAX_GLOB_UNITS - p.chars().count();
-    p.push_str(&format!("{}b", "a".repeat(rest - 1)));
-    v.push(("all stars, anchored tail missing", p, fill("a", ID_UNITS)));
-    // Question marks: a segment of wildcards that fits everywhere, then a miss.
-    let q = format!("*{}b*", "?".repeat(MAX_GLOB_UNITS - 3));
-    v.push(("question marks, id of a's", q, fill("a", ID_UNITS)));
-    // A component anchor repeated all along the id.
-    let comp = format!("*\\dev\\*{}", fill("\\dev", MAX_GLOB_UNITS - 8) + "x");
-    v.push(("repeated component", comp, fill("\\dev", ID_UNITS)));
-    // A literal head and tail that match, a long middle in between.
-    let ht = format!("\\device\\*{}*\\app.exe", fill("\\x", MAX_GLOB_UNITS - 19) + "y");
-    let id = format!("\\device\\{}\\app.exe", fill("\\x", ID_UNITS - 16));
-    v.push(("head and tail match, middle missing", ht, id));
+    m.insert_str(m.len() - 1, &format!("{}b", "a".repeat(MAX_GLOB_MIDDLE - MAX_GLOB_STARS)));
+    let (p, id) = framed(&m, "a");
+    v.push(("head+tail match, every star, missing", p, id));
+    // Only a component anchor: the whole id is walked, then matched.
+    let comp = format!("*\\dev\\*{}b*", "a".repeat(MAX_GLOB_MIDDLE - 6));
+    v.push(("component anchor, rest missing", comp, format!("\\dev\\{}", fill("a", ID_UNITS - 5))));
+    // The same component repeated all along the id.
+    let rep = format!("*\\dev\\*{}x*", "\\dev".repeat((MAX_GLOB_MIDDLE - 6) / 4));
+    v.push(("repeated component", rep, fill("\\dev", ID_UNITS)));
     for (name, p, id) in &v {
         let units: Vec<u16> = p.encode_utf16().collect();
         assert_eq!(check_glob(&units), Ok(()), "{name}: not a legal pattern");

@@ -187,6 +187,9 @@ fn the_drivers_glob_limits_are_refused_here() {
             report.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| (d.code, d.line)).collect();
         assert_eq!(d, [("bad-glob", 4)], "{pattern}");
     }
-    let ok = format!("version = 1\n\n[[rule]]\nname = \"r\"\naction = \"block\"\napp = ['{}']\n", "*a".repeat(MAX_GLOB_STARS));
+    let ok = format!(
+        "version = 1\n\n[[rule]]\nname = \"r\"\naction = \"block\"\napp = ['{}']\n",
+        "*a".repeat(MAX_GLOB_STARS)
+    );
     assert!(parse_str(&ok, "limits.toml").is_ok());
 }

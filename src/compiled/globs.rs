@@ -221,10 +221,89 @@ pub(super) fn fold<'b>(app: &AppId<'_>, buf: &'b mut [u16; FOLD_UNITS]) -> Optio
     Some(out)
 }
 
-/// `*` / `?` matching of `pattern` against units `[from, to)` of `s`:
-/// iterative, one backtrack point, no allocation (the algorithm of
-/// [`crate::policy::glob_match`], over a range of folded units).
+/// Most non-`*` units a pattern's wildcard middle (from its first wildcard
+/// to its last) may hold for the linear matcher: one bit each in a `u64`.
+const MAX_MIDDLE_UNITS: usize = crate::validate::MAX_GLOB_MIDDLE;
+
+/// `*` / `?` matching of `pattern` against units `[from, to)` of `s`, in
+/// time linear in the id whatever the pattern and the id hold: a bit-parallel
+/// automaton (one bit per non-`*` unit of the pattern, so at most
+/// [`MAX_MIDDLE_UNITS`]) reads each unit of the id once. Patterns with more
+/// units (the validator refuses them) fall back to [`wild_match_backtracking`].
 fn wild_match<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
+    // Per non-star unit j: its bit in `eq` (by unit), in `any` (a `?`), and
+    // in `starred` (a `*` comes right before it).
+    let mut ascii = [0u64; 128];
+    let mut wide = [(0u16, 0u64); MAX_MIDDLE_UNITS];
+    let mut wide_n = 0usize;
+    let mut any = 0u64;
+    let mut starred = 0u64;
+    let mut m = 0usize;
+    let mut star = false;
+    for &u in pattern {
+        if u == STAR {
+            star = true;
+            continue;
+        }
+        if m >= MAX_MIDDLE_UNITS {
+            return wild_match_backtracking(pattern, s, from, to);
+        }
+        let bit = 1u64 << m;
+        if star {
+            starred |= bit;
+        }
+        star = false;
+        if u == QUESTION {
+            any |= bit;
+        } else if let Some(slot) = ascii.get_mut(usize::from(u)) {
+            *slot |= bit;
+        } else if let Some(w) = wide.iter_mut().take(wide_n).find(|w| w.0 == u) {
+            w.1 |= bit;
+        } else if let Some(w) = wide.get_mut(wide_n) {
+            *w = (u, bit);
+            wide_n = wide_n.saturating_add(1);
+        }
+        m = m.saturating_add(1);
+    }
+    let trailing_star = star;
+    if m == 0 {
+        // Only stars (or nothing): any run matches, the empty one only without stars.
+        return trailing_star || from >= to;
+    }
+    let last = 1u64 << m.saturating_sub(1);
+    let wide = wide.get(..wide_n).unwrap_or(&[]);
+    // `open`: units that may match at the next position because a `*` before
+    // them has been reached (it stays reached). Unit 0 is open from the start
+    // behind a leading star, and enabled at the first position regardless.
+    let mut open = starred & 1;
+    let mut active = 0u64;
+    let mut first = true;
+    for i in from..to {
+        let c = s.at(i);
+        let eq = match ascii.get(usize::from(c)) {
+            Some(&b) => b,
+            None => wide.iter().filter(|w| w.0 == c).fold(0, |acc, w| acc | w.1),
+        };
+        let enabled = (active << 1) | open | u64::from(first);
+        first = false;
+        active = enabled & (eq | any);
+        // A unit just matched opens the starred unit after it for every later position.
+        open |= (active << 1) & starred;
+        if trailing_star && active & last != 0 {
+            // The trailing star takes the rest.
+            return true;
+        }
+        if active == 0 && open == 0 {
+            return false;
+        }
+    }
+    // (An empty run leaves `active` 0: only a pattern of stars matches it.)
+    !trailing_star && active & last != 0
+}
+
+/// The old matcher: iterative, one backtrack point, no allocation, but
+/// O(pattern × id) at worst. Only for patterns the validator refuses.
+fn wild_match_backtracking<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
     let (mut p, mut i) = (0usize, from);
     // Where to resume after the last `*`: (pattern index after it, subject index).
     let mut resume: Option<(usize, usize)> = None;
