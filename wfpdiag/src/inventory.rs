@@ -234,9 +234,9 @@ impl Inventory {
             });
             for i in 1..slots.len() {
                 let (Some(prev), Some(cur)) = (slots.get(i - 1), slots.get(i)) else { continue };
-                let tie = cur.sublayer_weight.is_some()
-                    && cur.sublayer_weight == prev.sublayer_weight
-                    && (sub(cur) != sub(prev) || eff(cur) == eff(prev));
+                // Unknown weights tie too: their sublayers' order is not in the files.
+                let tie =
+                    cur.sublayer_weight == prev.sublayer_weight && (sub(cur) != sub(prev) || eff(cur) == eff(prev));
                 if let Some(s) = slots.get_mut(i) {
                     s.tie = tie;
                 }
