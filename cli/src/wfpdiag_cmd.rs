@@ -15,8 +15,8 @@ use crate::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json};
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// netsh's XML: `netsh wfp show filters` (filters.xml), `netsh wfp show state`
-    /// (wfpstate.xml), `netsh wfp show netevents`, or the wfpdiag.xml extracted
-    /// from `netsh wfp capture`'s .cab (`expand wfpdiag.cab -F:wfpdiag.xml .`).
+    /// (wfpstate.xml), `netsh wfp show netevents`, or `netsh wfp capture`'s
+    /// wfpdiag.cab (read directly) or the wfpdiag.xml extracted from it.
     /// Several files are read as one machine.
     #[arg(value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
