@@ -70,7 +70,7 @@ pub fn name_filter(m: &Machine, inv: &Inventory, id: u64, own_filters: &[u64]) -
         };
     };
     let provider = m.provider(b.provider.as_deref());
-    let inventoried = m.filters.iter().position(|f| f.id == id).and_then(|i| inv.vendor_of_filter(i));
+    let inventoried = inv.by_id.get(&id).and_then(|&i| inv.vendor_of_filter(i));
     let known = vendors::recognise(
         [b.provider.as_deref(), Some(b.sublayer.as_str())].into_iter().flatten(),
         [Some(b.name.as_str()), provider.map(|p| p.name.as_str())].into_iter().flatten(),
