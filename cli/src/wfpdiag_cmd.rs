@@ -15,8 +15,8 @@ use crate::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json};
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// netsh's XML: `netsh wfp show filters` (filters.xml), `netsh wfp show state`
-    /// (wfpstate.xml), `netsh wfp show netevents`, or the wfpdiag.xml extracted
-    /// from `netsh wfp capture`'s .cab (`expand wfpdiag.cab -F:wfpdiag.xml .`).
+    /// (wfpstate.xml), `netsh wfp show netevents`, or `netsh wfp capture`'s
+    /// wfpdiag.cab (read directly) or the wfpdiag.xml extracted from it.
     /// Several files are read as one machine.
     #[arg(value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
@@ -240,13 +240,21 @@ fn print_text(m: &Machine, inv: &Inventory, attributed: &[Attributed], join: Opt
         for s in slots {
             let f = s.filter.and_then(|f| m.filters.get(f));
             let acts = f.is_none_or(|f| f.is_callout() || f.clears_action_right());
-            let n = vendor_name(inv, s.vendor);
+            let mut n = vendor_name(inv, s.vendor);
+            if s.sublayer_weight.is_none() {
+                n.push_str(" (?)");
+            }
             if acts && names.last() != Some(&n) {
                 names.push(n);
             }
         }
         if !names.is_empty() {
-            println!("  {:<20} {}", layer.short(), names.join(" > "));
+            let unknown = if names.iter().any(|n| n.ends_with("(?)")) {
+                "   (?: sublayer weight not in the files, order unknown)"
+            } else {
+                ""
+            };
+            println!("  {:<20} {}{unknown}", layer.short(), names.join(" > "));
         }
     }
     println!();
