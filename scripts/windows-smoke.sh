@@ -130,6 +130,12 @@ cp "$SCRATCH/rules/broken.toml" "$ROOT/target/wine-broken.toml"
 compare rules-check-broken "rules check target/wine-broken.toml" "rules check target/wine-broken.toml"
 compare rules-check-broken-json "rules check --json target/wine-broken.toml" "rules check --json target/wine-broken.toml"
 
+# CRLF line ends, as Windows editors write them: the same verdicts and diagnostics.
+sed 's/$/\r/' rules/default.toml >"$ROOT/target/wine-crlf.toml"
+sed 's/$/\r/' "$SCRATCH/rules/broken.toml" >"$ROOT/target/wine-broken-crlf.toml"
+compare rules-check-crlf "rules check target/wine-crlf.toml" "rules check target/wine-crlf.toml"
+compare rules-check-broken-crlf "rules check target/wine-broken-crlf.toml" "rules check target/wine-broken-crlf.toml"
+
 # Paths with drive letters and backslashes.
 compare drive-letter-rules "rules check '$ROOT/rules/default.toml'" "rules check '$(win_path "$ROOT/rules/default.toml")'" "$ROOT/rules/default.toml"
 compare drive-letter-broken "rules check '$SCRATCH/rules/broken.toml'" "rules check '$(win_path "$SCRATCH/rules/broken.toml")'" "$SCRATCH/rules/broken.toml"

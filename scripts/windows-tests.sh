@@ -25,8 +25,10 @@ trap '/usr/lib/wine/wineserver -k 2>/dev/null || true; rm -rf "$SCRATCH"' EXIT
 run_set() {
   local started=$SECONDS
   printf -- '--- cargo test --target %s %s\n' "$TARGET" "$*"
-  cargo test --locked --target "$TARGET" "$@" 2>&1 | grep -E '^(test result|running|     Running|error|failures:|    [a-z_:]+$|---- |thread .* panicked)' || true
-  local rc=${PIPESTATUS[0]}
+  local rc=0
+  cargo test --locked --no-fail-fast --target "$TARGET" "$@" >"$SCRATCH/test.log" 2>&1 || rc=$?
+  grep -E '^(test result|     Running|error|    [a-z_:]+$|---- |thread .* panicked|  left|  right|note: test)' "$SCRATCH/test.log" || true
+  [ -z "${ARBITER_WINE_TESTS_LOG:-}" ] || cp "$SCRATCH/test.log" "$ARBITER_WINE_TESTS_LOG"
   printf -- '--- %s: exit %s in %s s\n' "$*" "$rc" "$((SECONDS - started))"
   return "$rc"
 }

@@ -262,6 +262,13 @@ fn connect_with_records<P: RedirectProvider + ?Sized>(
     Ok(socket.into())
 }
 
+/// How often a pump blocked in a read wakes to see whether the other pump
+/// aborted. Winsock's `shutdown` does not complete a read another thread has
+/// pending (Linux's does): without this, an abort on one side would leave the
+/// other pump, and the connection, waiting for its peer (found under Wine;
+/// `shutdown` documents no such wake-up on Windows either).
+const ABORT_POLL: Duration = Duration::from_millis(200);
+
 /// Copies both ways until both directions end; returns bytes up, bytes down
 /// and how it ended.
 pub fn relay(client: TcpStream, upstream: TcpStream, buffer: usize) -> (u64, u64, Outcome) {
@@ -271,10 +278,15 @@ pub fn relay(client: TcpStream, upstream: TcpStream, buffer: usize) -> (u64, u64
         reset(&upstream);
         return (0, 0, Outcome::Aborted { side: Side::Client, error: io::Error::other("cannot clone socket handles") });
     };
+    for s in [&client, &upstream, &client2, &upstream2] {
+        let _ = s.set_read_timeout(Some(ABORT_POLL));
+    }
+    let aborted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&aborted);
     let spawned = thread::Builder::new()
         .name("tcp-pump up".into())
-        .spawn(move || pump(&client2, Side::Client, &upstream2, Side::Upstream, buffer));
-    let down = pump(&upstream, Side::Upstream, &client, Side::Client, buffer);
+        .spawn(move || pump(&client2, Side::Client, &upstream2, Side::Upstream, buffer, &flag));
+    let down = pump(&upstream, Side::Upstream, &client, Side::Client, buffer, &aborted);
     let up = match spawned {
         Ok(t) => t.join().unwrap_or_else(|_| (0, Some((Side::Client, io::Error::other("pump thread panicked"))))),
         Err(e) => {
@@ -291,13 +303,15 @@ pub fn relay(client: TcpStream, upstream: TcpStream, buffer: usize) -> (u64, u64
 }
 
 /// Copies `from` to `to` until `from` ends (then half-closes `to`) or an
-/// error (then resets both, which also wakes the opposite pump).
+/// error (then resets both and raises `aborted`, which ends the opposite
+/// pump within [`ABORT_POLL`]).
 fn pump(
     from: &TcpStream,
     from_side: Side,
     to: &TcpStream,
     to_side: Side,
     buffer: usize,
+    aborted: &AtomicBool,
 ) -> (u64, Option<(Side, io::Error)>) {
     let mut buf = vec![0u8; buffer.max(1)];
     let mut total = 0u64;
@@ -310,7 +324,15 @@ fn pump(
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The poll tick: nothing to read yet.
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if aborted.load(Ordering::SeqCst) {
+                    return (total, None);
+                }
+                continue;
+            }
             Err(e) => {
+                aborted.store(true, Ordering::SeqCst);
                 reset(to);
                 reset(from);
                 return (total, Some((from_side, e)));
@@ -320,6 +342,7 @@ fn pump(
             return (total, Some((from_side, io::Error::other("read past the buffer"))));
         };
         if let Err(e) = writer.write_all(chunk) {
+            aborted.store(true, Ordering::SeqCst);
             reset(to);
             reset(from);
             return (total, Some((to_side, e)));
