@@ -190,6 +190,22 @@ rc=0
 "$WINE" "$PROXY" --v4 nowhere >/dev/null 2>"$SCRATCH/proxy-usage.err" || rc=$?
 if [ "$rc" = 2 ]; then pass "arbiter-proxy.exe bad argument: exit 2"; else fail "arbiter-proxy.exe bad argument: exit $rc"; fi
 
+say "the release bundle (scripts/package-windows.sh)"
+scripts/package-windows.sh "$SCRATCH/package" >/dev/null
+BUNDLE="$SCRATCH/bundle"
+mkdir -p "$BUNDLE"
+(cd "$BUNDLE" && unzip -q "$SCRATCH/package/arbiter-windows-x64.zip")
+if [ -e "$BUNDLE/arbiter-windows-x64/bcryptprimitives.dll" ]; then fail "the bundle ships the test shim"; fi
+cp "$WIN_DIR/bcryptprimitives.dll" "$BUNDLE/arbiter-windows-x64/"
+rc=0
+(cd "$BUNDLE/arbiter-windows-x64" && "$WINE" arbiter.exe rules check rules) >"$SCRATCH/bundle.out" 2>&1 || rc=$?
+if [ "$rc" = 0 ] && grep -q 'checked' "$SCRATCH/bundle.out"; then
+  pass "bundle: its arbiter.exe checks its own rules/ (CRLF): $(tail -n 1 "$SCRATCH/bundle.out")"
+else
+  fail "bundle: arbiter.exe rules check rules exited $rc"
+  head -n 10 "$SCRATCH/bundle.out"
+fi
+
 echo
 if ((failures)); then
   echo "windows smoke: $failures check(s) failed (outputs in $SCRATCH/out; SMOKE_KEEP=1 keeps them)"

@@ -2,8 +2,14 @@
 # Runs test sets for the Windows target (x86_64-pc-windows-gnu) under Wine,
 # with Wine as the cargo runner (scripts/wine/runner.sh):
 #
-#   scripts/windows-tests.sh              # the default sets below
-#   scripts/windows-tests.sh -p arbiter   # any cargo test arguments instead
+#   scripts/windows-tests.sh                             # CI's sets (below)
+#   scripts/windows-tests.sh -p arbiter -p arbiter-cli   # any cargo test arguments instead
+#
+# CI's sets: every test of arbiter-proxy (its Winsock and WFP calls, the
+# relays over a real Winsock), the CLI's end-to-end tests (arbiter.exe on
+# Windows paths, the fixture corpus, audit logs) and the core's decision
+# table. The core's and the CLI's whole suites also pass under Wine but take
+# about four minutes more (the core's property tests), so CI leaves them out.
 #
 # Needs what scripts/windows-smoke.sh installs (MinGW-w64, wine64, the
 # rustup target); run that first, or on a machine that has them.
@@ -39,6 +45,8 @@ if (($#)); then
 fi
 failed=0
 run_set -p arbiter-proxy || failed=1
+run_set -p arbiter-cli --test cli || failed=1
+run_set -p arbiter --test decision_table || failed=1
 echo
 if ((failed)); then
   echo "windows tests: some sets failed"
