@@ -371,6 +371,13 @@ fn connect_with_records<P: RedirectProvider + ?Sized>(
     Ok(socket.into())
 }
 
+/// How often a pump blocked in a read wakes to see whether the other pump
+/// aborted. Winsock's `shutdown` does not complete a read another thread has
+/// pending (Linux's does): without this, an abort on one side would leave the
+/// other pump, and the connection, waiting for its peer (found under Wine;
+/// `shutdown` documents no such wake-up on Windows either).
+const ABORT_POLL: Duration = Duration::from_millis(200);
+
 /// Copies both ways until both directions end; returns bytes up, bytes down
 /// and how it ended (the default timeouts).
 pub fn relay(client: TcpStream, upstream: TcpStream, buffer: usize) -> (u64, u64, Outcome) {
@@ -383,6 +390,9 @@ struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     client_done: AtomicBool,
+    /// Raised by a pump that reset the connection: Winsock's reset does not
+    /// wake a read the other thread has pending, so that pump polls this.
+    aborted: AtomicBool,
 }
 
 impl Activity {
@@ -413,15 +423,20 @@ fn relay_with(client: TcpStream, upstream: TcpStream, options: &RelayOptions) ->
         reset(&upstream);
         return (0, 0, Outcome::Aborted { side: Side::Client, error: io::Error::other("cannot clone socket handles") });
     };
-    // Reads wake every tick to check the timeouts; a write that the other
-    // side does not take within the idle timeout fails.
-    let tick = options.tick();
-    for s in [&client, &upstream] {
+    // Reads wake every tick to check the timeouts and whether the other pump
+    // aborted; a write that the other side does not take within the idle
+    // timeout fails.
+    let tick = options.tick().min(ABORT_POLL);
+    for s in [&client, &upstream, &client2, &upstream2] {
         let _ = s.set_read_timeout(Some(tick));
         let _ = s.set_write_timeout(Some(options.idle_timeout));
     }
-    let activity =
-        Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0), client_done: AtomicBool::new(false) });
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        client_done: AtomicBool::new(false),
+        aborted: AtomicBool::new(false),
+    });
     let shared = Arc::clone(&activity);
     let opts = *options;
     let spawned = thread::Builder::new()
@@ -457,8 +472,8 @@ enum Ended {
 }
 
 /// Copies `from` to `to` until `from` ends (then half-closes `to`), an
-/// error, or silence past the timeouts (then resets both, which also wakes
-/// the opposite pump).
+/// error, or silence past the timeouts (then resets both and raises the
+/// shared abort flag, which ends the opposite pump within [`ABORT_POLL`]).
 fn pump(
     from: &TcpStream,
     from_side: Side,
@@ -471,6 +486,7 @@ fn pump(
     let mut total = 0u64;
     let (mut reader, mut writer) = (from, to);
     let abort = |why: Ended| {
+        activity.aborted.store(true, Ordering::SeqCst);
         reset(to);
         reset(from);
         why
@@ -487,7 +503,11 @@ fn pump(
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The poll tick: nothing to read yet.
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if activity.aborted.load(Ordering::SeqCst) {
+                    return (total, None);
+                }
                 if activity.expired(options) {
                     return (total, Some(abort(Ended::Idle)));
                 }
