@@ -21,15 +21,13 @@
 //! It needs the WDK: it cannot be built, checked or run on Linux.
 
 #![no_std]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 extern crate alloc;
 #[cfg(not(test))]
 extern crate wdk_panic;
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
@@ -52,8 +50,8 @@ use wdk_sys::ntddk::{
 };
 use wdk_sys::{
     _DRIVER_REGKEY_TYPE, _KEY_VALUE_INFORMATION_CLASS, DEVICE_OBJECT, DRIVER_OBJECT, FILE_DEVICE_SECURE_OPEN,
-    IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KEY_READ, KIRQL, KSPIN_LOCK,
-    NTSTATUS, PCUNICODE_STRING, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
+    IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KEY_READ, KIRQL, KSPIN_LOCK, NTSTATUS,
+    PCUNICODE_STRING, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
     STATUS_INVALID_PARAMETER, STATUS_SUCCESS, UNICODE_STRING,
 };
 use wfp_ffi::imports::*;
@@ -94,7 +92,7 @@ enum Kind {
 
 /// Everything the driver keeps, behind [`STATE`]'s spin lock.
 struct Driver {
-    callout: Callout<CompiledRules>,
+    callout: Box<Callout<Box<CompiledRules>>>,
     redirect_handle: HANDLE,
     callout_ids: [u32; 6],
     engine: HANDLE,
@@ -106,7 +104,7 @@ struct Driver {
 /// A spin-locked global: classify runs at up to DISPATCH_LEVEL on every CPU.
 struct Locked {
     lock: UnsafeCell<KSPIN_LOCK>,
-    state: UnsafeCell<Option<Driver>>,
+    state: UnsafeCell<Option<Box<Driver>>>,
 }
 
 // SAFETY: `state` is only reached through `with`, which holds the spin lock.
@@ -116,7 +114,7 @@ static STATE: Locked = Locked { lock: UnsafeCell::new(0), state: UnsafeCell::new
 
 impl Locked {
     /// Runs `f` with the lock held (raises to DISPATCH_LEVEL).
-    fn with<R>(&self, f: impl FnOnce(&mut Option<Driver>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut Option<Box<Driver>>) -> R) -> R {
         // SAFETY: the lock word is a KSPIN_LOCK initialised to 0 (unlocked).
         let irql: KIRQL = unsafe { KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
         // SAFETY: the lock is held: we are the only one touching `state`.
@@ -146,6 +144,7 @@ macro_rules! w {
     ($s:literal) => {{
         const S: &str = concat!($s, "\0");
         const N: usize = S.len();
+        #[allow(clippy::indexing_slicing, reason = "const evaluation: an index out of bounds fails the build")]
         const W: [u16; N] = {
             let b = S.as_bytes();
             let mut w = [0u16; N];
@@ -173,7 +172,15 @@ pub unsafe extern "system" fn driver_entry(driver: *mut DRIVER_OBJECT, registry_
     let mut device: *mut DEVICE_OBJECT = null_mut();
     // SAFETY: valid driver object; `device` is an out pointer.
     let status = unsafe {
-        IoCreateDevice(driver, 0, &mut name, arbiter::control::FILE_DEVICE_ARBITER, FILE_DEVICE_SECURE_OPEN, 1, &mut device)
+        IoCreateDevice(
+            driver,
+            0,
+            &mut name,
+            arbiter::control::FILE_DEVICE_ARBITER,
+            FILE_DEVICE_SECURE_OPEN,
+            1,
+            &mut device,
+        )
     };
     if status < 0 {
         return status;
@@ -202,41 +209,71 @@ pub unsafe extern "system" fn driver_entry(driver: *mut DRIVER_OBJECT, registry_
     if status < 0 {
         stop();
         // SAFETY: created above.
-        unsafe { IoDeleteSymbolicLink(&mut link) };
+        let _ = unsafe { IoDeleteSymbolicLink(&mut link) };
         // SAFETY: created above; the callouts that used it are unregistered by `stop`.
         unsafe { IoDeleteDevice(device) };
     }
     status
 }
 
+/// The core and the adapter, built straight into pool memory: the callout
+/// is over 2 KiB, and a copy in a kernel stack frame is one too many.
+/// Each step is its own frame so that no frame holds two copies.
+#[inline(never)]
+fn new_callout() -> Option<Box<Callout<Box<CompiledRules>>>> {
+    let rules = new_rules()?;
+    let config = Config { own_filter: OWN_FILTER, hash_seed: seed(), ..Config::default() };
+    let arbiter = Arbiter::new(config, Capacities::default(), rules).ok()?;
+    let callout = Callout::new(arbiter, CalloutConfig::default()).ok()?;
+    try_box(callout)
+}
+
+/// The empty rule set, compiled into pool memory.
+#[inline(never)]
+fn new_rules() -> Option<Box<CompiledRules>> {
+    try_box(CompiledRules::compile(&RuleSet::default()).ok()?)
+}
+
+/// `Box::new` that returns `None` when pool memory is short instead of
+/// bugchecking.
+fn try_box<T>(value: T) -> Option<Box<T>> {
+    let layout = core::alloc::Layout::new::<T>();
+    if layout.size() == 0 {
+        return Some(Box::new(value));
+    }
+    // SAFETY: a layout of non-zero size.
+    let p = unsafe { alloc::alloc::alloc(layout) }.cast::<T>();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` is a fresh allocation sized and aligned for `T`.
+    unsafe { p.write(value) };
+    // SAFETY: allocated by the global allocator with `Layout::new::<T>()`, as `Box` frees it.
+    Some(unsafe { Box::from_raw(p) })
+}
+
 /// Core, adapter, redirect handle, callouts, BFE subscription.
 fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
-    let Ok(rules) = CompiledRules::compile(&RuleSet::default()) else { return STATUS_INSUFFICIENT_RESOURCES };
-    let config = Config { own_filter: OWN_FILTER, hash_seed: seed(), ..Config::default() };
-    let Ok(arbiter) = Arbiter::new(config, Capacities::default(), rules) else {
-        return STATUS_INSUFFICIENT_RESOURCES;
-    };
-    let Ok(callout) = Callout::new(arbiter, CalloutConfig::default()) else { return STATUS_INSUFFICIENT_RESOURCES };
+    let Some(mut callout) = new_callout() else { return STATUS_INSUFFICIENT_RESOURCES };
     let mut redirect_handle: HANDLE = null_mut();
     // SAFETY: a static GUID and an out pointer.
     let status = unsafe { FwpsRedirectHandleCreate0(&PROVIDER_KEY, 0, &mut redirect_handle) };
     if status < 0 {
         return status;
     }
-    let mut callout = callout;
     callout.set_redirect_handle(redirect_handle);
     let instance = now().as_millis() ^ (driver as u64).rotate_left(17);
-    STATE.with(|s| {
-        *s = Some(Driver {
-            callout,
-            redirect_handle,
-            callout_ids: [0; 6],
-            engine: null_mut(),
-            bfe_subscription: null_mut(),
-            sublayer_weight: read_sublayer_weight(driver),
-            instance,
-        });
+    let sublayer_weight = read_sublayer_weight(driver);
+    let state = Box::new(Driver {
+        callout,
+        redirect_handle,
+        callout_ids: [0; 6],
+        engine: null_mut(),
+        bfe_subscription: null_mut(),
+        sublayer_weight,
+        instance,
     });
+    STATE.with(|s| *s = Some(state));
     // Register the six callouts (run-time side); filters come with BFE.
     for (i, (_, key, kind)) in LAYERS.iter().enumerate() {
         let c = FWPS_CALLOUT3 {
@@ -296,9 +333,8 @@ fn seed() -> [u64; 4] {
 fn read_sublayer_weight(driver: *mut DRIVER_OBJECT) -> u16 {
     let mut key: HANDLE = null_mut();
     // SAFETY: our driver object; `key` is an out pointer.
-    let status = unsafe {
-        IoOpenDriverRegistryKey(driver, _DRIVER_REGKEY_TYPE::DriverRegKeyParameters, KEY_READ, 0, &mut key)
-    };
+    let status =
+        unsafe { IoOpenDriverRegistryKey(driver, _DRIVER_REGKEY_TYPE::DriverRegKeyParameters, KEY_READ, 0, &mut key) };
     if status < 0 {
         return DEFAULT_SUBLAYER_WEIGHT;
     }
@@ -318,7 +354,7 @@ fn read_sublayer_weight(driver: *mut DRIVER_OBJECT) -> u16 {
         )
     };
     // SAFETY: the key was opened above.
-    unsafe { ZwClose(key) };
+    let _ = unsafe { ZwClose(key) };
     const REG_DWORD: u32 = 4;
     match (status >= 0, buf) {
         (true, [_, REG_DWORD, 4, v]) => u16::try_from(v).unwrap_or(DEFAULT_SUBLAYER_WEIGHT),
@@ -399,7 +435,7 @@ fn add_in_transaction(engine: HANDLE, weight: u16) -> Result<[u64; 2], NTSTATUS>
     let mut provider_key = PROVIDER_KEY;
     // SAFETY: an open engine.
     check(unsafe { FwpmTransactionBegin0(engine, 0) })?;
-    let body = || -> Result<[u64; 2], NTSTATUS> {
+    let mut body = || -> Result<[u64; 2], NTSTATUS> {
         let provider = FWPM_PROVIDER0 {
             providerKey: PROVIDER_KEY,
             displayData: display,
@@ -512,7 +548,7 @@ unsafe extern "C" fn driver_unload(driver: *mut DRIVER_OBJECT) {
     stop();
     let mut link = unicode(w!(r"\DosDevices\ArbiterControl"));
     // SAFETY: created in DriverEntry.
-    unsafe { IoDeleteSymbolicLink(&mut link) };
+    let _ = unsafe { IoDeleteSymbolicLink(&mut link) };
     // SAFETY: the driver object is valid during unload; its device list is ours.
     let device = unsafe { (*driver).DeviceObject };
     if !device.is_null() {
@@ -578,19 +614,20 @@ unsafe extern "system" fn notify(_: FWPS_CALLOUT_NOTIFY_TYPE, _: *const GUID, _:
 ///
 /// `irp` must be a valid IRP being dispatched to us.
 unsafe fn current_stack(irp: *mut IRP) -> *mut wdk_sys::IO_STACK_LOCATION {
-    // SAFETY: the current stack location of an IRP in dispatch (contract).
-    unsafe { (*irp).Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation }
+    // SAFETY: a valid IRP (contract).
+    let irp = unsafe { &*irp };
+    // SAFETY: while the IRP is dispatched to a driver, `Tail.Overlay` is the active member.
+    let overlay = unsafe { irp.Tail.Overlay };
+    let inner = overlay.__bindgen_anon_2.__bindgen_anon_1;
+    // SAFETY: in a dispatched IRP this member of the union is the current stack location.
+    unsafe { inner.CurrentStackLocation }
 }
 
 fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
     // SAFETY: an IRP dispatched to us, completed exactly once here.
-    unsafe {
-        (*irp).IoStatus.__bindgen_anon_1.Status = status;
-    }
-    // SAFETY: as above.
-    unsafe {
-        (*irp).IoStatus.Information = information as u64;
-    }
+    let r = unsafe { &mut *irp };
+    r.IoStatus.__bindgen_anon_1.Status = status;
+    r.IoStatus.Information = information as u64;
     // SAFETY: as above.
     unsafe { IofCompleteRequest(irp, IO_NO_INCREMENT as i8) };
     status
@@ -604,7 +641,9 @@ unsafe extern "C" fn dispatch_create_close(_device: *mut DEVICE_OBJECT, irp: *mu
 
 unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
     // SAFETY: dispatched IRP.
-    let stack = unsafe { &*current_stack(irp) };
+    let stack = unsafe { current_stack(irp) };
+    // SAFETY: the I/O manager's stack location for us, valid during dispatch.
+    let stack = unsafe { &*stack };
     // SAFETY: the DeviceIoControl member is the active one for IRP_MJ_DEVICE_CONTROL.
     let io = unsafe { stack.Parameters.DeviceIoControl };
     if io.IoControlCode != IOCTL_CONTROL {
@@ -616,8 +655,10 @@ unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *
     if in_len < REQUEST_HEADER_LEN || in_len > MAX_RULES_LEN.saturating_add(REQUEST_HEADER_LEN) {
         return complete(irp, STATUS_INVALID_PARAMETER, 0);
     }
-    // SAFETY: METHOD_BUFFERED: the system buffer holds max(in, out) bytes.
-    let system = unsafe { (*irp).AssociatedIrp.SystemBuffer }.cast::<u8>();
+    // SAFETY: the IRP dispatched to us.
+    let associated = unsafe { &(*irp).AssociatedIrp };
+    // SAFETY: METHOD_BUFFERED: the system buffer (max(in, out) bytes) is the active member.
+    let system = unsafe { associated.SystemBuffer }.cast::<u8>();
     if system.is_null() {
         return complete(irp, STATUS_INVALID_PARAMETER, 0);
     }
@@ -638,7 +679,7 @@ unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *
         let seed = seed();
         let mut session = Session {
             callout: &mut d.callout,
-            decode_rules: |b: &[u8]| blob::decode_seeded(b, seed).map_err(rejected),
+            decode_rules: |b: &[u8]| decode_rules(b, seed),
             instance: d.instance,
             fwps: &mut fwps,
             now: t,
@@ -650,6 +691,14 @@ unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *
         Some(n) => complete(irp, STATUS_SUCCESS, n),
         None => complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0),
     }
+}
+
+/// A rules blob decoded into pool memory (its own frame: the compiled rules
+/// are over 1.5 KiB).
+#[inline(never)]
+fn decode_rules(blob: &[u8], seed: [u64; 4]) -> Result<Box<CompiledRules>, RulesRejected> {
+    let rules = blob::decode_seeded(blob, seed).map_err(rejected)?;
+    try_box(rules).ok_or(RulesRejected { code: 9, offset: 0 })
 }
 
 /// The rules decoder's error as the control protocol reports it.

@@ -1,8 +1,10 @@
 //! The imported kernel functions (Windows targets only).
 //!
 //! Linked with `raw-dylib`, so no import library from the WDK is needed:
-//! the linker synthesises the import table entries for `fwpkclnt.sys` and
-//! `ntoskrnl.exe` itself. `+verbatim` keeps the `.sys`/`.exe` names as
+//! the linker synthesises the import table entries for `fwpkclnt.sys`
+//! itself. Kernel routines of `ntoskrnl.exe` come from wdk-sys in the driver,
+//! never from here, so that no routine has two declarations (and the image
+//! no import twice). `+verbatim` keeps the `.sys`/`.exe` names as
 //! written. Signatures are the fwpsk.h/fwpmk.h/wdm.h ones from the
 //! corresponding learn.microsoft.com/windows-hardware/drivers/ddi pages.
 //!
@@ -111,17 +113,3 @@ unsafe extern "system" {
     /// `FwpmBfeStateUnsubscribeChanges0`.
     pub fn FwpmBfeStateUnsubscribeChanges0(changeHandle: HANDLE) -> NTSTATUS;
 }
-
-#[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
-unsafe extern "system" {
-    /// `ExAllocatePool2` (Windows 10 2004+).
-    pub fn ExAllocatePool2(flags: u64, numberOfBytes: usize, tag: u32) -> *mut c_void;
-    /// `ExFreePoolWithTag`.
-    pub fn ExFreePoolWithTag(p: *mut c_void, tag: u32);
-    /// `KeQueryInterruptTime` is a macro over `KUSER_SHARED_DATA`; the
-    /// exported function form is `KeQueryInterruptTimePrecise`.
-    pub fn KeQueryInterruptTimePrecise(qpcTimeStamp: *mut u64) -> u64;
-}
-
-/// `POOL_FLAG_NON_PAGED` for ExAllocatePool2.
-pub const POOL_FLAG_NON_PAGED: u64 = 0x0000_0000_0000_0040;
