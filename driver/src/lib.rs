@@ -40,19 +40,21 @@ use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 use arbiter_callout::adapter::RawClassify;
 use arbiter_callout::control::{Session, dispatch};
 use arbiter_callout::kernel::KernelFwps;
+use arbiter_callout::shell::{Kernel, Lifecycle};
 use arbiter_callout::{Callout, CalloutConfig, Family, OWN_FILTER};
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
 use wdk_sys::ntddk::{
     IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoOpenDriverRegistryKey,
-    IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeQueryInterruptTimePrecise, KeReleaseSpinLock,
-    RtlInitUnicodeString, ZwClose, ZwQueryValueKey,
+    IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeDelayExecutionThread, KeQueryInterruptTimePrecise,
+    KeReleaseSpinLock, RtlInitUnicodeString, ZwClose, ZwQueryValueKey,
 };
 use wdk_sys::{
-    _DRIVER_REGKEY_TYPE, _KEY_VALUE_INFORMATION_CLASS, DEVICE_OBJECT, DRIVER_OBJECT, FILE_DEVICE_SECURE_OPEN,
-    IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KEY_READ, KIRQL, KSPIN_LOCK, NTSTATUS,
-    PCUNICODE_STRING, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
-    STATUS_INVALID_PARAMETER, STATUS_SUCCESS, UNICODE_STRING,
+    _DRIVER_REGKEY_TYPE, _KEY_VALUE_INFORMATION_CLASS, _MODE, DEVICE_OBJECT, DRIVER_OBJECT, FILE_DEVICE_SECURE_OPEN,
+    IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KEY_READ, KIRQL, KSPIN_LOCK,
+    LARGE_INTEGER, NTSTATUS, PCUNICODE_STRING, STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_BUSY,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
+    UNICODE_STRING,
 };
 use wfp_ffi::imports::*;
 use wfp_ffi::layers::*;
@@ -66,8 +68,6 @@ static GLOBAL_ALLOCATOR: WdkAllocator = WdkAllocator;
 const PROVIDER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x01]);
 /// Our sublayer.
 const SUBLAYER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x02]);
-/// Default sublayer weight when `Parameters\SublayerWeight` is absent.
-const DEFAULT_SUBLAYER_WEIGHT: u16 = 0x8000;
 
 /// The six layers: (layer, our callout key, which classify, filter action).
 const LAYERS: [(GUID, GUID, Kind); 6] = [
@@ -95,9 +95,7 @@ struct Driver {
     callout: Box<Callout<Box<CompiledRules>>>,
     redirect_handle: HANDLE,
     callout_ids: [u32; 6],
-    engine: HANDLE,
     bfe_subscription: HANDLE,
-    sublayer_weight: u16,
     instance: u64,
 }
 
@@ -254,6 +252,11 @@ fn try_box<T>(value: T) -> Option<Box<T>> {
 
 /// Core, adapter, redirect handle, callouts, BFE subscription.
 fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
+    // First, at PASSIVE_LEVEL and before any lock: the registry.
+    let life = Lifecycle::start(&mut Wdm { driver });
+    // SAFETY: DriverEntry is the only thread touching LIFE until the BFE
+    // subscription below; from then on it is only read.
+    unsafe { *LIFE.0.get() = Some(life) };
     let Some(mut callout) = new_callout() else { return STATUS_INSUFFICIENT_RESOURCES };
     let mut redirect_handle: HANDLE = null_mut();
     // SAFETY: a static GUID and an out pointer.
@@ -263,16 +266,8 @@ fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
     }
     callout.set_redirect_handle(redirect_handle);
     let instance = now().as_millis() ^ (driver as u64).rotate_left(17);
-    let sublayer_weight = read_sublayer_weight(driver);
-    let state = Box::new(Driver {
-        callout,
-        redirect_handle,
-        callout_ids: [0; 6],
-        engine: null_mut(),
-        bfe_subscription: null_mut(),
-        sublayer_weight,
-        instance,
-    });
+    let state =
+        Box::new(Driver { callout, redirect_handle, callout_ids: [0; 6], bfe_subscription: null_mut(), instance });
     STATE.with(|s| *s = Some(state));
     // Register the six callouts (run-time side); filters come with BFE.
     for (i, (_, key, kind)) in LAYERS.iter().enumerate() {
@@ -316,9 +311,101 @@ fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
     });
     // SAFETY: no arguments.
     if unsafe { FwpmBfeStateGet0() } == FWPM_SERVICE_RUNNING {
-        return add_filters();
+        return add_filters(driver);
     }
     STATUS_SUCCESS
+}
+
+/// The lifecycle (`arbiter_callout::shell`), set once at the start of
+/// DriverEntry and only read afterwards; its methods synchronise themselves.
+struct LifeCell(UnsafeCell<Option<Lifecycle>>);
+
+// SAFETY: written once by DriverEntry before anything else can run; read-only after.
+unsafe impl Sync for LifeCell {}
+
+static LIFE: LifeCell = LifeCell(UnsafeCell::new(None));
+
+fn life() -> Option<&'static Lifecycle> {
+    // SAFETY: see LifeCell: no writer once other threads can call this.
+    unsafe { (*LIFE.0.get()).as_ref() }
+}
+
+/// The shell's kernel: the real routines.
+struct Wdm {
+    driver: *mut DRIVER_OBJECT,
+}
+
+impl Kernel for Wdm {
+    fn irql(&self) -> u8 {
+        let irql: u64;
+        // SAFETY: reading CR8 (the IRQL on x64) has no side effect; kernel mode.
+        unsafe { core::arch::asm!("mov {}, cr8", out(reg) irql, options(nomem, nostack, preserves_flags)) };
+        u8::try_from(irql).unwrap_or(u8::MAX)
+    }
+
+    fn read_sublayer_weight(&mut self) -> Option<u16> {
+        read_sublayer_weight(self.driver)
+    }
+
+    fn open_engine(&mut self) -> Result<usize, i32> {
+        let mut session: FWPM_SESSION0 = zeroed_session();
+        session.flags = FWPM_SESSION_FLAG_DYNAMIC;
+        let mut engine: HANDLE = null_mut();
+        // SAFETY: local session and out pointer; no server name or identity.
+        let status = unsafe { FwpmEngineOpen0(null(), RPC_C_AUTHN_DEFAULT, null_mut(), &session, &mut engine) };
+        if status < 0 { Err(status) } else { Ok(engine as usize) }
+    }
+
+    fn add_filters(&mut self, engine: usize, weight: u16) -> Result<[u64; 2], i32> {
+        add_in_transaction(engine as HANDLE, weight)
+    }
+
+    fn close_engine(&mut self, engine: usize) {
+        // SAFETY: an engine handle we opened; the dynamic session's objects go with it.
+        unsafe { FwpmEngineClose0(engine as HANDLE) };
+    }
+
+    fn unsubscribe_bfe(&mut self) {
+        let subscription = STATE.with(|s| s.as_mut().map(|d| core::mem::replace(&mut d.bfe_subscription, null_mut())));
+        if let Some(h) = subscription.filter(|h| !h.is_null()) {
+            // SAFETY: a subscription we made.
+            unsafe { FwpmBfeStateUnsubscribeChanges0(h) };
+        }
+    }
+
+    fn complete_held(&mut self) {
+        // SAFETY: completions use the handles they were pended with.
+        let mut fwps = unsafe { KernelFwps::new() };
+        STATE.with(|s| {
+            if let Some(d) = s.as_mut() {
+                d.callout.complete_pended(&mut fwps, Instant::from_millis(u64::MAX));
+            }
+        });
+    }
+
+    fn unregister_callouts(&mut self) -> Result<(), i32> {
+        let ids = STATE.with(|s| s.as_ref().map(|d| d.callout_ids)).unwrap_or([0; 6]);
+        let mut result = Ok(());
+        for id in ids.into_iter().filter(|&id| id != 0) {
+            // A classifyFn still running makes it STATUS_DEVICE_BUSY; the
+            // driver must not unload with a callout registered: wait, up to 5 s.
+            let mut status = STATUS_SUCCESS;
+            for _ in 0..500 {
+                // SAFETY: a callout id we registered; no filter references it any more.
+                status = unsafe { FwpsCalloutUnregisterById0(id) };
+                if status != STATUS_DEVICE_BUSY {
+                    break;
+                }
+                let mut ten_ms = LARGE_INTEGER { QuadPart: -100_000 };
+                // SAFETY: PASSIVE_LEVEL (unload); a relative interval we own.
+                let _ = unsafe { KeDelayExecutionThread(_MODE::KernelMode as i8, 0, &mut ten_ms) };
+            }
+            if status < 0 && result.is_ok() {
+                result = Err(status);
+            }
+        }
+        result
+    }
 }
 
 /// Hash seeds from the interrupt time and the stack address (no RNG import needed).
@@ -330,13 +417,13 @@ fn seed() -> [u64; 4] {
 }
 
 /// `Parameters\SublayerWeight` (REG_DWORD), or the default.
-fn read_sublayer_weight(driver: *mut DRIVER_OBJECT) -> u16 {
+fn read_sublayer_weight(driver: *mut DRIVER_OBJECT) -> Option<u16> {
     let mut key: HANDLE = null_mut();
     // SAFETY: our driver object; `key` is an out pointer.
     let status =
         unsafe { IoOpenDriverRegistryKey(driver, _DRIVER_REGKEY_TYPE::DriverRegKeyParameters, KEY_READ, 0, &mut key) };
     if status < 0 {
-        return DEFAULT_SUBLAYER_WEIGHT;
+        return None;
     }
     let mut name = unicode(w!("SublayerWeight"));
     // KEY_VALUE_PARTIAL_INFORMATION: TitleIndex, Type, DataLength, Data[4].
@@ -357,8 +444,8 @@ fn read_sublayer_weight(driver: *mut DRIVER_OBJECT) -> u16 {
     let _ = unsafe { ZwClose(key) };
     const REG_DWORD: u32 = 4;
     match (status >= 0, buf) {
-        (true, [_, REG_DWORD, 4, v]) => u16::try_from(v).unwrap_or(DEFAULT_SUBLAYER_WEIGHT),
-        _ => DEFAULT_SUBLAYER_WEIGHT,
+        (true, [_, REG_DWORD, 4, v]) => u16::try_from(v).ok(),
+        _ => None,
     }
 }
 
@@ -366,51 +453,34 @@ fn read_sublayer_weight(driver: *mut DRIVER_OBJECT) -> u16 {
 unsafe extern "system" fn bfe_changed(_context: *mut c_void, state: FWPM_SERVICE_STATE) {
     match state {
         FWPM_SERVICE_RUNNING => {
-            let _ = add_filters();
+            let _ = add_filters(null_mut());
         }
-        FWPM_SERVICE_STOP_PENDING => close_engine(),
+        FWPM_SERVICE_STOP_PENDING => {
+            if let Some(life) = life() {
+                life.bfe_stopping(&mut Wdm { driver: null_mut() });
+            }
+        }
         _ => {}
     }
 }
 
-fn close_engine() {
-    let engine = STATE.with(|s| s.as_mut().map(|d| core::mem::replace(&mut d.engine, null_mut())));
-    if let Some(engine) = engine.filter(|e| !e.is_null()) {
-        // SAFETY: an engine handle we opened; the dynamic session's objects go with it.
-        unsafe { FwpmEngineClose0(engine) };
-    }
-}
-
-/// One transaction: provider, sublayer, six callouts, six filters. Dynamic
+/// Opens the engine and adds our objects in one transaction, once (the
+/// lifecycle decides who), and tells the adapter our filter ids. Dynamic
 /// session: everything is removed when the engine handle closes.
-fn add_filters() -> NTSTATUS {
-    let Some(weight) = STATE.with(|s| s.as_ref().map(|d| d.sublayer_weight)) else {
-        return STATUS_INVALID_DEVICE_REQUEST;
-    };
-    let mut session: FWPM_SESSION0 = zeroed_session();
-    session.flags = FWPM_SESSION_FLAG_DYNAMIC;
-    let mut engine: HANDLE = null_mut();
-    // SAFETY: local session and out pointer; no server name or identity.
-    let status = unsafe { FwpmEngineOpen0(null(), RPC_C_AUTHN_DEFAULT, null_mut(), &session, &mut engine) };
-    if status < 0 {
-        return status;
-    }
-    let result = add_in_transaction(engine, weight);
-    match result {
-        Ok(ids) => {
+fn add_filters(driver: *mut DRIVER_OBJECT) -> NTSTATUS {
+    let Some(life) = life() else { return STATUS_INVALID_DEVICE_REQUEST };
+    match life.bfe_running(&mut Wdm { driver }) {
+        Ok(Some(ids)) => {
             STATE.with(|s| {
                 if let Some(d) = s.as_mut() {
-                    d.engine = engine;
-                    d.callout.set_own_filters(ids[0], ids[1]);
+                    let [v4, v6] = ids;
+                    d.callout.set_own_filters(v4, v6);
                 }
             });
             STATUS_SUCCESS
         }
-        Err(status) => {
-            // SAFETY: opened above.
-            unsafe { FwpmEngineClose0(engine) };
-            status
-        }
+        Ok(None) => STATUS_SUCCESS,
+        Err(status) => status,
     }
 }
 
@@ -514,26 +584,11 @@ fn add_in_transaction(engine: HANDLE, weight: u16) -> Result<[u64; 2], NTSTATUS>
     }
 }
 
-/// Tears everything down in reverse order; safe to call on a partial start.
+/// Tears everything down (the order is the shell's); safe on a partial start.
 fn stop() {
-    // Held classifications must be completed before the callouts go.
-    // SAFETY: completions happen under the lock, with the handles they were pended with.
-    let mut fwps = unsafe { KernelFwps::new() };
-    STATE.with(|s| {
-        if let Some(d) = s.as_mut() {
-            d.callout.complete_pended(&mut fwps, Instant::from_millis(u64::MAX));
-        }
-    });
-    let subscription = STATE.with(|s| s.as_mut().map(|d| core::mem::replace(&mut d.bfe_subscription, null_mut())));
-    if let Some(h) = subscription.filter(|h| !h.is_null()) {
-        // SAFETY: a subscription we made.
-        unsafe { FwpmBfeStateUnsubscribeChanges0(h) };
-    }
-    close_engine();
-    let ids = STATE.with(|s| s.as_ref().map(|d| d.callout_ids)).unwrap_or([0; 6]);
-    for id in ids.into_iter().filter(|&id| id != 0) {
-        // SAFETY: a callout id we registered; no filter references it any more.
-        unsafe { FwpsCalloutUnregisterById0(id) };
+    if let Some(life) = life() {
+        // The unregister result has been waited on already (DEVICE_BUSY retried).
+        let _stopped = life.stop(&mut Wdm { driver: null_mut() });
     }
     if let Some(d) = STATE.with(Option::take) {
         if !d.redirect_handle.is_null() {
