@@ -38,6 +38,7 @@ extern crate std;
 
 pub mod adapter;
 pub mod control;
+pub mod filters;
 pub mod fwps;
 #[cfg(windows)]
 pub mod kernel;
@@ -51,5 +52,5 @@ mod tests;
 
 pub use adapter::{AdapterCounters, Callout, CalloutConfig, Family, OWN_FILTER};
 pub use fwps::Fwps;
-pub use pend::{Fallback, PendConfig};
+pub use pend::{Fallback, PendConfig, PendTimer};
 pub use read::ReadError;
