@@ -30,8 +30,7 @@ pub const STATUS_DEVICE_BUSY: Status = 0x8000_0011_u32 as i32;
 /// PASSIVE_LEVEL.
 pub const PASSIVE_LEVEL: u8 = 0;
 
-/// The weight of our sublayer when the registry does not set one.
-pub const DEFAULT_SUBLAYER_WEIGHT: u16 = 0x8000;
+pub use crate::filters::DEFAULT_SUBLAYER_WEIGHT;
 
 /// What the lifecycle needs from the kernel. An engine handle is a non-zero
 /// `usize` (the driver's `HANDLE` as an address).

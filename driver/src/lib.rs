@@ -39,25 +39,26 @@ use arbiter::control::{IOCTL_CONTROL, MAX_RULES_LEN, REQUEST_HEADER_LEN, RulesRe
 use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 use arbiter_callout::adapter::RawClassify;
 use arbiter_callout::control::{Session, dispatch};
+use arbiter_callout::filters::{FILTERS, FilterLayer};
 use arbiter_callout::kernel::KernelFwps;
 use arbiter_callout::shell::{Kernel, Lifecycle};
-use arbiter_callout::{Callout, CalloutConfig, Family, OWN_FILTER};
+use arbiter_callout::{Callout, CalloutConfig, Family, OWN_FILTER, PendTimer};
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
 use wdk_sys::ntddk::{
     IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoOpenDriverRegistryKey,
-    IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeDelayExecutionThread, KeQueryInterruptTimePrecise,
-    KeReleaseSpinLock, RtlInitUnicodeString, ZwClose, ZwQueryValueKey,
+    IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeCancelTimer, KeDelayExecutionThread, KeFlushQueuedDpcs,
+    KeInitializeDpc, KeInitializeTimer, KeQueryInterruptTimePrecise, KeReleaseSpinLock, KeSetTimer,
+    RtlInitUnicodeString, ZwClose, ZwQueryValueKey,
 };
 use wdk_sys::{
     _DRIVER_REGKEY_TYPE, _KEY_VALUE_INFORMATION_CLASS, _MODE, DEVICE_OBJECT, DRIVER_OBJECT, FILE_DEVICE_SECURE_OPEN,
-    IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KEY_READ, KIRQL, KSPIN_LOCK,
-    LARGE_INTEGER, NTSTATUS, PCUNICODE_STRING, STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_BUSY,
+    IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KDPC, KEY_READ, KIRQL, KSPIN_LOCK,
+    KTIMER, LARGE_INTEGER, NTSTATUS, PCUNICODE_STRING, STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_BUSY,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
     UNICODE_STRING,
 };
 use wfp_ffi::imports::*;
-use wfp_ffi::layers::*;
 use wfp_ffi::*;
 
 #[cfg(not(test))]
@@ -69,15 +70,34 @@ const PROVIDER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0
 /// Our sublayer.
 const SUBLAYER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x02]);
 
-/// The six layers: (layer, our callout key, which classify, filter action).
-const LAYERS: [(GUID, GUID, Kind); 6] = [
-    (FWPM_LAYER_ALE_CONNECT_REDIRECT_V4, callout_key(0x11), Kind::ConnectRedirect(Family::V4)),
-    (FWPM_LAYER_ALE_CONNECT_REDIRECT_V6, callout_key(0x12), Kind::ConnectRedirect(Family::V6)),
-    (FWPM_LAYER_ALE_AUTH_CONNECT_V4, callout_key(0x21), Kind::AuthConnect(Family::V4)),
-    (FWPM_LAYER_ALE_AUTH_CONNECT_V6, callout_key(0x22), Kind::AuthConnect(Family::V6)),
-    (FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4, callout_key(0x31), Kind::Closure(Family::V4)),
-    (FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6, callout_key(0x32), Kind::Closure(Family::V6)),
+/// Our six callouts, in the order of `arbiter_callout::filters::FILTERS`
+/// (the filters the driver adds, defined once): (callout key, which classify).
+const LAYERS: [(GUID, Kind); 6] = [
+    (callout_key(0x11), Kind::ConnectRedirect(Family::V4)),
+    (callout_key(0x12), Kind::ConnectRedirect(Family::V6)),
+    (callout_key(0x21), Kind::AuthConnect(Family::V4)),
+    (callout_key(0x22), Kind::AuthConnect(Family::V6)),
+    (callout_key(0x31), Kind::Closure(Family::V4)),
+    (callout_key(0x32), Kind::Closure(Family::V6)),
 ];
+
+// The callouts line up with the shared filter list, layer by layer.
+#[allow(clippy::indexing_slicing, reason = "const evaluation: an index out of bounds fails the build")]
+const _: () = {
+    let mut i = 0;
+    while i < LAYERS.len() {
+        let layer = match LAYERS[i].1 {
+            Kind::ConnectRedirect(Family::V4) => FilterLayer::ConnectRedirectV4,
+            Kind::ConnectRedirect(Family::V6) => FilterLayer::ConnectRedirectV6,
+            Kind::AuthConnect(Family::V4) => FilterLayer::AuthConnectV4,
+            Kind::AuthConnect(Family::V6) => FilterLayer::AuthConnectV6,
+            Kind::Closure(Family::V4) => FilterLayer::EndpointClosureV4,
+            Kind::Closure(Family::V6) => FilterLayer::EndpointClosureV6,
+        };
+        assert!(FILTERS[i].layer as u8 == layer as u8, "LAYERS and FILTERS out of step");
+        i += 1;
+    }
+};
 
 const fn callout_key(n: u8) -> GUID {
     GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1b, n])
@@ -257,6 +277,7 @@ fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
     // SAFETY: DriverEntry is the only thread touching LIFE until the BFE
     // subscription below; from then on it is only read.
     unsafe { *LIFE.0.get() = Some(life) };
+    init_pend_timer();
     let Some(mut callout) = new_callout() else { return STATUS_INSUFFICIENT_RESOURCES };
     let mut redirect_handle: HANDLE = null_mut();
     // SAFETY: a static GUID and an out pointer.
@@ -270,7 +291,7 @@ fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
         Box::new(Driver { callout, redirect_handle, callout_ids: [0; 6], bfe_subscription: null_mut(), instance });
     STATE.with(|s| *s = Some(state));
     // Register the six callouts (run-time side); filters come with BFE.
-    for (i, (_, key, kind)) in LAYERS.iter().enumerate() {
+    for (i, (key, kind)) in LAYERS.iter().enumerate() {
         let c = FWPS_CALLOUT3 {
             calloutKey: *key,
             flags: 0,
@@ -526,7 +547,8 @@ fn add_in_transaction(engine: HANDLE, weight: u16) -> Result<[u64; 2], NTSTATUS>
         // SAFETY: as above.
         check(unsafe { FwpmSubLayerAdd0(engine, &sublayer, null_mut()) })?;
         let mut redirect_ids = [0u64; 2];
-        for (i, (layer, key, kind)) in LAYERS.iter().enumerate() {
+        for (i, ((key, _), spec)) in LAYERS.iter().zip(FILTERS.iter()).enumerate() {
+            let layer = &spec.layer.key();
             let callout = FWPM_CALLOUT0 {
                 calloutKey: *key,
                 displayData: display,
@@ -538,15 +560,14 @@ fn add_in_transaction(engine: HANDLE, weight: u16) -> Result<[u64; 2], NTSTATUS>
             };
             // SAFETY: as above.
             check(unsafe { FwpmCalloutAdd0(engine, &callout, null_mut(), null_mut()) })?;
-            let action = match kind {
-                // Closure only observes; the others decide.
-                Kind::Closure(_) => FWP_ACTION_CALLOUT_INSPECTION,
-                Kind::ConnectRedirect(_) | Kind::AuthConnect(_) => FWP_ACTION_CALLOUT_TERMINATING,
-            };
+            // Every spec asks the engine for the weight (FWP_EMPTY).
+            if spec.weight.is_some() {
+                return Err(STATUS_INVALID_PARAMETER);
+            }
             let filter = FWPM_FILTER0 {
                 filterKey: GUID::default(),
                 displayData: display,
-                flags: 0,
+                flags: spec.flags,
                 providerKey: &mut provider_key,
                 providerData: empty_blob,
                 layerKey: *layer,
@@ -554,7 +575,7 @@ fn add_in_transaction(engine: HANDLE, weight: u16) -> Result<[u64; 2], NTSTATUS>
                 weight: FWP_VALUE0::EMPTY,
                 numFilterConditions: 0,
                 filterCondition: null_mut(),
-                action: FWPM_ACTION0 { r#type: action, calloutKey: *key },
+                action: FWPM_ACTION0 { r#type: spec.action_type, calloutKey: *key },
                 context: FWPM_FILTER0_CONTEXT { rawContext: 0 },
                 reserved: null_mut(),
                 filterId: 0,
@@ -590,6 +611,7 @@ fn stop() {
         // The unregister result has been waited on already (DEVICE_BUSY retried).
         let _stopped = life.stop(&mut Wdm { driver: null_mut() });
     }
+    stop_pend_timer();
     if let Some(d) = STATE.with(Option::take) {
         if !d.redirect_handle.is_null() {
             // SAFETY: the handle created in `start`; no callout uses it any more.
@@ -640,8 +662,8 @@ classify_fn!(classify_ec6, Kind::Closure(Family::V6));
 
 fn classify(kind: Kind, raw: &RawClassify) {
     let t = now();
-    STATE.with(|s| {
-        let Some(d) = s.as_mut() else { return };
+    let handled = STATE.with(|s| {
+        let Some(d) = s.as_mut() else { return false };
         // SAFETY: built for this classify only, with its own handles.
         let mut fwps = unsafe { KernelFwps::new() };
         match kind {
@@ -652,9 +674,77 @@ fn classify(kind: Kind, raw: &RawClassify) {
             // SAFETY: as above.
             Kind::Closure(f) => unsafe { d.callout.classify_endpoint_closure(f, raw, t) },
         }
-        // Time out held classifications on the way out.
-        d.callout.complete_pended(&mut fwps, t);
+        // Held classifications time out on the pend timer, not here.
+        d.callout.sync_timer(&mut PendKTimer);
+        true
     });
+    if !handled {
+        // No driver state (unload under way): fail open, explicitly.
+        // SAFETY: classifyOut of the classifyFn we are in.
+        if let Some(out) = unsafe { raw.classify_out.as_mut() } {
+            out.actionType = FWP_ACTION_CONTINUE;
+        }
+    }
+}
+
+/// The pend timeout's kernel timer and its DPC.
+struct TimerCell {
+    timer: UnsafeCell<KTIMER>,
+    dpc: UnsafeCell<KDPC>,
+}
+
+// SAFETY: initialised once in DriverEntry before any classify; afterwards
+// only handed to the kernel's timer routines, which synchronise themselves.
+unsafe impl Sync for TimerCell {}
+
+// SAFETY: all-zero KTIMER and KDPC are valid until KeInitialize* set them up.
+static PEND_TIMER: TimerCell = unsafe { core::mem::zeroed() };
+
+/// `PendTimer` over [`PEND_TIMER`]: the adapter arms it for the earliest
+/// deadline of a held classification; its DPC completes what is due.
+struct PendKTimer;
+
+impl PendTimer for PendKTimer {
+    fn arm(&mut self, due: Instant) {
+        let after_ms = due.as_millis().saturating_sub(now().as_millis()).max(1);
+        // Relative due time, in 100 ns units.
+        let relative = i64::try_from(after_ms.saturating_mul(10_000)).map_or(i64::MIN, |t| -t);
+        let due_time = LARGE_INTEGER { QuadPart: relative };
+        // SAFETY: the timer and DPC initialised in DriverEntry; callable at <= DISPATCH_LEVEL.
+        let _ = unsafe { KeSetTimer(PEND_TIMER.timer.get(), due_time, PEND_TIMER.dpc.get()) };
+    }
+
+    fn cancel(&mut self) {
+        // SAFETY: as above.
+        let _ = unsafe { KeCancelTimer(PEND_TIMER.timer.get()) };
+    }
+}
+
+fn init_pend_timer() {
+    // SAFETY: DriverEntry, before any classify or timer use.
+    unsafe { KeInitializeTimer(PEND_TIMER.timer.get()) };
+    // SAFETY: as above; a static DPC routine with no context.
+    unsafe { KeInitializeDpc(PEND_TIMER.dpc.get(), Some(pend_timer_dpc), null_mut()) };
+}
+
+/// The pend timeout fired (DISPATCH_LEVEL): complete what is due, re-arm.
+unsafe extern "C" fn pend_timer_dpc(_: *mut KDPC, _: *mut c_void, _: *mut c_void, _: *mut c_void) {
+    let t = now();
+    STATE.with(|s| {
+        if let Some(d) = s.as_mut() {
+            // SAFETY: completions use the handles the classifications were pended with.
+            let mut fwps = unsafe { KernelFwps::new() };
+            d.callout.complete_pended(&mut fwps, t);
+            d.callout.sync_timer(&mut PendKTimer);
+        }
+    });
+}
+
+/// Unload: no timer left armed, no DPC left running.
+fn stop_pend_timer() {
+    PendKTimer.cancel();
+    // SAFETY: PASSIVE_LEVEL (unload).
+    unsafe { KeFlushQueuedDpcs() };
 }
 
 unsafe extern "system" fn notify(_: FWPS_CALLOUT_NOTIFY_TYPE, _: *const GUID, _: *mut FWPS_FILTER3) -> NTSTATUS {
@@ -739,7 +829,9 @@ unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *
             fwps: &mut fwps,
             now: t,
         };
-        Some(dispatch(&mut session, &request, reply))
+        let written = dispatch(&mut session, &request, reply);
+        d.callout.sync_timer(&mut PendKTimer);
+        Some(written)
     });
     match written {
         Some(0) => complete(irp, STATUS_BUFFER_TOO_SMALL, 0),
