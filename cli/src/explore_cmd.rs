@@ -10,6 +10,7 @@ use arbiter_lab::profiles::Profile;
 use arbiter_lab::scenario::Ours;
 use serde_json::{Value, json};
 
+use crate::out::outln;
 use crate::{EXIT_FAILED, EXIT_OK, print_json};
 
 /// `arbiter explore` options.
@@ -113,18 +114,18 @@ fn row(name: &str, t: &Tally) -> String {
 
 fn print_list(list: &[Counterexample], show: usize) {
     for (i, c) in list.iter().take(show).enumerate() {
-        println!("  {:>2}. {}", i + 1, c.describe());
+        outln!("  {:>2}. {}", i + 1, c.describe());
         if c.other_moves > 0 {
-            println!("      interleaving: {}", c.moves.join(" "));
+            outln!("      interleaving: {}", c.moves.join(" "));
         }
     }
 }
 
 fn print_findings(label: &str, f: &Findings, show: usize) {
     if f.counterexamples.is_empty() {
-        println!("{label}: no loop or unexplained end that our place causes");
+        outln!("{label}: no loop or unexplained end that our place causes");
     } else {
-        println!(
+        outln!(
             "{label}: {} failing setups, {} distinct shapes; shortest chains first:",
             f.counterexamples_found,
             f.counterexamples.len()
@@ -132,7 +133,7 @@ fn print_findings(label: &str, f: &Findings, show: usize) {
         print_list(&f.counterexamples, show);
     }
     if !f.peer_only.is_empty() {
-        println!(
+        outln!(
             "{label}: {} setups where peers fail among themselves (the same connection fails alone with our driver \
              uninstalled), {} distinct shapes:",
             f.tally.peer_only_configurations,
@@ -141,27 +142,35 @@ fn print_findings(label: &str, f: &Findings, show: usize) {
         print_list(&f.peer_only, show);
     }
     for (setup, e) in &f.model_errors {
-        println!("  model error [{setup}]: {e}");
+        outln!("  model error [{setup}]: {e}");
     }
 }
 
 fn print_text(x: &Exploration, bounds: &Bounds, show: usize) {
-    println!(
+    outln!(
         "arbiter explore: up to {} vendors, {} concurrent connections{}",
         bounds.max_vendors,
         bounds.connections,
         if bounds.quick { " (quick bounds)" } else { "" }
     );
-    println!(
+    outln!(
         "{:<9} {:>7} {:>9} {:>11} {:>12} {:>9} {:>9} {:>7} {:>11}",
-        "ours", "setups", "states", "transitions", "executions", "delivered", "blocked", "loops", "unexplained"
+        "ours",
+        "setups",
+        "states",
+        "transitions",
+        "executions",
+        "delivered",
+        "blocked",
+        "loops",
+        "unexplained"
     );
-    println!("{}", row("arbiter", &x.arbiter.tally));
+    outln!("{}", row("arbiter", &x.arbiter.tally));
     if bounds.baseline {
-        println!("{}", row("baseline", &x.baseline.tally));
+        outln!("{}", row("baseline", &x.baseline.tally));
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "arbiter failures: {} ({} setups with a loop or unexplained end our arbiter may cause, {} model errors, {} audit failures)",
         x.arbiter_failures(),
         x.arbiter.tally.failing_configurations,
@@ -172,7 +181,7 @@ fn print_text(x: &Exploration, bounds: &Bounds, show: usize) {
     if bounds.baseline {
         print_findings("baseline", &x.baseline, show);
     }
-    println!("explored in {:.1} s on {} threads", x.seconds, bounds.threads);
+    outln!("explored in {:.1} s on {} threads", x.seconds, bounds.threads);
 }
 
 /// Runs `arbiter explore`.

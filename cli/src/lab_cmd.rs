@@ -5,11 +5,13 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use arbiter_lab::audit_log::LogJoiner;
 use arbiter_lab::dot::chain_dot;
 use arbiter_lab::profiles::Profile;
 use arbiter_lab::scenario::{LabRules, Ours, Outcome, Report, file_stem, matrix, run as run_scenario};
 use serde_json::{Value, json};
 
+use crate::out::outln;
 use crate::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json};
 
 /// `arbiter lab` options.
@@ -27,9 +29,16 @@ pub(crate) struct Args {
     /// Write one Graphviz picture per redirect chain into DIR (and SVG when `dot` is installed).
     #[arg(long, value_name = "DIR")]
     dot: Option<PathBuf>,
+    /// Write the audit log our driver would have written for the run (binary, as the driver
+    /// hands it out) to FILE: every arbiter scenario one after another. Try `arbiter audit FILE`.
+    #[arg(long, value_name = "FILE")]
+    audit: Option<PathBuf>,
     /// Skip the baseline (the WFP sample's logic in our place).
     #[arg(long)]
     no_baseline: bool,
+    /// Run a machine's vendor set instead of the matrix (a file `arbiter wfpdiag --lab-setup` writes).
+    #[arg(long, value_name = "FILE")]
+    setup: Option<PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -111,6 +120,15 @@ fn write_outputs(args: &Args, r: &Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Joins every arbiter scenario's audit log into one and writes it.
+fn write_audit(file: &Path, reports: &[Report]) -> Result<(), String> {
+    let mut joined = LogJoiner::default();
+    for r in reports.iter().filter(|r| r.scenario.ours == Ours::Arbiter) {
+        joined.push(&r.audit_log).map_err(|e| format!("{}: {e}", r.name))?;
+    }
+    std::fs::write(file, &joined.bytes).map_err(|e| e.to_string())
+}
+
 /// Renders every `.dot` in `dir` to SVG when Graphviz is installed.
 fn render_svgs(dir: &Path) -> usize {
     let has_dot = std::process::Command::new("dot").arg("-V").output().is_ok_and(|o| o.status.success());
@@ -149,6 +167,9 @@ pub(crate) fn run(args: &Args) -> u8 {
             return EXIT_BAD_INPUT;
         }
     };
+    if let Some(setup) = &args.setup {
+        return crate::lab_setup_cmd::run(setup, &rule_sets, args.json);
+    }
     for dir in [&args.record, &args.dot].into_iter().flatten() {
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("{}: {e}", dir.display());
@@ -194,6 +215,12 @@ pub(crate) fn run(args: &Args) -> u8 {
         }
     }
     let svgs = args.dot.as_deref().map_or(0, render_svgs);
+    if let Some(file) = &args.audit
+        && let Err(e) = write_audit(file, &reports)
+    {
+        eprintln!("{}: {e}", file.display());
+        return EXIT_BAD_INPUT;
+    }
 
     let mut tallies: BTreeMap<(Ours, Profile), Tally> = BTreeMap::new();
     let mut totals: BTreeMap<Ours, Tally> = BTreeMap::new();
@@ -242,16 +269,20 @@ pub(crate) fn run(args: &Args) -> u8 {
             "svg_rendered": svgs,
         }));
     } else {
-        println!(
+        outln!(
             "{:<52} {:<11} {:>4}  {:<70} {:<26} BLOCKING REASON",
-            "SCENARIO", "OUTCOME", "HOPS", "PATH", "INSPECTED BY"
+            "SCENARIO",
+            "OUTCOME",
+            "HOPS",
+            "PATH",
+            "INSPECTED BY"
         );
         for r in &reports {
             let reason = match &r.outcome {
                 Outcome::Delivered => "-".to_owned(),
                 other => other.detail(),
             };
-            println!(
+            outln!(
                 "{:<52} {:<11} {:>4}  {:<70} {:<26} {}",
                 r.name,
                 r.outcome.kind(),
@@ -261,13 +292,20 @@ pub(crate) fn run(args: &Args) -> u8 {
                 reason
             );
         }
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{:<10} {:<15} {:>9} {:>9} {:>7} {:>6} {:>11} {:>9}",
-            "OURS", "PEER", "SCENARIOS", "DELIVERED", "BLOCKED", "LOOPS", "UNEXPLAINED", "MEAN HOPS"
+            "OURS",
+            "PEER",
+            "SCENARIOS",
+            "DELIVERED",
+            "BLOCKED",
+            "LOOPS",
+            "UNEXPLAINED",
+            "MEAN HOPS"
         );
         for ((o, p), t) in &tallies {
-            println!(
+            outln!(
                 "{:<10} {:<15} {:>9} {:>9} {:>7} {:>6} {:>11} {:>9.2}",
                 o.name(),
                 p.name(),
@@ -279,9 +317,9 @@ pub(crate) fn run(args: &Args) -> u8 {
                 t.mean_hops()
             );
         }
-        println!();
+        outln!();
         for (o, t) in &totals {
-            println!(
+            outln!(
                 "{}: {} scenarios, {} delivered, {} blocked, {} loops, {} unexplained",
                 o.name(),
                 t.scenarios,
@@ -291,12 +329,12 @@ pub(crate) fn run(args: &Args) -> u8 {
                 t.unexplained
             );
         }
-        println!("{} scenarios in {:.3} s ({:.0} scenarios/s)", reports.len(), elapsed, rate);
+        outln!("{} scenarios in {:.3} s ({:.0} scenarios/s)", reports.len(), elapsed, rate);
         if svgs > 0 {
-            println!("rendered {svgs} SVG pictures");
+            outln!("rendered {svgs} SVG pictures");
         }
         for r in &failures {
-            println!("FAILURE {}: {} ({})", r.name, r.outcome.kind(), r.outcome.detail());
+            outln!("FAILURE {}: {} ({})", r.name, r.outcome.kind(), r.outcome.detail());
         }
     }
     if failures.is_empty() { EXIT_OK } else { EXIT_FAILED }

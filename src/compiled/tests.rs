@@ -331,13 +331,13 @@ proptest! {
         prop_assert_eq!(back.id, blob::crc32(&bytes[HEADER_LEN..]));
         prop_assert_eq!(&back, &RuleSet { id: back.id, ..rs.clone() });
         prop_assert_eq!(blob::encode(&back).unwrap(), bytes.clone());
-        blob::fuzz_decode(&bytes);
+        crate::fuzzing::rules_blob(&bytes);
     }
 
     /// Any byte string: no panic, and whatever is accepted re-encodes to itself.
     #[test]
     fn decode_never_panics(data in prop::collection::vec(any::<u8>(), 0..256)) {
-        blob::fuzz_decode(&data);
+        crate::fuzzing::rules_blob(&data);
     }
 
     /// Mutations of valid blobs, with the checksum fixed up so the payload parser is reached.
@@ -352,13 +352,26 @@ proptest! {
         let crc = blob::crc32(&bytes[HEADER_LEN..]);
         bytes[8..12].copy_from_slice(&len.to_le_bytes());
         bytes[12..16].copy_from_slice(&crc.to_le_bytes());
-        blob::fuzz_decode(&bytes);
+        crate::fuzzing::rules_blob(&bytes);
     }
 }
 
 /// What the front end would produce: prefixes within the family, ranges not inverted.
 fn sanitized(mut rs: RuleSet) -> RuleSet {
-    for r in &mut rs.rules {
+    // What the shared validator refuses: bad globs and repeated names.
+    let fix = |globs: &mut Vec<Glob>| {
+        for g in globs.iter_mut() {
+            if crate::validate::check_glob(g.units()).is_err() {
+                *g = Glob::new("*").unwrap();
+            }
+        }
+    };
+    fix(&mut rs.trust);
+    fix(&mut rs.known_proxies);
+    for (i, r) in rs.rules.iter_mut().enumerate() {
+        r.name = alloc::format!("{}-{i}", r.name);
+        fix(&mut r.app);
+        fix(&mut r.original_app);
         for c in &mut r.remote {
             c.prefix = c.prefix.min(if c.addr.is_ipv4() { 32 } else { 128 });
         }
