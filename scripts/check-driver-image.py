@@ -6,8 +6,9 @@ Usage: check-driver-image.py IMAGE MAP INX MINGW_LIB_DIR
 - PE32+ AMD64, native subsystem, entry point = the exported DriverEntry;
 - imports only from the allowed kernel modules, no delay-load imports,
   no symbol imported twice;
-- every ntoskrnl.exe / hal.dll / netio.sys import is in MinGW-w64's export
-  list for that module (libntoskrnl.a, libhal.a, libnetio.a, read with nm),
+- every ntoskrnl.exe / hal.dll / netio.sys / ksecdd.sys import is in
+  MinGW-w64's export list for that module (libntoskrnl.a, libhal.a,
+  libnetio.a, libksecdd.a, read with nm),
   except a short allow-list of newer exports, each with its documentation
   page and minimum Windows version; the INF targets the newest of those;
 - every fwpkclnt.sys import is a documented WFP kernel routine;
@@ -20,7 +21,9 @@ import struct
 import subprocess
 import sys
 
-ALLOWED_MODULES = {"ntoskrnl.exe", "hal.dll", "fwpkclnt.sys", "netio.sys"}
+# ksecdd.sys: BCryptGenRandom for the hash seed (bcrypt.h: kernel-mode
+# callers link Ksecdd.lib; the routine is ksecdd.sys's export).
+ALLOWED_MODULES = {"ntoskrnl.exe", "hal.dll", "fwpkclnt.sys", "netio.sys", "ksecdd.sys"}
 REQUIRED_MODULES = {"ntoskrnl.exe", "fwpkclnt.sys"}
 
 # ntoskrnl exports newer than MinGW-w64 10's libntoskrnl.a:
@@ -325,7 +328,8 @@ def main():
             fail(f"{name} imported twice ({seen[name]} and {module})")
         seen[name] = module
 
-    for module, lib in (("ntoskrnl.exe", "libntoskrnl.a"), ("hal.dll", "libhal.a"), ("netio.sys", "libnetio.a")):
+    for module, lib in (("ntoskrnl.exe", "libntoskrnl.a"), ("hal.dll", "libhal.a"), ("netio.sys", "libnetio.a"),
+                        ("ksecdd.sys", "libksecdd.a")):
         if module not in by_module:
             continue
         exported = nm_exports(f"{libdir}/{lib}")

@@ -32,13 +32,14 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::ptr::{null, null_mut};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use arbiter::compiled::CompiledRules;
 use arbiter::compiled::blob::{self, BlobError};
-use arbiter::control::{IOCTL_CONTROL, MAX_RULES_LEN, REQUEST_HEADER_LEN, RulesRejected};
+use arbiter::control::{Access, Caller, HandleId, Handles, MAX_RULES_LEN, REQUEST_HEADER_LEN, RulesRejected, Status};
 use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 use arbiter_callout::adapter::RawClassify;
-use arbiter_callout::control::{Session, dispatch};
+use arbiter_callout::control::{self, Device};
 use arbiter_callout::filters::{FILTERS, FilterLayer};
 use arbiter_callout::kernel::KernelFwps;
 use arbiter_callout::shell::{Kernel, Lifecycle};
@@ -46,17 +47,17 @@ use arbiter_callout::{Callout, CalloutConfig, Family, OWN_FILTER, PendTimer};
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
 use wdk_sys::ntddk::{
-    IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoOpenDriverRegistryKey,
-    IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeCancelTimer, KeDelayExecutionThread, KeFlushQueuedDpcs,
-    KeInitializeDpc, KeInitializeTimer, KeQueryInterruptTimePrecise, KeReleaseSpinLock, KeSetTimer,
+    IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoGetRequestorProcessId,
+    IoOpenDriverRegistryKey, IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeCancelTimer, KeDelayExecutionThread,
+    KeFlushQueuedDpcs, KeInitializeDpc, KeInitializeTimer, KeQueryInterruptTimePrecise, KeReleaseSpinLock, KeSetTimer,
     RtlInitUnicodeString, ZwClose, ZwQueryValueKey,
 };
 use wdk_sys::{
     _DRIVER_REGKEY_TYPE, _KEY_VALUE_INFORMATION_CLASS, _MODE, DEVICE_OBJECT, DRIVER_OBJECT, FILE_DEVICE_SECURE_OPEN,
-    IO_NO_INCREMENT, IRP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KDPC, KEY_READ, KIRQL, KSPIN_LOCK,
-    KTIMER, LARGE_INTEGER, NTSTATUS, PCUNICODE_STRING, STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_BUSY,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_SUCCESS,
-    UNICODE_STRING,
+    IO_NO_INCREMENT, IO_STACK_LOCATION, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, KDPC,
+    KEY_READ, KIRQL, KSPIN_LOCK, KTIMER, LARGE_INTEGER, NTSTATUS, PCUNICODE_STRING, STATUS_ACCESS_DENIED,
+    STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_BUSY, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER, STATUS_SHARING_VIOLATION, STATUS_SUCCESS, UNICODE_STRING,
 };
 use wfp_ffi::imports::*;
 use wfp_ffi::*;
@@ -116,6 +117,7 @@ struct Driver {
     redirect_handle: HANDLE,
     callout_ids: [u32; 6],
     bfe_subscription: HANDLE,
+    handles: Handles,
     instance: u64,
 }
 
@@ -213,8 +215,9 @@ pub unsafe extern "system" fn driver_entry(driver: *mut DRIVER_OBJECT, registry_
     // SAFETY: DriverEntry owns the driver object; the major function table is ours to fill.
     let d = unsafe { &mut *driver };
     for (major, f) in [
-        (IRP_MJ_CREATE, dispatch_create_close as DispatchFn),
-        (IRP_MJ_CLOSE, dispatch_create_close),
+        (IRP_MJ_CREATE, dispatch_create as DispatchFn),
+        (IRP_MJ_CLEANUP, dispatch_cleanup),
+        (IRP_MJ_CLOSE, dispatch_close),
         (IRP_MJ_DEVICE_CONTROL, dispatch_device_control),
     ] {
         if let Some(slot) = d.MajorFunction.get_mut(major as usize) {
@@ -277,6 +280,10 @@ fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
     // SAFETY: DriverEntry is the only thread touching LIFE until the BFE
     // subscription below; from then on it is only read.
     unsafe { *LIFE.0.get() = Some(life) };
+    let status = draw_seed();
+    if status < 0 {
+        return status;
+    }
     init_pend_timer();
     let Some(mut callout) = new_callout() else { return STATUS_INSUFFICIENT_RESOURCES };
     let mut redirect_handle: HANDLE = null_mut();
@@ -287,8 +294,14 @@ fn start(driver: *mut DRIVER_OBJECT, device: *mut DEVICE_OBJECT) -> NTSTATUS {
     }
     callout.set_redirect_handle(redirect_handle);
     let instance = now().as_millis() ^ (driver as u64).rotate_left(17);
-    let state =
-        Box::new(Driver { callout, redirect_handle, callout_ids: [0; 6], bfe_subscription: null_mut(), instance });
+    let state = Box::new(Driver {
+        callout,
+        redirect_handle,
+        callout_ids: [0; 6],
+        bfe_subscription: null_mut(),
+        handles: Handles::new(),
+        instance,
+    });
     STATE.with(|s| *s = Some(state));
     // Register the six callouts (run-time side); filters come with BFE.
     for (i, (key, kind)) in LAYERS.iter().enumerate() {
@@ -429,12 +442,29 @@ impl Kernel for Wdm {
     }
 }
 
-/// Hash seeds from the interrupt time and the stack address (no RNG import needed).
+/// The hash seed: drawn once in DriverEntry from the system CSPRNG, read-only after.
+static SEED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
 fn seed() -> [u64; 4] {
-    let t = now().as_millis();
-    let local = 0u8;
-    let a = core::ptr::addr_of!(local) as u64;
-    [t ^ 0x9E37_79B9_7F4A_7C15, a.rotate_left(29), t.wrapping_mul(0xBF58_476D_1CE4_E5B9), a ^ t.rotate_left(7)]
+    SEED.each_ref().map(|w| w.load(Ordering::Relaxed))
+}
+
+/// `BCryptGenRandom(BCRYPT_USE_SYSTEM_PREFERRED_RNG)` at PASSIVE_LEVEL, before
+/// any lock: the flow and endpoint tables are keyed by traffic outsiders
+/// choose, so their seed must not be guessable.
+fn draw_seed() -> NTSTATUS {
+    let mut bytes = [0u8; 32];
+    // SAFETY: a 32-byte buffer we own; no algorithm handle with this flag; PASSIVE_LEVEL.
+    let status = unsafe { BCryptGenRandom(null_mut(), bytes.as_mut_ptr(), 32, BCRYPT_USE_SYSTEM_PREFERRED_RNG) };
+    if status < 0 {
+        return status;
+    }
+    for (word, chunk) in SEED.iter().zip(bytes.chunks_exact(8)) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+    }
+    STATUS_SUCCESS
 }
 
 /// `Parameters\SublayerWeight` (REG_DWORD), or the default.
@@ -780,7 +810,98 @@ fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
 
 type DispatchFn = unsafe extern "C" fn(*mut DEVICE_OBJECT, *mut IRP) -> NTSTATUS;
 
-unsafe extern "C" fn dispatch_create_close(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+/// Who sent this IRP, as the kernel says: the requesting process, the file
+/// object it came through, and the access granted to that handle (kept in
+/// the file object's `FsContext` since IRP_MJ_CREATE; the I/O manager has
+/// already checked each IOCTL's access bits against the same handle).
+///
+/// # Safety
+///
+/// `irp` is dispatched to us, `stack` its current stack location.
+unsafe fn caller_of(irp: *mut IRP, stack: &IO_STACK_LOCATION, access: Option<Access>) -> Option<Caller> {
+    let file = stack.FileObject;
+    if file.is_null() {
+        return None;
+    }
+    let access = match access {
+        Some(a) => a,
+        // SAFETY: our file object; FsContext holds what dispatch_create stored.
+        None => Access::from_access_mask(unsafe { (*file).FsContext } as usize as u32),
+    };
+    // SAFETY: a dispatched IRP.
+    let pid = unsafe { IoGetRequestorProcessId(irp) };
+    Some(Caller { pid, handle: HandleId(file as u64), access })
+}
+
+/// The control device's view of the driver state, under its lock.
+fn with_device<R>(f: impl FnOnce(&mut Device<'_, Box<CompiledRules>, RulesFn, KernelFwps>) -> R) -> Option<R> {
+    let t = now();
+    STATE.with(|s| {
+        let d = s.as_mut()?;
+        // SAFETY: completions during this request use the pended classifies' own handles.
+        let mut fwps = unsafe { KernelFwps::new() };
+        let Driver { callout, handles, instance, .. } = &mut **d;
+        let mut device = Device {
+            callout,
+            handles,
+            decode_rules: decode_control_rules as RulesFn,
+            instance: *instance,
+            fwps: &mut fwps,
+            now: t,
+        };
+        let r = f(&mut device);
+        device.callout.sync_timer(&mut PendKTimer);
+        Some(r)
+    })
+}
+
+/// IRP_MJ_CREATE: any number of readers, one writer at a time; the granted
+/// access is kept with the file object.
+unsafe extern "C" fn dispatch_create(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    // SAFETY: dispatched IRP.
+    let stack = unsafe { current_stack(irp) };
+    // SAFETY: the I/O manager's stack location for us, valid during dispatch.
+    let stack = unsafe { &*stack };
+    // SAFETY: the Create member is the active one for IRP_MJ_CREATE.
+    let security = unsafe { stack.Parameters.Create.SecurityContext };
+    if security.is_null() {
+        return complete(irp, STATUS_ACCESS_DENIED, 0);
+    }
+    // SAFETY: the I/O manager's security context for this create.
+    let access = Access::from_access_mask(unsafe { (*security).DesiredAccess });
+    // SAFETY: dispatched IRP and its stack location.
+    let Some(caller) = (unsafe { caller_of(irp, stack, Some(access)) }) else {
+        return complete(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    let status = with_device(|device| control::open(device, &caller));
+    match status {
+        Some(Status::Ok) => {
+            // SAFETY: our file object, during its create.
+            unsafe { (*stack.FileObject).FsContext = access.bits() as usize as *mut c_void };
+            complete(irp, STATUS_SUCCESS, 0)
+        }
+        Some(Status::WriterBusy) => complete(irp, STATUS_SHARING_VIOLATION, 0),
+        Some(_) => complete(irp, STATUS_ACCESS_DENIED, 0),
+        None => complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0),
+    }
+}
+
+/// IRP_MJ_CLEANUP: the last handle to this file object is gone (closed, or
+/// its process died). A proxy registered through it is unregistered now, so
+/// flows stop going to it at once; its writer role and drain cursor go too.
+unsafe extern "C" fn dispatch_cleanup(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    // SAFETY: dispatched IRP.
+    let stack = unsafe { current_stack(irp) };
+    // SAFETY: the I/O manager's stack location for us, valid during dispatch.
+    let stack = unsafe { &*stack };
+    let file = stack.FileObject;
+    if !file.is_null() {
+        let _ = with_device(|device| control::cleanup(device, HandleId(file as u64)));
+    }
+    complete(irp, STATUS_SUCCESS, 0)
+}
+
+unsafe extern "C" fn dispatch_close(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
     complete(irp, STATUS_SUCCESS, 0)
 }
 
@@ -791,15 +912,16 @@ unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *
     let stack = unsafe { &*stack };
     // SAFETY: the DeviceIoControl member is the active one for IRP_MJ_DEVICE_CONTROL.
     let io = unsafe { stack.Parameters.DeviceIoControl };
-    if io.IoControlCode != IOCTL_CONTROL {
-        return complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0);
-    }
     let (in_len, out_len) = (io.InputBufferLength as usize, io.OutputBufferLength as usize);
     // Length checks before anything is read: a header at least, and no more
     // than the largest request (a rules blob) plus its header.
     if in_len < REQUEST_HEADER_LEN || in_len > MAX_RULES_LEN.saturating_add(REQUEST_HEADER_LEN) {
         return complete(irp, STATUS_INVALID_PARAMETER, 0);
     }
+    // SAFETY: dispatched IRP and its stack location.
+    let Some(caller) = (unsafe { caller_of(irp, stack, None) }) else {
+        return complete(irp, STATUS_INVALID_PARAMETER, 0);
+    };
     // SAFETY: the IRP dispatched to us.
     let associated = unsafe { &(*irp).AssociatedIrp };
     // SAFETY: METHOD_BUFFERED: the system buffer (max(in, out) bytes) is the active member.
@@ -816,28 +938,19 @@ unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *
     request.extend_from_slice(unsafe { core::slice::from_raw_parts(system, in_len) });
     // SAFETY: `out_len` writable bytes at the system buffer, not aliased now that the request is copied.
     let reply = unsafe { core::slice::from_raw_parts_mut(system, out_len) };
-    let t = now();
-    let written = STATE.with(|s| {
-        let d = s.as_mut()?;
-        // SAFETY: completions during this request use the pended classifies' own handles.
-        let mut fwps = unsafe { KernelFwps::new() };
-        let seed = seed();
-        let mut session = Session {
-            callout: &mut d.callout,
-            decode_rules: |b: &[u8]| decode_rules(b, seed),
-            instance: d.instance,
-            fwps: &mut fwps,
-            now: t,
-        };
-        let written = dispatch(&mut session, &request, reply);
-        d.callout.sync_timer(&mut PendKTimer);
-        Some(written)
-    });
+    let written = with_device(|device| control::dispatch(device, io.IoControlCode, &caller, &request, reply));
     match written {
         Some(0) => complete(irp, STATUS_BUFFER_TOO_SMALL, 0),
         Some(n) => complete(irp, STATUS_SUCCESS, n),
         None => complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0),
     }
+}
+
+/// The rules decoder the control device uses.
+type RulesFn = fn(&[u8]) -> Result<Box<CompiledRules>, RulesRejected>;
+
+fn decode_control_rules(blob: &[u8]) -> Result<Box<CompiledRules>, RulesRejected> {
+    decode_rules(blob, seed())
 }
 
 /// A rules blob decoded into pool memory (its own frame: the compiled rules

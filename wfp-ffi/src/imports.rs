@@ -113,3 +113,15 @@ unsafe extern "system" {
     /// `FwpmBfeStateUnsubscribeChanges0`.
     pub fn FwpmBfeStateUnsubscribeChanges0(changeHandle: HANDLE) -> NTSTATUS;
 }
+
+#[link(name = "ksecdd.sys", kind = "raw-dylib", modifiers = "+verbatim")]
+unsafe extern "system" {
+    /// `BCryptGenRandom` (bcrypt.h). Kernel-mode callers link ksecdd (the
+    /// routine is exported by `ksecdd.sys`) and call it at PASSIVE_LEVEL;
+    /// with [`BCRYPT_USE_SYSTEM_PREFERRED_RNG`], `hAlgorithm` is null.
+    pub fn BCryptGenRandom(hAlgorithm: *mut c_void, pbBuffer: *mut u8, cbBuffer: u32, dwFlags: u32) -> NTSTATUS;
+}
+
+/// `BCRYPT_USE_SYSTEM_PREFERRED_RNG`: the system's preferred random number
+/// generator, no algorithm handle.
+pub const BCRYPT_USE_SYSTEM_PREFERRED_RNG: u32 = 0x0000_0002;
