@@ -56,6 +56,9 @@ WFP_ROUTINES = {
     for name in names
 }
 
+# Routines of the WDK's static libraries the driver must contain.
+STATIC_ROUTINES = ["WdmlibIoCreateDeviceSecure"]
+
 STACK_LIMIT = 2048
 # Not enforced until the classify path fits (see driver/README.md).
 ENFORCE_STACK = False
@@ -195,7 +198,7 @@ def stack_report(image, info, syms, say, fail):
                          capture_output=True, text=True, check=True).stdout
     bounds = [rva for rva, _ in funcs] + [text_va + text_size]
     frames, calls, indirect, imports_called = {}, {}, {}, {}
-    current, prologue, pushes, size = None, False, 0, 0
+    current, prologue, pushes, size, probe = None, False, 0, 0, 0
     for line in asm.splitlines():
         m = re.match(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$", line)
         if not m:
@@ -205,7 +208,7 @@ def stack_report(image, info, syms, say, fail):
         if rva in starts:
             if current is not None:
                 frames[current] = 8 + 8 * pushes + size
-            current, prologue, pushes, size = starts[rva], True, 0, 0
+            current, prologue, pushes, size, probe = starts[rva], True, 0, 0, 0
             calls[current], indirect[current], imports_called[current] = set(), 0, set()
         if current is None:
             continue
@@ -213,10 +216,15 @@ def stack_report(image, info, syms, say, fail):
             if op == "pushq":
                 pushes += 1
                 continue
+            # `movl $N, %eax; callq __chkstk; subq %rax, %rsp` for frames of a page or more.
             if op == "movl" and (mm := re.match(r"\$(\d+), %eax", args)):
-                size = int(mm.group(1))
+                probe = int(mm.group(1))
                 continue
-            if op == "callq" and size:
+            if op == "callq" and probe:
+                size, probe = probe, 0
+                continue
+            if op == "subq" and args.startswith("%rax, %rsp"):
+                prologue = False
                 continue
             if op == "subq" and (mm := re.match(r"\$(\d+), %rsp", args)):
                 size = int(mm.group(1))
@@ -354,7 +362,16 @@ def main():
         else:
             say(f"INF target OS: NTamd64.10.0...{target} (newest import needs build {need})")
 
-    stack_report(image, info, read_map(map_path, info["image_base"]), say, fail)
+    syms = read_map(map_path, info["image_base"])
+    # Static libraries of the WDK: linked into the image, never imported.
+    for name in STATIC_ROUTINES:
+        if name in seen:
+            fail(f"{name} is imported; it comes from a static library and must be linked in")
+        elif not any(sym == name for _, sym in syms):
+            fail(f"{name} is not in the image (wdmsec.lib not linked?)")
+        else:
+            say(f"{name}: linked in statically (wdmsec.lib)")
+    stack_report(image, info, syms, say, fail)
 
     if fails:
         for f in fails:

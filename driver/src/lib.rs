@@ -47,9 +47,9 @@ use arbiter_callout::{Callout, CalloutConfig, Family, OWN_FILTER, PendTimer};
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
 use wdk_sys::ntddk::{
-    IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoGetRequestorProcessId,
-    IoOpenDriverRegistryKey, IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeCancelTimer, KeDelayExecutionThread,
-    KeFlushQueuedDpcs, KeInitializeDpc, KeInitializeTimer, KeQueryInterruptTimePrecise, KeReleaseSpinLock, KeSetTimer,
+    IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoGetRequestorProcessId, IoOpenDriverRegistryKey,
+    IofCompleteRequest, KeAcquireSpinLockRaiseToDpc, KeCancelTimer, KeDelayExecutionThread, KeFlushQueuedDpcs,
+    KeInitializeDpc, KeInitializeTimer, KeQueryInterruptTimePrecise, KeReleaseSpinLock, KeSetTimer,
     RtlInitUnicodeString, ZwClose, ZwQueryValueKey,
 };
 use wdk_sys::{
@@ -68,6 +68,29 @@ static GLOBAL_ALLOCATOR: WdkAllocator = WdkAllocator;
 
 /// Our provider {a7b1e4f0-5c2d-4e8a-9b61-3f0d2c7e1a01}.
 const PROVIDER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x01]);
+/// Our device class: administrators may override the device's default
+/// security descriptor under this class's registry key.
+const DEVICE_CLASS_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1c, 0x01]);
+
+// The SDDL string passed at device creation is wdmsec.h's.
+const _: () = assert!(eq_str("D:P(A;;GA;;;SY)(A;;GA;;;BA)", SDDL_DEVOBJ_SYS_ALL_ADM_ALL));
+
+#[allow(clippy::indexing_slicing, reason = "const evaluation: an index out of bounds fails the build")]
+const fn eq_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Our sublayer.
 const SUBLAYER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x02]);
 
@@ -189,17 +212,24 @@ pub unsafe extern "system" fn driver_entry(driver: *mut DRIVER_OBJECT, registry_
     let _ = registry_path;
     let mut name = unicode(w!(r"\Device\ArbiterControl"));
     let mut link = unicode(w!(r"\DosDevices\ArbiterControl"));
+    let sddl = unicode(w!("D:P(A;;GA;;;SY)(A;;GA;;;BA)"));
     let mut device: *mut DEVICE_OBJECT = null_mut();
-    // SAFETY: valid driver object; `device` is an out pointer.
+    // Only SYSTEM and administrators may open it (SDDL_DEVOBJ_SYS_ALL_ADM_ALL),
+    // FILE_DEVICE_SECURE_OPEN applies that to every name under the device
+    // too, and it is not exclusive: several readers, one writer at a time
+    // (arbiter::control::Handles).
+    // SAFETY: valid driver object; initialised strings; a static GUID; `device` is an out pointer.
     let status = unsafe {
-        IoCreateDevice(
-            driver,
+        WdmlibIoCreateDeviceSecure(
+            driver.cast(),
             0,
-            &mut name,
+            (&raw mut name).cast(),
             arbiter::control::FILE_DEVICE_ARBITER,
             FILE_DEVICE_SECURE_OPEN,
-            1,
-            &mut device,
+            0,
+            (&raw const sddl).cast(),
+            &DEVICE_CLASS_KEY,
+            (&raw mut device).cast(),
         )
     };
     if status < 0 {

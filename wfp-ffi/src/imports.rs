@@ -125,3 +125,29 @@ unsafe extern "system" {
 /// `BCRYPT_USE_SYSTEM_PREFERRED_RNG`: the system's preferred random number
 /// generator, no algorithm handle.
 pub const BCRYPT_USE_SYSTEM_PREFERRED_RNG: u32 = 0x0000_0002;
+
+// `wdmsec.lib` is a static library of the WDK (no DLL): its routine is linked
+// into the driver image, and what it calls comes from ntoskrnl.exe.
+#[link(name = "wdmsec", kind = "static", modifiers = "-bundle")]
+unsafe extern "system" {
+    /// `WdmlibIoCreateDeviceSecure` (wdmsec.h): `IoCreateDevice` with a
+    /// default security descriptor from an SDDL string and a device class
+    /// GUID (under which an administrator may override the descriptor).
+    /// Pointers are the wdm.h types (`PDRIVER_OBJECT`, `PUNICODE_STRING`,
+    /// `PCUNICODE_STRING`, `PDEVICE_OBJECT *`), declared opaque here.
+    pub fn WdmlibIoCreateDeviceSecure(
+        DriverObject: *mut c_void,
+        DeviceExtensionSize: u32,
+        DeviceName: *mut c_void,
+        DeviceType: u32,
+        DeviceCharacteristics: u32,
+        Exclusive: u8,
+        DefaultSDDLString: *const c_void,
+        DeviceClassGuid: *const GUID,
+        DeviceObject: *mut *mut c_void,
+    ) -> NTSTATUS;
+}
+
+/// `SDDL_DEVOBJ_SYS_ALL_ADM_ALL` (wdmsec.h): protected DACL, all access for
+/// SYSTEM and the Administrators group, nothing for anyone else.
+pub const SDDL_DEVOBJ_SYS_ALL_ADM_ALL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;BA)";

@@ -10,7 +10,8 @@
 //! - [`configure_wdk_binary_build`] (the driver's build script): the same
 //!   `+crt-static` check as wdk-build 0.6 ([`ConfigError::StaticCrtNotEnabled`]),
 //!   then the WDM link arguments wdk-build 0.6 emits, minus those lld-link
-//!   does not take (`/KERNEL`, `/MAPINFO:EXPORTS`, `/IGNORE:*`).
+//!   does not take (`/KERNEL`, `/MAPINFO:EXPORTS`, `/IGNORE:*`), and a
+//!   stand-in `wdmsec.lib` on the link path (the WDK's is Windows-only).
 
 use std::fmt;
 
@@ -83,6 +84,41 @@ pub fn configure_wdk_binary_build() -> Result<(), ConfigError> {
     ] {
         println!("cargo::rustc-cdylib-link-arg={arg}");
     }
+    wdmsec_standin();
     emit_cfg();
     Ok(())
+}
+
+/// Builds `wdmsec.lib` (see `wdmsec.rs`) into the build script's `OUT_DIR`
+/// with the same rustc, and puts it on the link path: the driver links
+/// `wdmsec` as it does with the WDK.
+fn wdmsec_standin() {
+    use std::path::PathBuf;
+    use std::process::Command;
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default());
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let target = std::env::var("TARGET").unwrap_or_else(|_| "x86_64-pc-windows-msvc".into());
+    let source = out.join("wdmsec.rs");
+    let object = out.join("wdmsec.obj");
+    std::fs::write(&source, include_str!("wdmsec.rs")).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    let ok = Command::new(&rustc)
+        .args(["--crate-type", "lib", "--crate-name", "wdmsec", "--edition", "2024", "--emit"])
+        .arg(format!("obj={}", object.display()))
+        .args(["-C", "panic=abort", "-C", "opt-level=2", "-C", "codegen-units=1", "--target", &target])
+        .arg(&source)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "rustc could not build the wdmsec stand-in");
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().expect("rustc --print sysroot");
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_owned();
+    let host = std::env::var("HOST").unwrap_or_else(|_| "x86_64-unknown-linux-gnu".into());
+    let lld = PathBuf::from(sysroot).join("lib/rustlib").join(host).join("bin/rust-lld");
+    let ok = Command::new(&lld)
+        .args(["-flavor", "link", "/lib"])
+        .arg(format!("/out:{}", out.join("wdmsec.lib").display()))
+        .arg(&object)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{}: could not archive the wdmsec stand-in", lld.display());
+    println!("cargo::rustc-link-search=native={}", out.display());
 }
