@@ -36,7 +36,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use arbiter::compiled::CompiledRules;
 use arbiter::compiled::blob::{self, BlobError};
-use arbiter::control::{Access, Caller, HandleId, Handles, MAX_RULES_LEN, REQUEST_HEADER_LEN, RulesRejected, Status};
+use arbiter::control::{
+    Access, Caller, HandleId, Handles, MAX_RULES_LEN, REQUEST_HEADER_LEN, Request, RulesRejected, Status,
+};
 use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 use arbiter_callout::adapter::RawClassify;
 use arbiter_callout::control::{self, Device};
@@ -864,21 +866,20 @@ unsafe fn caller_of(irp: *mut IRP, stack: &IO_STACK_LOCATION, access: Option<Acc
 }
 
 /// The control device's view of the driver state, under its lock.
-fn with_device<R>(f: impl FnOnce(&mut Device<'_, Box<CompiledRules>, RulesFn, KernelFwps>) -> R) -> Option<R> {
+fn with_device<D, R>(
+    decode_rules: D,
+    f: impl FnOnce(&mut Device<'_, Box<CompiledRules>, D, KernelFwps>) -> R,
+) -> Option<R>
+where
+    D: FnMut(&[u8]) -> Result<Box<CompiledRules>, RulesRejected>,
+{
     let t = now();
     STATE.with(|s| {
         let d = s.as_mut()?;
         // SAFETY: completions during this request use the pended classifies' own handles.
         let mut fwps = unsafe { KernelFwps::new() };
         let Driver { callout, handles, instance, .. } = &mut **d;
-        let mut device = Device {
-            callout,
-            handles,
-            decode_rules: decode_control_rules as RulesFn,
-            instance: *instance,
-            fwps: &mut fwps,
-            now: t,
-        };
+        let mut device = Device { callout, handles, decode_rules, instance: *instance, fwps: &mut fwps, now: t };
         let r = f(&mut device);
         device.callout.sync_timer(&mut PendKTimer);
         Some(r)
@@ -903,7 +904,7 @@ unsafe extern "C" fn dispatch_create(_device: *mut DEVICE_OBJECT, irp: *mut IRP)
     let Some(caller) = (unsafe { caller_of(irp, stack, Some(access)) }) else {
         return complete(irp, STATUS_INVALID_PARAMETER, 0);
     };
-    let status = with_device(|device| control::open(device, &caller));
+    let status = with_device(no_rules, |device| control::open(device, &caller));
     match status {
         Some(Status::Ok) => {
             // SAFETY: our file object, during its create.
@@ -926,7 +927,7 @@ unsafe extern "C" fn dispatch_cleanup(_device: *mut DEVICE_OBJECT, irp: *mut IRP
     let stack = unsafe { &*stack };
     let file = stack.FileObject;
     if !file.is_null() {
-        let _ = with_device(|device| control::cleanup(device, HandleId(file as u64)));
+        let _ = with_device(no_rules, |device| control::cleanup(device, HandleId(file as u64)));
     }
     complete(irp, STATUS_SUCCESS, 0)
 }
@@ -968,7 +969,16 @@ unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *
     request.extend_from_slice(unsafe { core::slice::from_raw_parts(system, in_len) });
     // SAFETY: `out_len` writable bytes at the system buffer, not aliased now that the request is copied.
     let reply = unsafe { core::slice::from_raw_parts_mut(system, out_len) };
-    let written = with_device(|device| control::dispatch(device, io.IoControlCode, &caller, &request, reply));
+    // A rules blob (up to 1 MiB) is decoded here, at PASSIVE_LEVEL and
+    // before the spin lock is taken; under the lock the handler only
+    // validates the request and swaps the decoded rules in.
+    let mut decoded = match Request::decode(&request) {
+        Ok(Request::SetRules(blob)) if caller.access.write() => Some(decode_rules(blob, seed())),
+        _ => None,
+    };
+    let predecoded = |_: &[u8]| decoded.take().unwrap_or(Err(RulesRejected { code: 9, offset: 0 }));
+    let written =
+        with_device(predecoded, |device| control::dispatch(device, io.IoControlCode, &caller, &request, reply));
     match written {
         Some(0) => complete(irp, STATUS_BUFFER_TOO_SMALL, 0),
         Some(n) => complete(irp, STATUS_SUCCESS, n),
@@ -976,11 +986,9 @@ unsafe extern "C" fn dispatch_device_control(_device: *mut DEVICE_OBJECT, irp: *
     }
 }
 
-/// The rules decoder the control device uses.
-type RulesFn = fn(&[u8]) -> Result<Box<CompiledRules>, RulesRejected>;
-
-fn decode_control_rules(blob: &[u8]) -> Result<Box<CompiledRules>, RulesRejected> {
-    decode_rules(blob, seed())
+/// Rules are never decoded under the lock: for the requests that carry none.
+fn no_rules(_: &[u8]) -> Result<Box<CompiledRules>, RulesRejected> {
+    Err(RulesRejected { code: 9, offset: 0 })
 }
 
 /// A rules blob decoded into pool memory (its own frame: the compiled rules
