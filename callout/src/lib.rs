@@ -17,6 +17,7 @@
 //! - [`adapter`]: the [`Callout`] state and the three classify entry points.
 //! - [`pend`]: classifications held while no proxy is registered.
 //! - [`control`]: the control device's target (rules, proxy, audit, counters).
+//! - [`shell`]: the driver's lifecycle (entry, BFE, unload) behind a kernel trait.
 //! - `kernel` (Windows only): [`Fwps`] over the real imports.
 
 #![no_std]
@@ -43,6 +44,7 @@ pub mod fwps;
 pub mod kernel;
 pub mod pend;
 pub mod read;
+pub mod shell;
 pub mod sockaddr;
 
 #[cfg(test)]
