@@ -41,6 +41,11 @@ const KIND_CONNECT: u8 = 1;
 const KIND_AUTH: u8 = 2;
 const KIND_DEPARTURE: u8 = 3;
 const KIND_FALLBACK: u8 = 4;
+const KIND_REBIND: u8 = 5;
+const KIND_GUARD: u8 = 6;
+
+mod other;
+pub use other::{GuardChange, GuardRecord, RebindRecord};
 
 /// One audit record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +70,11 @@ pub enum Event<'a> {
     /// A held (pended) connect-redirect classification got the configured
     /// fallback verdict because no proxy registered in time.
     Fallback(FallbackRecord<'a>),
+    /// Another vendor changed a socket's local address at ALE_BIND_REDIRECT
+    /// (kind 5).
+    Rebind(RebindRecord<'a>),
+    /// The boot guard changed state (kind 6).
+    Guard(GuardRecord),
 }
 
 /// A pended classification's fallback: the input it was held with and the
@@ -254,7 +264,7 @@ impl<'a> AuditRecord<'a> {
             }
             // Not the table's decision: the configured fallback, given as is.
             Event::Fallback(f) => Some(Replayed { outcome: f.outcome, diverged: false }),
-            Event::Departure(_) => None,
+            Event::Departure(_) | Event::Rebind(_) | Event::Guard(_) => None,
         }
     }
 
@@ -264,7 +274,7 @@ impl<'a> AuditRecord<'a> {
             Event::ConnectRedirect(c) => Some(&c.outcome),
             Event::AuthConnect(a) => Some(&a.outcome),
             Event::Fallback(f) => Some(&f.outcome),
-            Event::Departure(_) => None,
+            Event::Departure(_) | Event::Rebind(_) | Event::Guard(_) => None,
         }
     }
 
@@ -287,6 +297,8 @@ impl<'a> AuditRecord<'a> {
             Event::AuthConnect(_) => KIND_AUTH,
             Event::Departure(_) => KIND_DEPARTURE,
             Event::Fallback(_) => KIND_FALLBACK,
+            Event::Rebind(_) => KIND_REBIND,
+            Event::Guard(_) => KIND_GUARD,
         };
         let body_len = u32::try_from(need.saturating_sub(HEADER_LEN)).map_err(|_| EncodeError::AppIdTooLong)?;
         let header =
@@ -313,6 +325,8 @@ impl<'a> AuditRecord<'a> {
             Event::AuthConnect(a) => write_auth(w, a),
             Event::Departure(d) => write_departure(w, d),
             Event::Fallback(f) => write_connect_input(w, &f.input).and_then(|()| write_outcome(w, &f.outcome)),
+            Event::Rebind(r) => other::write_rebind(w, r),
+            Event::Guard(g) => other::write_guard(w, g),
         }
     }
 
@@ -336,7 +350,7 @@ impl<'a> AuditRecord<'a> {
         let body = r.take(len).map_err(|_| truncated(&r))?;
         let mut b = Body { r: Reader::new(body), base: HEADER_LEN, whole: body.len() };
         let record = match kind {
-            KIND_CONNECT | KIND_AUTH | KIND_DEPARTURE | KIND_FALLBACK => b.record(kind)?,
+            KIND_CONNECT | KIND_AUTH | KIND_DEPARTURE | KIND_FALLBACK | KIND_REBIND | KIND_GUARD => b.record(kind)?,
             other => return Err(DecodeError { offset: 3, kind: DecodeErrorKind::UnknownKind(other) }),
         };
         if b.r.remaining() != 0 {
@@ -621,6 +635,8 @@ impl<'a> Body<'a> {
             KIND_CONNECT => Event::ConnectRedirect(self.connect()?),
             KIND_AUTH => Event::AuthConnect(self.auth()?),
             KIND_FALLBACK => Event::Fallback(self.fallback()?),
+            KIND_REBIND => Event::Rebind(self.rebind()?),
+            KIND_GUARD => Event::Guard(self.guard()?),
             _ => Event::Departure(self.departure(seq, at)?),
         };
         Ok(AuditRecord { seq, at, event })

@@ -18,9 +18,10 @@
 //! `proxy-not-local`, `unknown-revisit`, `unknown-on-loop`, `zero-max-hops`,
 //! `zero-hop-window`, `out-of-range`, `missing-action`, `unknown-action`,
 //! `unknown-protocol`, `bad-cidr`, `bad-port-range`, `empty-range`,
-//! `inverted-range`, `bad-glob`, `bad-sid`, `duplicate-rule-name`; warnings
+//! `inverted-range`, `bad-glob`, `bad-sid`, `duplicate-rule-name`, `unknown-boot-mode`,
+//! `bad-boot-allow`, `boot-allow-too-long`; warnings
 //! `shadowed-rule`, `cidr-host-bits`, `glob-forward-slash`,
-//! `glob-not-anchored`, `not-package-sid`.
+//! `glob-not-anchored`, `not-package-sid`, `boot-allow-unused`.
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
