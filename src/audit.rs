@@ -41,8 +41,12 @@ const KIND_CONNECT: u8 = 1;
 const KIND_AUTH: u8 = 2;
 const KIND_DEPARTURE: u8 = 3;
 const KIND_FALLBACK: u8 = 4;
-const KIND_REBIND: u8 = 5;
-const KIND_GUARD: u8 = 6;
+/// A connect-redirect classification the adapter could not hand to the
+/// decision table (`layer-data-unavailable`, `unreadable-indication`): the
+/// same body as kind 4. Readers that predate it skip it by its length.
+const KIND_UNCLASSIFIED: u8 = 5;
+const KIND_REBIND: u8 = 6;
+const KIND_GUARD: u8 = 7;
 
 mod other;
 pub use other::{GuardChange, GuardRecord, RebindRecord};
@@ -71,9 +75,9 @@ pub enum Event<'a> {
     /// fallback verdict because no proxy registered in time.
     Fallback(FallbackRecord<'a>),
     /// Another vendor changed a socket's local address at ALE_BIND_REDIRECT
-    /// (kind 5).
+    /// (kind 6).
     Rebind(RebindRecord<'a>),
-    /// The boot guard changed state (kind 6).
+    /// The boot guard changed state (kind 7).
     Guard(GuardRecord),
 }
 
@@ -296,7 +300,8 @@ impl<'a> AuditRecord<'a> {
             Event::ConnectRedirect(_) => KIND_CONNECT,
             Event::AuthConnect(_) => KIND_AUTH,
             Event::Departure(_) => KIND_DEPARTURE,
-            Event::Fallback(_) => KIND_FALLBACK,
+            Event::Fallback(f) if f.outcome.reason == Reason::PendTimeout => KIND_FALLBACK,
+            Event::Fallback(_) => KIND_UNCLASSIFIED,
             Event::Rebind(_) => KIND_REBIND,
             Event::Guard(_) => KIND_GUARD,
         };
@@ -350,7 +355,8 @@ impl<'a> AuditRecord<'a> {
         let body = r.take(len).map_err(|_| truncated(&r))?;
         let mut b = Body { r: Reader::new(body), base: HEADER_LEN, whole: body.len() };
         let record = match kind {
-            KIND_CONNECT | KIND_AUTH | KIND_DEPARTURE | KIND_FALLBACK | KIND_REBIND | KIND_GUARD => b.record(kind)?,
+            KIND_CONNECT | KIND_AUTH | KIND_DEPARTURE | KIND_FALLBACK | KIND_UNCLASSIFIED | KIND_REBIND
+            | KIND_GUARD => b.record(kind)?,
             other => return Err(DecodeError { offset: 3, kind: DecodeErrorKind::UnknownKind(other) }),
         };
         if b.r.remaining() != 0 {
@@ -634,7 +640,10 @@ impl<'a> Body<'a> {
         let event = match kind {
             KIND_CONNECT => Event::ConnectRedirect(self.connect()?),
             KIND_AUTH => Event::AuthConnect(self.auth()?),
-            KIND_FALLBACK => Event::Fallback(self.fallback()?),
+            KIND_FALLBACK => Event::Fallback(self.fallback(&[Reason::PendTimeout])?),
+            KIND_UNCLASSIFIED => {
+                Event::Fallback(self.fallback(&[Reason::LayerDataUnavailable, Reason::UnreadableIndication])?)
+            }
             KIND_REBIND => Event::Rebind(self.rebind()?),
             KIND_GUARD => Event::Guard(self.guard()?),
             _ => Event::Departure(self.departure(seq, at)?),
@@ -716,10 +725,10 @@ impl<'a> Body<'a> {
         Ok(ConnectRedirectInput { flow, state, write_right: flags & 1 != 0, reauthorize: flags & 0b10 != 0, previous })
     }
 
-    fn fallback(&mut self) -> Result<FallbackRecord<'a>, DecodeError> {
+    fn fallback(&mut self, reasons: &[Reason]) -> Result<FallbackRecord<'a>, DecodeError> {
         let input = self.connect_input()?;
         let outcome = self.outcome()?;
-        if outcome.reason != Reason::PendTimeout || outcome.verdict == Verdict::Proxy {
+        if !reasons.contains(&outcome.reason) || outcome.verdict == Verdict::Proxy {
             return Err(self.bad("fallback outcome"));
         }
         Ok(FallbackRecord { input, outcome })

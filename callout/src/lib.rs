@@ -50,5 +50,5 @@ mod tests;
 
 pub use adapter::{AdapterCounters, Callout, CalloutConfig, Family, OWN_FILTER};
 pub use fwps::Fwps;
-pub use pend::{Fallback, PendConfig};
+pub use pend::{Fallback, PendConfig, PendTimer};
 pub use read::ReadError;

@@ -432,8 +432,8 @@ fn ipv6_proxy_keeps_the_local_address_zone() {
     let mut fw = FakeFwps::new(f.remote, f.local, &[]);
     let mut ind = connect_redirect_v6(&f);
     cr(&mut c, &mut fw, Family::V6, &mut ind);
-    // Local address is set: the proxy port on the local address, same zone.
-    assert_eq!(from_storage(&fw.request.remoteAddressAndPort), Some("[2001:db8::5]:8080".parse().unwrap()));
+    // The proxy listens on loopback only: a bound flow goes to the listener too.
+    assert_eq!(from_storage(&fw.request.remoteAddressAndPort), Some("[::1]:8080".parse().unwrap()));
     assert_eq!(ind.out.actionType, FWP_ACTION_PERMIT);
     assert_eq!(c.counters().malformed, 0);
 }
@@ -518,7 +518,9 @@ fn redirect_state_is_queried_with_our_single_handle() {
     let mut ind = connect_redirect_v4(&f, true);
     cr(&mut c, &mut fw, Family::V4, &mut ind);
     assert_eq!(c.counters().malformed, 1);
-    assert_eq!(ind.out.actionType, FWP_ACTION_NONE);
+    // Left alone, explicitly, and audited.
+    assert_eq!(ind.out.actionType, FWP_ACTION_CONTINUE);
+    assert_eq!(records(&c).last(), Some(&(Verdict::Continue, Reason::UnreadableIndication)));
 }
 
 #[test]
@@ -533,7 +535,8 @@ fn a_value_of_the_wrong_type_leaves_the_flow_alone() {
     cr(&mut c, &mut fw, Family::V4, &mut ind);
     assert_eq!(c.counters().malformed, 1);
     assert!(fw.calls.is_empty());
-    assert_eq!(ind.out.actionType, FWP_ACTION_NONE);
+    // Left alone, explicitly (the engine's value at entry is not documented).
+    assert_eq!(ind.out.actionType, FWP_ACTION_CONTINUE);
     assert!(records(&c).is_empty());
 }
 
@@ -562,8 +565,9 @@ fn a_refused_classify_handle_leaves_the_flow_alone() {
     let mut ind = connect_redirect_v4(&f, false);
     cr(&mut c, &mut fw, Family::V4, &mut ind);
     assert_eq!(c.counters().acquire_failed, 1);
-    assert_eq!(ind.out.actionType, FWP_ACTION_NONE);
-    assert!(records(&c).is_empty(), "no decision without the chain");
+    assert_eq!(ind.out.actionType, FWP_ACTION_CONTINUE);
+    // No decision without the chain, but the miss is audited.
+    assert_eq!(records(&c), vec![(Verdict::Continue, Reason::LayerDataUnavailable)]);
 }
 
 // ---- auth-connect and closure -----------------------------------------------------
@@ -625,13 +629,25 @@ fn held_while_no_proxy_then_proxied_when_it_registers() {
     let mut fw = FakeFwps::new(f.remote, f.local, &[]);
     let mut ind = connect_redirect_v4(&f, false);
     cr(&mut c, &mut fw, Family::V4, &mut ind);
-    // Pended: the engine sees an absorbed block until completion.
+    // Pended (the seed's order: handle, pend, no layer data yet): the engine
+    // sees a block without the write right until completion, no ABSORB.
     assert_eq!(c.held(), 1);
+    assert_eq!(
+        fw.calls,
+        vec![
+            Call::AcquireHandle,
+            Call::Pend {
+                out: FWPS_CLASSIFY_OUT0 {
+                    actionType: FWP_ACTION_NONE,
+                    rights: FWPS_RIGHT_ACTION_WRITE,
+                    ..Default::default()
+                }
+            }
+        ]
+    );
     assert_eq!(ind.out.actionType, FWP_ACTION_BLOCK);
-    assert_eq!(ind.out.flags & FWPS_CLASSIFY_OUT_FLAG_ABSORB, FWPS_CLASSIFY_OUT_FLAG_ABSORB);
-    // FwpsPendClassify0 got the deep copy, taken before the stack copy was changed.
-    let pended_out = fw.calls.iter().find_map(|c| if let Call::Pend { out } = c { Some(*out) } else { None });
-    assert_eq!(pended_out.unwrap().actionType, FWP_ACTION_NONE);
+    assert_eq!(ind.out.rights & FWPS_RIGHT_ACTION_WRITE, 0);
+    assert_eq!(ind.out.flags & FWPS_CLASSIFY_OUT_FLAG_ABSORB, 0);
     // The classify's buffers go away when classifyFn returns.
     drop(ind);
 
@@ -657,7 +673,7 @@ fn held_while_no_proxy_then_proxied_when_it_registers() {
     assert_eq!(tail[2], &Call::Apply { flags: FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS });
     assert!(matches!(tail[1], Call::Complete { out } if out.actionType == FWP_ACTION_PERMIT));
     assert_eq!(tail[0], &Call::Release);
-    assert_eq!(records(&c), vec![(Verdict::Continue, Reason::ProxyUnavailable), (Verdict::Proxy, Reason::RuleProxy)]);
+    assert_eq!(records(&c), vec![(Verdict::Proxy, Reason::RuleProxy)]);
 }
 
 #[test]
@@ -679,7 +695,7 @@ fn held_past_the_timeout_gets_the_fallback() {
     assert_eq!(fw.calls.last(), Some(&Call::Release));
     // The fallback is audited like a decision and the block is enforced at
     // auth-connect (A1), since a redirect-layer block alone may not hold.
-    assert_eq!(records(&c), vec![(Verdict::Continue, Reason::ProxyUnavailable), (Verdict::Block, Reason::PendTimeout)]);
+    assert_eq!(records(&c), vec![(Verdict::Block, Reason::PendTimeout)]);
     assert!(c.arbiter().endpoint_entry(ENDPOINT, T0.saturating_add(Duration::from_millis(501))).is_some());
 }
 

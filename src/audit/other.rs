@@ -1,5 +1,5 @@
 //! Records that are not decisions of the table: another vendor's bind
-//! redirect (kind 5) and a change of the boot guard (kind 6). Neither
+//! redirect (kind 6) and a change of the boot guard (kind 7). Neither
 //! replays (there is no decision function to re-run): [`super::AuditRecord::replay`]
 //! gives `None` for them, as for departures. Readers that predate a kind
 //! skip it by its length.
@@ -171,8 +171,8 @@ mod tests {
                 assert!(AuditRecord::decode(&bytes[..n]).is_err(), "truncated at {n}");
             }
         }
-        assert_eq!(rebind(&app).to_vec().unwrap()[3], 5, "kind 5");
-        assert_eq!(guard().to_vec().unwrap()[3], 6, "kind 6");
+        assert_eq!(rebind(&app).to_vec().unwrap()[3], 6, "kind 6");
+        assert_eq!(guard().to_vec().unwrap()[3], 7, "kind 7");
     }
 
     #[test]

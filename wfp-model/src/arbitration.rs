@@ -122,6 +122,19 @@ impl LayerArbiter {
         if hard || self.continue_cleared { 0 } else { FWPS_RIGHT_ACTION_WRITE }
     }
 
+    /// `classifyOut->actionType` at a classifyFn's entry: the reading's value
+    /// while the write right is there; without it, the layer's hard decision
+    /// (the seed: without the right a callout "can still return
+    /// FWP_ACTION_BLOCK ... to veto"; anything else leaves the decision).
+    pub fn entry_action(&self, readings: &Readings) -> FWP_ACTION_TYPE {
+        match self.decided {
+            Some(d) if self.rights() == 0 && d.outcome == Outcome::Block => FWP_ACTION_BLOCK,
+            Some(_) if self.rights() == 0 => FWP_ACTION_PERMIT,
+            _ if self.rights() == 0 => FWP_ACTION_CONTINUE,
+            _ => readings.entry_action_type(),
+        }
+    }
+
     /// Takes one callout filter's result. Returns whether the sublayer is
     /// done (a Permit or a Block ends it).
     pub fn take(&mut self, filter_action: FWP_ACTION_TYPE, out: &FWPS_CLASSIFY_OUT0, readings: &Readings) -> bool {

@@ -188,6 +188,12 @@ impl Indication {
         ind
     }
 
+    /// Makes the value at `index` `FWP_EMPTY` (an indication the adapter
+    /// cannot read, for tests).
+    pub fn set_empty(&mut self, index: usize) {
+        self.set(index, FWP_EMPTY, FWP_VALUE0_u { uint8: 0 });
+    }
+
     fn set(&mut self, index: usize, r#type: FWP_DATA_TYPE, u: FWP_VALUE0_u) {
         if let Some(v) = self.values.get_mut(index) {
             v.value = FWP_VALUE0 { r#type, u };
