@@ -36,6 +36,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod adapter;
+pub mod bind;
 pub mod control;
 pub mod filters;
 pub mod fwps;
