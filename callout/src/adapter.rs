@@ -532,9 +532,16 @@ impl<P: Policy> Callout<P> {
     /// As for [`Self::classify_connect_redirect`].
     pub unsafe fn classify_auth_connect(&mut self, family: Family, raw: &RawClassify, now: Instant) {
         // SAFETY: valid for the classify (contract).
-        let Some(out) = (unsafe { raw.classify_out.as_mut() }) else { return };
+        let Some(out) = (unsafe { raw.classify_out.as_mut() }) else {
+            self.counters.malformed = self.counters.malformed.saturating_add(1);
+            return;
+        };
+        let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
         // SAFETY: valid for the classify (contract).
-        let Some(filter) = (unsafe { raw.filter.as_ref() }) else { return };
+        let Some(filter) = (unsafe { raw.filter.as_ref() }) else {
+            self.counters.malformed = self.counters.malformed.saturating_add(1);
+            return write_verdict(out, Verdict::Continue, 0, write_right);
+        };
         self.tick(now);
         // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
         let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::auth_connect(family)) }
@@ -550,11 +557,14 @@ impl<P: Policy> Callout<P> {
             });
         let input = match read {
             Ok(i) => i,
-            Err(e) => return self.malformed(e),
+            Err(e) => {
+                // Unreadable: left alone (continue), explicitly, counted.
+                self.malformed(e);
+                return write_verdict(out, Verdict::Continue, filter.flags, write_right);
+            }
         };
         let decision = self.arbiter.decide_auth_connect(&input, now);
         self.audit(&decision);
-        let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
         write_verdict(out, decision.verdict, filter.flags, write_right);
     }
 

@@ -5,7 +5,7 @@ use core::fmt;
 use core::net::SocketAddr;
 use std::path::Path;
 
-use arbiter::{Arbiter, Capacities, Config, Layer, Protocol, RuleSet};
+use arbiter::{Layer, Protocol, RuleSet};
 
 use crate::engine::{Connection, Engine, HopResult, HopTrace, Identity, MAX_CHAIN, ProxyProcess, Vendor};
 use crate::fixture::{Environment, Fixture, RulesSource};
@@ -303,11 +303,8 @@ impl Lab {
         };
         let ours: Box<dyn crate::engine::Callout> = match scenario.ours {
             Ours::Arbiter => {
-                let config = Config { own_filter: OWN_FILTER, ..Config::default() };
-                let mut a = Arbiter::new(config, Capacities::default(), rules.rules.clone())
-                    .map_err(|_| "out of memory reserving the tables".to_owned())?;
-                a.set_proxy(OWN_PROXY_PID, Some(v4), Some(v6)).map_err(|e| e.to_string())?;
-                Box::new(ArbiterCallout::new(a))
+                let a = crate::ours::lab_arbiter(rules.rules.clone(), Some(v4), Some(v6))?;
+                Box::new(ArbiterCallout::new(a, arbiter_wfp_model::Readings::default())?)
             }
             Ours::SamplerBaseline => Box::new(Sampler { wants: Wants::Rules(Box::new(rules.rules.clone())) }),
         };

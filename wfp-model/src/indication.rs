@@ -34,9 +34,12 @@ pub struct FlowInfo {
     pub endpoint: u64,
     /// FWP_CONDITION_FLAG_IS_REAUTHORIZE.
     pub reauthorize: bool,
-    /// Auth-connect: FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED with
-    /// LOCAL_REDIRECT_TARGET_PID and ORIGINAL_DESTINATION.
-    pub redirected: Option<(u32, SocketAddr)>,
+    /// Auth-connect: FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED.
+    pub redirected: bool,
+    /// FWPS_METADATA_FIELD_LOCAL_REDIRECT_TARGET_PID, when present.
+    pub target_pid: Option<u32>,
+    /// FWPS_METADATA_FIELD_ORIGINAL_DESTINATION, when present.
+    pub original_destination: Option<SocketAddr>,
 }
 
 fn wide(s: &str) -> Vec<u8> {
@@ -190,11 +193,15 @@ impl Indication {
         if flow.reauthorize {
             cond |= FWP_CONDITION_FLAG_IS_REAUTHORIZE;
         }
-        if let Some((pid, dest)) = flow.redirected {
+        if flow.redirected {
             cond |= FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED;
-            ind.meta.currentMetadataValues |=
-                FWPS_METADATA_FIELD_LOCAL_REDIRECT_TARGET_PID | FWPS_METADATA_FIELD_ORIGINAL_DESTINATION;
+        }
+        if let Some(pid) = flow.target_pid {
+            ind.meta.currentMetadataValues |= FWPS_METADATA_FIELD_LOCAL_REDIRECT_TARGET_PID;
             ind.meta.localRedirectTargetPID = pid;
+        }
+        if let Some(dest) = flow.original_destination {
+            ind.meta.currentMetadataValues |= FWPS_METADATA_FIELD_ORIGINAL_DESTINATION;
             *ind.dest = to_storage(&dest);
             ind.meta.originalDestination = (&raw mut *ind.dest).cast::<SOCKADDR>();
         }
@@ -202,10 +209,16 @@ impl Indication {
             ind.set(f, FWP_UINT32, FWP_VALUE0_u { uint32: cond });
         }
         if let Some(r) = records {
-            ind.meta.currentMetadataValues |= FWPS_METADATA_FIELD_REDIRECT_RECORD_HANDLE;
-            ind.meta.redirectRecords = std::ptr::without_provenance_mut(usize::try_from(r).unwrap_or(0));
+            ind.set_redirect_records(r);
         }
         ind
+    }
+
+    /// Sets the metadata's redirect-records handle (the classify id the
+    /// runtime resolves records by).
+    pub fn set_redirect_records(&mut self, records: u64) {
+        self.meta.currentMetadataValues |= FWPS_METADATA_FIELD_REDIRECT_RECORD_HANDLE;
+        self.meta.redirectRecords = std::ptr::without_provenance_mut(usize::try_from(records).unwrap_or(0));
     }
 
     /// Makes the value at `index` `FWP_EMPTY` (an indication the adapter

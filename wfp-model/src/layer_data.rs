@@ -230,11 +230,6 @@ impl Runtime {
         id
     }
 
-    /// The classifyFn call `id` now uses the classifyOut at `classify_out`.
-    pub fn retarget_classify_out(&mut self, id: u64, classify_out: *const FWPS_CLASSIFY_OUT0) {
-        self.classify_outs.insert(id, classify_out as usize);
-    }
-
     /// Ends the classifyFn call: checks that every writable acquire was
     /// applied and every handle released (unless pended), and returns the
     /// layer data and what was applied. Panics on a violation.

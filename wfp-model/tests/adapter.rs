@@ -54,7 +54,9 @@ fn flow(local: &str, remote: &str) -> FlowInfo {
         original_app: r"\device\harddiskvolume3\apps\browser.exe".to_owned(),
         endpoint: 0xE9D0_0001,
         reauthorize: false,
-        redirected: None,
+        redirected: false,
+        target_pid: None,
+        original_destination: None,
     }
 }
 
@@ -90,9 +92,7 @@ fn cr(
     let mut ind = Indication::new(FilterLayer::ConnectRedirectV4, f, FILTER_V4, spec.action_type, 0, entry, None);
     let id = rt.begin_classify(data, &raw const *ind.out);
     if records {
-        ind = Indication::new(FilterLayer::ConnectRedirectV4, f, FILTER_V4, spec.action_type, 0, entry, Some(id));
-        // The classifyOut moved: tell the runtime where the new one is.
-        rt.retarget_classify_out(id, &raw const *ind.out);
+        ind.set_redirect_records(id);
     }
     tweak(&mut ind);
     let raw = ind.raw(id);
