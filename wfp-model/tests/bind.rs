@@ -75,7 +75,9 @@ fn run(
         original_app: d.app.clone(),
         endpoint: 0,
         reauthorize: false,
-        redirected: None,
+        redirected: false,
+        target_pid: None,
+        original_destination: None,
     };
     let data = BindData::new(4242, r"\device\harddiskvolume3\apps\game.exe", 17, requested.parse().unwrap());
     let spec = filter_for(FilterLayer::BindRedirectV4).unwrap();
