@@ -312,7 +312,7 @@ pub struct BindFilter<'a> {
     /// Its run-time id.
     pub id: u64,
     /// Its sublayer's weight (higher first).
-    pub sublayer_weight: u16,
+    pub sublayer_weight: u32,
     /// Its sublayer (filters of one sublayer are arbitrated together).
     pub sublayer: u64,
     /// Its weight in the sublayer (higher first).
