@@ -69,9 +69,11 @@ impl ProxyProcess {
         if v6 { self.v6 } else { self.v4 }
     }
 
-    /// Does `addr` reach this proxy's listener (any host address, same port)?
+    /// Does a connection to `addr` reach this proxy's listener? The WFP
+    /// model decides ([`arbiter_wfp_model::redirect::listener_reachable`]):
+    /// the listener's own address and port only (proxies listen on loopback).
     pub fn listens_on(&self, addr: SocketAddr) -> bool {
-        is_host_ip(addr.ip()) && addr.port() == self.listener(addr.is_ipv6()).port()
+        arbiter_wfp_model::redirect::listener_reachable(self.listener(addr.is_ipv6()), addr)
     }
 }
 
@@ -693,7 +695,13 @@ impl Engine {
     fn destination_of(&self, data: &LayerData, chain_destination: SocketAddr) -> HopResult {
         if let Some((v, pid, _)) = data.local {
             return match self.vendors.get(v).and_then(|x| x.id.proxy.as_ref()) {
-                Some(p) if p.pid == pid => HopResult::ToProxy { vendor: v },
+                Some(p) if p.pid == pid && p.listens_on(data.remote) => HopResult::ToProxy { vendor: v },
+                Some(p) if p.pid == pid => HopResult::Unexplained(format!(
+                    "{} redirected to {}, where its proxy (listening on {}) is not reachable",
+                    self.vendor_name(v),
+                    data.remote,
+                    p.listener(data.remote.is_ipv6())
+                )),
                 _ => HopResult::Unexplained(format!(
                     "{} redirected to PID {pid}, which is not its proxy",
                     self.vendor_name(v)

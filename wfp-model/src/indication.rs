@@ -40,6 +40,9 @@ pub struct FlowInfo {
     pub target_pid: Option<u32>,
     /// FWPS_METADATA_FIELD_ORIGINAL_DESTINATION, when present.
     pub original_destination: Option<SocketAddr>,
+    /// FWPM_CONDITION_ALE_PACKAGE_ID: the binary SID (`None`: the field is
+    /// left empty).
+    pub package: Option<Vec<u8>>,
 }
 
 fn wide(s: &str) -> Vec<u8> {
@@ -78,6 +81,7 @@ struct Idx {
     remote_ip: usize,
     remote_port: usize,
     flags: Option<usize>,
+    package: usize,
 }
 
 macro_rules! idx {
@@ -93,6 +97,7 @@ macro_rules! idx {
             remote_ip: L::IP_REMOTE_ADDRESS,
             remote_port: L::IP_REMOTE_PORT,
             flags: $f,
+            package: L::ALE_PACKAGE_ID,
         }
     }};
 }
@@ -204,6 +209,12 @@ impl Indication {
             ind.meta.currentMetadataValues |= FWPS_METADATA_FIELD_ORIGINAL_DESTINATION;
             *ind.dest = to_storage(&dest);
             ind.meta.originalDestination = (&raw mut *ind.dest).cast::<SOCKADDR>();
+        }
+        if let Some(sid) = &flow.package {
+            let mut data = sid.clone();
+            let p = data.as_mut_ptr().cast::<c_void>();
+            ind.bytes.push(data);
+            ind.set(ix.package, FWP_SID, FWP_VALUE0_u { sid: p });
         }
         if let Some(f) = ix.flags {
             ind.set(f, FWP_UINT32, FWP_VALUE0_u { uint32: cond });
