@@ -144,6 +144,7 @@ impl BindCallout for ArbiterCallout {
             redirected: false,
             target_pid: None,
             original_destination: None,
+            package: None,
         };
         let (action, flags) = self.bind_filter();
         let mut ind = Indication::new(layer, &flow, filter, action, u16::try_from(flags).unwrap_or(0), *out, None);

@@ -115,6 +115,7 @@ macro_rules! bind_idx {
             remote_ip: usize::MAX,
             remote_port: usize::MAX,
             flags: Some(L::FLAGS),
+            package: L::ALE_PACKAGE_ID,
         }
     }};
 }

@@ -78,6 +78,7 @@ fn run(
         redirected: false,
         target_pid: None,
         original_destination: None,
+        package: None,
     };
     let data = BindData::new(4242, r"\device\harddiskvolume3\apps\game.exe", 17, requested.parse().unwrap());
     let spec = filter_for(FilterLayer::BindRedirectV4).unwrap();
