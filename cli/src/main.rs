@@ -9,6 +9,7 @@
 
 mod audit_cmd;
 mod bench_cmd;
+mod boot_cmd;
 mod explore_cmd;
 mod lab_cmd;
 mod replay_cmd;
