@@ -165,3 +165,18 @@ impl BindCallout for ArbiterCallout {
         let _ = self.drain_records();
     }
 }
+
+/// One line per rebind our inspection audited in `audit_log` (for reports
+/// and the chain pictures): who moved which process's socket, from what, to
+/// what.
+pub fn rebind_notes(audit_log: &[u8]) -> Vec<String> {
+    arbiter::audit::records(audit_log)
+        .filter_map(Result::ok)
+        .filter_map(|r| match r.event {
+            arbiter::audit::Event::Rebind(b) => {
+                Some(format!("rebind by filter {}: pid {} local {} -> {} ({})", b.by, b.pid, b.from, b.to, b.protocol))
+            }
+            _ => None,
+        })
+        .collect()
+}

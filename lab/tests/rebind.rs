@@ -83,7 +83,21 @@ fn run(to: RebindTo, above: bool, protocol: Protocol, v6: bool, exclude_proxy: b
         }
     }
     let ours = engine.vendors[0].callout.as_arbiter().unwrap();
-    let rebinds = records(&ours.audit_log)
+    // `arbiter audit` and the chain pictures describe the record.
+    for r in records(&ours.audit_log).map(Result::unwrap) {
+        if let Event::Rebind(b) = r.event {
+            let d = arbiter_lab::audit_log::describe(&r);
+            assert_eq!(d.kind, "rebind");
+            assert!(d.pid == Some(APP_PID) || d.pid == Some(OWN_PROXY_PID), "{:?}", d.pid);
+            assert!(
+                d.detail.contains(&format!("filter {}", b.by)) && d.detail.contains(&b.to.to_string()),
+                "{}",
+                d.detail
+            );
+        }
+    }
+    let notes = arbiter_lab::bind::rebind_notes(&ours.audit_log);
+    let rebinds: Vec<(u64, SocketAddr, SocketAddr)> = records(&ours.audit_log)
         .filter_map(|r| match r.unwrap().event {
             Event::Rebind(b) => Some((b.by, b.from, b.to)),
             _ => None,
@@ -104,6 +118,7 @@ fn run(to: RebindTo, above: bool, protocol: Protocol, v6: bool, exclude_proxy: b
         environment: Environment { own_filter: OWN_FILTER, proxy_pid: Some(OWN_PROXY_PID), ..Environment::default() },
         steps: ours.steps.clone(),
     };
+    assert_eq!(notes.len(), rebinds.len());
     Run { path, delivered, locals, rebinds, fixture }
 }
 
