@@ -46,6 +46,9 @@ pub(crate) struct Args {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Run the start-up timeline (boot to unload) under both `[boot]` modes instead of the matrix.
+    #[arg(long)]
+    boot: bool,
 }
 
 /// The default table's width.
@@ -264,6 +267,9 @@ fn render_svgs(dir: &Path) -> usize {
 }
 
 pub(crate) fn run(args: &Args) -> u8 {
+    if args.boot {
+        return crate::boot_cmd::run(args.rules.as_deref(), args.json);
+    }
     let peers: Vec<Profile> = if args.peers.is_empty() {
         Profile::ALL.to_vec()
     } else {

@@ -70,6 +70,16 @@ pub fn chain_dot(r: &Report) -> String {
         let l = r.traces.get(i).map_or_else(|| "chain cap reached".to_owned(), |t| label(t, ours));
         let _ = writeln!(out, "  n{i} -> n{} [label=\"{}\"];", i + 1, escape(&l).replace("\\\\n", "\\n"));
     }
+    // Another vendor's bind redirect, as our inspection audited it.
+    let notes = crate::bind::rebind_notes(&r.audit_log);
+    if !notes.is_empty() {
+        let _ = writeln!(
+            out,
+            "  rebind [shape=note, color=purple, fontcolor=purple, label=\"{}\"];",
+            escape(&notes.join("\n")).replace("\\n", "\n")
+        );
+        let _ = writeln!(out, "  rebind -> n0 [style=dashed, color=purple, arrowhead=none];");
+    }
     out.push_str("}\n");
     out
 }

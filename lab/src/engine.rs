@@ -313,6 +313,10 @@ pub trait Callout: fmt::Debug {
     fn as_arbiter(&self) -> Option<&crate::ours::ArbiterCallout> {
         None
     }
+    /// Its classify function at ALE_BIND_REDIRECT, if it has a filter there.
+    fn as_bind(&mut self) -> Option<&mut dyn crate::bind::BindCallout> {
+        None
+    }
 }
 
 /// One installed vendor.
@@ -494,7 +498,7 @@ impl Engine {
     pub fn app_connection(&mut self, pid: u64, app: &str, protocol: Protocol, remote: SocketAddr) -> Connection {
         let ip = if remote.is_ipv6() { IpAddr::V6(HOST_V6) } else { IpAddr::V4(HOST_V4) };
         let (endpoint, local) = self.socket(ip);
-        Connection {
+        let mut conn = Connection {
             hop: 0,
             endpoint,
             pid,
@@ -505,7 +509,9 @@ impl Engine {
             remote,
             records: Vec::new(),
             opener: Opener::App,
-        }
+        };
+        crate::bind::bind_phase(&mut self.vendors, &mut conn, self.now_ms);
+        conn
     }
 
     /// Classifies one connection at both layers and says where it went.
@@ -744,7 +750,7 @@ impl Engine {
         let mut records = trace.conn.records.clone();
         records.push(RecordEntry { handle, context });
         let (endpoint, local) = self.socket(trace.conn.local.ip());
-        Some(Connection {
+        let mut conn = Connection {
             hop: trace.conn.hop + 1,
             endpoint,
             pid: proxy.pid,
@@ -755,6 +761,8 @@ impl Engine {
             remote: context.original_remote,
             records: if proxy.propagates_records { records } else { Vec::new() },
             opener: Opener::Proxy(vendor),
-        })
+        };
+        crate::bind::bind_phase(&mut self.vendors, &mut conn, self.now_ms);
+        Some(conn)
     }
 }

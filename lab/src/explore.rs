@@ -103,7 +103,9 @@ impl PeerSpec {
             | Profile::Legacy
             | Profile::WriteStripper
             | Profile::RemoteProxy
-            | Profile::AuthBlocker => &[false],
+            | Profile::AuthBlocker
+            | Profile::SplitTunnel
+            | Profile::SplitTunnelProxy => &[false],
         }
     }
 

@@ -116,6 +116,11 @@ impl ArbiterCallout {
 
     /// Moves the adapter's new audit records into [`Self::audit_log`] and
     /// returns the expectation of the last decision among them.
+    /// Moves new audit records (a bind observation, say) into [`Self::audit_log`].
+    pub(crate) fn drain_records(&mut self) -> Expect {
+        self.drain()
+    }
+
     fn drain(&mut self) -> Expect {
         let mut expect = Expect::default();
         for (seq, bytes) in self.adapter.ring().iter() {
@@ -320,6 +325,10 @@ pub fn auth_step(v: &AuthView<'_>) -> Step {
 }
 
 impl Callout for ArbiterCallout {
+    fn as_bind(&mut self) -> Option<&mut dyn crate::bind::BindCallout> {
+        Some(self)
+    }
+
     fn connect_redirect(&mut self, _me: &Identity, v: &ConnectView<'_>) -> ConnectDecision {
         self.feed(connect_step(v)).connect
     }

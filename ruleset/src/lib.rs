@@ -18,9 +18,11 @@
 //! `proxy-not-local`, `unknown-revisit`, `unknown-on-loop`, `zero-max-hops`,
 //! `zero-hop-window`, `out-of-range`, `missing-action`, `unknown-action`,
 //! `unknown-protocol`, `bad-cidr`, `bad-port-range`, `empty-range`,
-//! `inverted-range`, `bad-glob`, `bad-sid`, `duplicate-rule-name`; warnings
+//! `inverted-range`, `bad-glob`, `bad-sid`, `duplicate-rule-name`, `unknown-boot-mode`,
+//! `bad-boot-allow`, `boot-allow-too-long`; warnings
 //! `shadowed-rule`, `cidr-host-bits`, `glob-forward-slash`,
-//! `glob-not-anchored`, `not-package-sid`, `proxy-section-missing`.
+//! `glob-not-anchored`, `not-package-sid`, `proxy-section-missing`,
+//! `boot-allow-unused`.
 //! `io-error` (a file that cannot be read, a folder with no `.toml` file) has
 //! no position: its line and column are 0.
 

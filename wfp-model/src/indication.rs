@@ -102,6 +102,24 @@ macro_rules! idx {
     }};
 }
 
+macro_rules! bind_idx {
+    ($l:ident) => {{
+        use wfp_ffi::fields::$l as L;
+        Idx {
+            max: L::MAX,
+            app: L::ALE_APP_ID,
+            original_app: None,
+            local_ip: L::IP_LOCAL_ADDRESS,
+            local_port: L::IP_LOCAL_PORT,
+            protocol: L::IP_PROTOCOL,
+            remote_ip: usize::MAX,
+            remote_port: usize::MAX,
+            flags: Some(L::FLAGS),
+            package: L::ALE_PACKAGE_ID,
+        }
+    }};
+}
+
 fn indexes(layer: FilterLayer) -> Idx {
     match layer {
         FilterLayer::ConnectRedirectV4 => {
@@ -118,6 +136,9 @@ fn indexes(layer: FilterLayer) -> Idx {
         }
         FilterLayer::EndpointClosureV4 => idx!(ALE_ENDPOINT_CLOSURE_V4, orig: None, flags: None),
         FilterLayer::EndpointClosureV6 => idx!(ALE_ENDPOINT_CLOSURE_V6, orig: None, flags: None),
+        // No remote address or port at bind: out-of-range indexes are skipped.
+        FilterLayer::BindRedirectV4 => bind_idx!(ALE_BIND_REDIRECT_V4),
+        FilterLayer::BindRedirectV6 => bind_idx!(ALE_BIND_REDIRECT_V6),
     }
 }
 
