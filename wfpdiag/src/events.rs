@@ -152,7 +152,8 @@ pub fn our_decisions(records: &[AuditRecord<'_>]) -> Vec<OurDecision> {
                 }
                 Event::AuthConnect(a) => (CoreLayer::AuthConnect, a.input.flow, a.outcome, None),
                 Event::Fallback(f) => (CoreLayer::ConnectRedirect, f.input.flow, f.outcome, None),
-                Event::Departure(_) => return None,
+                // Not decisions on a connection: a departure, another vendor's rebind, a boot-guard change.
+                Event::Departure(_) | Event::Rebind(_) | Event::Guard(_) => return None,
             };
             Some(OurDecision {
                 seq: r.seq,
