@@ -130,6 +130,12 @@ cp "$SCRATCH/rules/broken.toml" "$ROOT/target/wine-broken.toml"
 compare rules-check-broken "rules check target/wine-broken.toml" "rules check target/wine-broken.toml"
 compare rules-check-broken-json "rules check --json target/wine-broken.toml" "rules check --json target/wine-broken.toml"
 
+# CRLF line ends, as Windows editors write them: the same verdicts and diagnostics.
+sed 's/$/\r/' rules/default.toml >"$ROOT/target/wine-crlf.toml"
+sed 's/$/\r/' "$SCRATCH/rules/broken.toml" >"$ROOT/target/wine-broken-crlf.toml"
+compare rules-check-crlf "rules check target/wine-crlf.toml" "rules check target/wine-crlf.toml"
+compare rules-check-broken-crlf "rules check target/wine-broken-crlf.toml" "rules check target/wine-broken-crlf.toml"
+
 # Paths with drive letters and backslashes.
 compare drive-letter-rules "rules check '$ROOT/rules/default.toml'" "rules check '$(win_path "$ROOT/rules/default.toml")'" "$ROOT/rules/default.toml"
 compare drive-letter-broken "rules check '$SCRATCH/rules/broken.toml'" "rules check '$(win_path "$SCRATCH/rules/broken.toml")'" "$SCRATCH/rules/broken.toml"
@@ -183,6 +189,22 @@ fi
 rc=0
 "$WINE" "$PROXY" --v4 nowhere >/dev/null 2>"$SCRATCH/proxy-usage.err" || rc=$?
 if [ "$rc" = 2 ]; then pass "arbiter-proxy.exe bad argument: exit 2"; else fail "arbiter-proxy.exe bad argument: exit $rc"; fi
+
+say "the release bundle (scripts/package-windows.sh)"
+scripts/package-windows.sh "$SCRATCH/package" >/dev/null
+BUNDLE="$SCRATCH/bundle"
+mkdir -p "$BUNDLE"
+(cd "$BUNDLE" && unzip -q "$SCRATCH/package/arbiter-windows-x64.zip")
+if [ -e "$BUNDLE/arbiter-windows-x64/bcryptprimitives.dll" ]; then fail "the bundle ships the test shim"; fi
+cp "$WIN_DIR/bcryptprimitives.dll" "$BUNDLE/arbiter-windows-x64/"
+rc=0
+(cd "$BUNDLE/arbiter-windows-x64" && "$WINE" arbiter.exe rules check rules) >"$SCRATCH/bundle.out" 2>&1 || rc=$?
+if [ "$rc" = 0 ] && grep -q 'checked' "$SCRATCH/bundle.out"; then
+  pass "bundle: its arbiter.exe checks its own rules/ (CRLF): $(tail -n 1 "$SCRATCH/bundle.out")"
+else
+  fail "bundle: arbiter.exe rules check rules exited $rc"
+  head -n 10 "$SCRATCH/bundle.out"
+fi
 
 echo
 if ((failures)); then

@@ -393,6 +393,12 @@ impl<P: Policy> Arbiter<P> {
         self.endpoints.get(&endpoint, now)
     }
 
+    /// The next audit sequence number, for records the caller writes itself
+    /// (a bind-redirect observation, a boot-guard change).
+    pub fn allocate_seq(&mut self) -> u64 {
+        self.next_seq()
+    }
+
     fn next_seq(&mut self) -> u64 {
         let s = self.seq;
         self.seq = self.seq.wrapping_add(1);

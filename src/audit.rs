@@ -45,6 +45,11 @@ const KIND_FALLBACK: u8 = 4;
 /// decision table (`layer-data-unavailable`, `unreadable-indication`): the
 /// same body as kind 4. Readers that predate it skip it by its length.
 const KIND_UNCLASSIFIED: u8 = 5;
+const KIND_REBIND: u8 = 6;
+const KIND_GUARD: u8 = 7;
+
+mod other;
+pub use other::{GuardChange, GuardRecord, RebindRecord};
 
 /// One audit record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +74,11 @@ pub enum Event<'a> {
     /// A held (pended) connect-redirect classification got the configured
     /// fallback verdict because no proxy registered in time.
     Fallback(FallbackRecord<'a>),
+    /// Another vendor changed a socket's local address at ALE_BIND_REDIRECT
+    /// (kind 6).
+    Rebind(RebindRecord<'a>),
+    /// The boot guard changed state (kind 7).
+    Guard(GuardRecord),
 }
 
 /// A pended classification's fallback: the input it was held with and the
@@ -258,7 +268,7 @@ impl<'a> AuditRecord<'a> {
             }
             // Not the table's decision: the configured fallback, given as is.
             Event::Fallback(f) => Some(Replayed { outcome: f.outcome, diverged: false }),
-            Event::Departure(_) => None,
+            Event::Departure(_) | Event::Rebind(_) | Event::Guard(_) => None,
         }
     }
 
@@ -268,7 +278,7 @@ impl<'a> AuditRecord<'a> {
             Event::ConnectRedirect(c) => Some(&c.outcome),
             Event::AuthConnect(a) => Some(&a.outcome),
             Event::Fallback(f) => Some(&f.outcome),
-            Event::Departure(_) => None,
+            Event::Departure(_) | Event::Rebind(_) | Event::Guard(_) => None,
         }
     }
 
@@ -292,6 +302,8 @@ impl<'a> AuditRecord<'a> {
             Event::Departure(_) => KIND_DEPARTURE,
             Event::Fallback(f) if f.outcome.reason == Reason::PendTimeout => KIND_FALLBACK,
             Event::Fallback(_) => KIND_UNCLASSIFIED,
+            Event::Rebind(_) => KIND_REBIND,
+            Event::Guard(_) => KIND_GUARD,
         };
         let body_len = u32::try_from(need.saturating_sub(HEADER_LEN)).map_err(|_| EncodeError::AppIdTooLong)?;
         let header =
@@ -318,6 +330,8 @@ impl<'a> AuditRecord<'a> {
             Event::AuthConnect(a) => write_auth(w, a),
             Event::Departure(d) => write_departure(w, d),
             Event::Fallback(f) => write_connect_input(w, &f.input).and_then(|()| write_outcome(w, &f.outcome)),
+            Event::Rebind(r) => other::write_rebind(w, r),
+            Event::Guard(g) => other::write_guard(w, g),
         }
     }
 
@@ -341,7 +355,8 @@ impl<'a> AuditRecord<'a> {
         let body = r.take(len).map_err(|_| truncated(&r))?;
         let mut b = Body { r: Reader::new(body), base: HEADER_LEN, whole: body.len() };
         let record = match kind {
-            KIND_CONNECT | KIND_AUTH | KIND_DEPARTURE | KIND_FALLBACK | KIND_UNCLASSIFIED => b.record(kind)?,
+            KIND_CONNECT | KIND_AUTH | KIND_DEPARTURE | KIND_FALLBACK | KIND_UNCLASSIFIED | KIND_REBIND
+            | KIND_GUARD => b.record(kind)?,
             other => return Err(DecodeError { offset: 3, kind: DecodeErrorKind::UnknownKind(other) }),
         };
         if b.r.remaining() != 0 {
@@ -629,6 +644,8 @@ impl<'a> Body<'a> {
             KIND_UNCLASSIFIED => {
                 Event::Fallback(self.fallback(&[Reason::LayerDataUnavailable, Reason::UnreadableIndication])?)
             }
+            KIND_REBIND => Event::Rebind(self.rebind()?),
+            KIND_GUARD => Event::Guard(self.guard()?),
             _ => Event::Departure(self.departure(seq, at)?),
         };
         Ok(AuditRecord { seq, at, event })

@@ -37,6 +37,7 @@ extern crate std;
 
 pub mod arbiter;
 pub mod audit;
+pub mod boot;
 pub mod compiled;
 pub mod context;
 pub mod control;

@@ -335,6 +335,8 @@ pub struct RuleSet {
     pub known_proxies: Vec<Glob>,
     /// `[[rule]]`, in file order.
     pub rules: Vec<Rule>,
+    /// `[boot]`: what happens before arbiter is ready.
+    pub boot: crate::boot::BootConfig,
     /// Content identifier (see [`Policy::id`]).
     pub id: u32,
 }

@@ -8,9 +8,9 @@
 //! listener. So whatever the checker refuses, the driver refuses too.
 //!
 //! The glob limits bound the classify path: with at most
-//! [`MAX_GLOB_UNITS`] units and [`MAX_GLOB_STARS`] stars, matching one
-//! pattern costs a bounded amount per unit of the app id (see
-//! `compiled::globs`).
+//! [`MAX_GLOB_UNITS`] units, [`MAX_GLOB_STARS`] stars and
+//! [`MAX_GLOB_MIDDLE`] units between the first and last wildcard, matching
+//! one pattern reads each unit of the app id once (see `compiled::globs`).
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -22,6 +22,10 @@ use crate::policy::{Glob, RuleSet};
 pub const MAX_GLOB_UNITS: usize = 256;
 /// Most `*` in one glob pattern.
 pub const MAX_GLOB_STARS: usize = 8;
+/// Most units other than `*` from a pattern's first wildcard to its last
+/// (the part matched against the middle of an id, one bit each in the
+/// linear matcher's state). The literal head and tail are compared directly.
+pub const MAX_GLOB_MIDDLE: usize = 64;
 
 /// Why a listener cannot be our proxy's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,6 +74,8 @@ pub enum GlobError {
     TooLong,
     /// More than [`MAX_GLOB_STARS`] stars.
     TooManyStars,
+    /// More than [`MAX_GLOB_MIDDLE`] units between the first and last wildcard.
+    MiddleTooLong,
 }
 
 impl fmt::Display for GlobError {
@@ -79,6 +85,9 @@ impl fmt::Display for GlobError {
             Self::Nul => f.write_str("pattern holds a NUL character"),
             Self::TooLong => write!(f, "pattern longer than {MAX_GLOB_UNITS} UTF-16 units"),
             Self::TooManyStars => write!(f, "pattern has more than {MAX_GLOB_STARS} `*`"),
+            Self::MiddleTooLong => {
+                write!(f, "more than {MAX_GLOB_MIDDLE} characters between the pattern's first and last wildcard")
+            }
         }
     }
 }
@@ -94,8 +103,16 @@ pub fn check_glob(units: &[u16]) -> Result<(), GlobError> {
     if units.len() > MAX_GLOB_UNITS {
         return Err(GlobError::TooLong);
     }
-    if units.iter().filter(|&&u| u == u16::from(b'*')).count() > MAX_GLOB_STARS {
+    let star = u16::from(b'*');
+    let wild = |u: &u16| *u == star || *u == u16::from(b'?');
+    if units.iter().filter(|&&u| u == star).count() > MAX_GLOB_STARS {
         return Err(GlobError::TooManyStars);
+    }
+    if let (Some(a), Some(b)) = (units.iter().position(wild), units.iter().rposition(wild)) {
+        let middle = units.get(a..=b).unwrap_or(&[]);
+        if middle.iter().filter(|&&u| u != star).count() > MAX_GLOB_MIDDLE {
+            return Err(GlobError::MiddleTooLong);
+        }
     }
     Ok(())
 }
@@ -169,12 +186,13 @@ impl Finding {
     /// A stable kebab-case code, the one `arbiter rules check` reports.
     pub const fn code(&self) -> &'static str {
         match self.problem {
-            Problem::MaxHopsZero | Problem::HopWindowZero => "bad-value",
-            Problem::Listener(ListenerError::ZeroPort) => "proxy-port-zero",
+            Problem::MaxHopsZero => "zero-max-hops",
+            Problem::HopWindowZero => "zero-hop-window",
+            Problem::Listener(ListenerError::ZeroPort) => "bad-socket-addr",
             Problem::Listener(ListenerError::NotLocal) => "proxy-not-local",
             Problem::Glob(_) => "bad-glob",
-            Problem::DuplicateName { .. } => "duplicate-name",
-            Problem::OutOfMemory => "out-of-memory",
+            Problem::DuplicateName { .. } => "duplicate-rule-name",
+            Problem::OutOfMemory => "out-of-range",
         }
     }
 }
@@ -312,6 +330,9 @@ mod tests {
         assert_eq!(check_glob(&[]), Err(GlobError::Empty));
         assert_eq!(check_glob(&w("a\0b")), Err(GlobError::Nul));
         assert_eq!(check_glob(&w(&"a".repeat(MAX_GLOB_UNITS))), Ok(()));
+        let middle = |n: usize| alloc::format!("head*{}*tail", "?".repeat(n));
+        assert_eq!(check_glob(&w(&middle(MAX_GLOB_MIDDLE))), Ok(()));
+        assert_eq!(check_glob(&w(&middle(MAX_GLOB_MIDDLE + 1))), Err(GlobError::MiddleTooLong));
         assert_eq!(check_glob(&w(&"a".repeat(MAX_GLOB_UNITS + 1))), Err(GlobError::TooLong));
         assert_eq!(check_glob(&w(&"*a".repeat(MAX_GLOB_STARS))), Ok(()));
         assert_eq!(check_glob(&w(&"*a".repeat(MAX_GLOB_STARS + 1))), Err(GlobError::TooManyStars));

@@ -38,6 +38,10 @@ pub enum FilterLayer {
     EndpointClosureV4,
     /// FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6.
     EndpointClosureV6,
+    /// FWPM_LAYER_ALE_BIND_REDIRECT_V4 (inspection only, [`crate::bind`]).
+    BindRedirectV4,
+    /// FWPM_LAYER_ALE_BIND_REDIRECT_V6 (inspection only, [`crate::bind`]).
+    BindRedirectV6,
 }
 
 impl FilterLayer {
@@ -51,12 +55,14 @@ impl FilterLayer {
             Self::AuthConnectV6 => FWPM_LAYER_ALE_AUTH_CONNECT_V6,
             Self::EndpointClosureV4 => FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4,
             Self::EndpointClosureV6 => FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6,
+            Self::BindRedirectV4 => FWPM_LAYER_ALE_BIND_REDIRECT_V4,
+            Self::BindRedirectV6 => FWPM_LAYER_ALE_BIND_REDIRECT_V6,
         }
     }
 
     /// Is this an IPv6 layer?
     pub const fn is_v6(self) -> bool {
-        matches!(self, Self::ConnectRedirectV6 | Self::AuthConnectV6 | Self::EndpointClosureV6)
+        matches!(self, Self::ConnectRedirectV6 | Self::AuthConnectV6 | Self::EndpointClosureV6 | Self::BindRedirectV6)
     }
 }
 
@@ -76,13 +82,18 @@ pub struct FilterSpec {
 /// Every filter the driver adds, in the order it adds them. The first two
 /// are connect-redirect V4 and V6 (their run-time ids go to
 /// `Callout::set_own_filters`).
-pub const FILTERS: [FilterSpec; 6] = [
+pub const FILTERS: [FilterSpec; 8] = [
     spec(FilterLayer::ConnectRedirectV4, FWP_ACTION_CALLOUT_UNKNOWN),
     spec(FilterLayer::ConnectRedirectV6, FWP_ACTION_CALLOUT_UNKNOWN),
     spec(FilterLayer::AuthConnectV4, FWP_ACTION_CALLOUT_UNKNOWN),
     spec(FilterLayer::AuthConnectV6, FWP_ACTION_CALLOUT_UNKNOWN),
     spec(FilterLayer::EndpointClosureV4, FWP_ACTION_CALLOUT_INSPECTION),
     spec(FilterLayer::EndpointClosureV6, FWP_ACTION_CALLOUT_INSPECTION),
+    // Bind redirect: we only look (who moved a socket's local address),
+    // never rewrite; INSPECTION also means an unregistered callout's filter
+    // is ignored rather than blocking (FwpsCalloutRegister0 remarks).
+    spec(FilterLayer::BindRedirectV4, FWP_ACTION_CALLOUT_INSPECTION),
+    spec(FilterLayer::BindRedirectV6, FWP_ACTION_CALLOUT_INSPECTION),
 ];
 
 const fn spec(layer: FilterLayer, action_type: FWP_ACTION_TYPE) -> FilterSpec {

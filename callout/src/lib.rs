@@ -37,6 +37,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod adapter;
+pub mod bind;
+pub mod boot;
 pub mod control;
 pub mod filters;
 pub mod fwps;

@@ -11,6 +11,7 @@ mod out;
 
 mod audit_cmd;
 mod bench_cmd;
+mod boot_cmd;
 mod explore_cmd;
 mod lab_cmd;
 mod lab_setup_cmd;

@@ -167,6 +167,18 @@ const ROWS: &[Row] = &[
         when: "The driver held a classification while no proxy was registered, and the proxy did not register in time: the configured fallback verdict applies.",
     },
     Row {
+        reason: Reason::LayerDataUnavailable,
+        row: "driver (extension)",
+        verdicts: "continue",
+        when: "WFP did not grant the classify handle or the writable connect request, so the previousVersion chain is unknown and the flow cannot be changed. The adapter leaves it alone (fail open), counts it and audits it.",
+    },
+    Row {
+        reason: Reason::UnreadableIndication,
+        row: "driver (extension)",
+        verdicts: "continue",
+        when: "The redirect state or the previousVersion chain WFP reported could not be read. The adapter leaves the flow alone (fail open), counts it and audits it.",
+    },
+    Row {
         reason: Reason::Evicted,
         row: "audit only",
         verdicts: "-",

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use arbiter_lab::audit_log::decode;
+use arbiter_lab::audit_log::{decode, log_bytes};
 use arbiter_wfpdiag::events::{self, Attributed, Join, OurDecision};
 use arbiter_wfpdiag::inventory::Inventory;
 use arbiter_wfpdiag::model::{Filter, Layer, LayerKind, parse_utc_ms};
@@ -15,8 +15,8 @@ use crate::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json};
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// netsh's XML: `netsh wfp show filters` (filters.xml), `netsh wfp show state`
-    /// (wfpstate.xml), `netsh wfp show netevents`, or the wfpdiag.xml extracted
-    /// from `netsh wfp capture`'s .cab (`expand wfpdiag.cab -F:wfpdiag.xml .`).
+    /// (wfpstate.xml), `netsh wfp show netevents`, or `netsh wfp capture`'s
+    /// wfpdiag.cab (read directly) or the wfpdiag.xml extracted from it.
     /// Several files are read as one machine.
     #[arg(value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
@@ -44,9 +44,9 @@ pub(crate) fn run(args: &Args) -> u8 {
         }
     }
     let inv = Inventory::of(&machine);
-    let audit_bytes = match &args.audit {
+    let audit_log = match &args.audit {
         Some(p) => match std::fs::read(p) {
-            Ok(b) => Some(b),
+            Ok(b) => Some(log_bytes(b)),
             Err(e) => {
                 eprintln!("{}: {e}", p.display());
                 return EXIT_BAD_INPUT;
@@ -54,15 +54,18 @@ pub(crate) fn run(args: &Args) -> u8 {
         },
         None => None,
     };
-    let ours: Vec<OurDecision> = match &audit_bytes {
-        Some(bytes) => match decode(bytes) {
-            Ok(records) => events::our_decisions(&records),
-            Err((offset, e)) => {
-                let p = args.audit.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
-                eprintln!("{p}: record at byte {offset}: {e}");
+    let ours: Vec<OurDecision> = match &audit_log {
+        Some(log) => {
+            let decoded = decode(log);
+            let p = args.audit.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+            for problem in &decoded.problems {
+                eprintln!("{p}: {}: {}", problem.place, problem.message);
+            }
+            if decoded.lost_data() && decoded.records.is_empty() {
                 return EXIT_BAD_INPUT;
             }
-        },
+            events::our_decisions(&decoded.records)
+        }
         None => Vec::new(),
     };
     let boot_ms = match &args.boot_time {
@@ -237,13 +240,21 @@ fn print_text(m: &Machine, inv: &Inventory, attributed: &[Attributed], join: Opt
         for s in slots {
             let f = s.filter.and_then(|f| m.filters.get(f));
             let acts = f.is_none_or(|f| f.is_callout() || f.clears_action_right());
-            let n = vendor_name(inv, s.vendor);
+            let mut n = vendor_name(inv, s.vendor);
+            if s.sublayer_weight.is_none() {
+                n.push_str(" (?)");
+            }
             if acts && names.last() != Some(&n) {
                 names.push(n);
             }
         }
         if !names.is_empty() {
-            println!("  {:<20} {}", layer.short(), names.join(" > "));
+            let unknown = if names.iter().any(|n| n.ends_with("(?)")) {
+                "   (?: sublayer weight not in the files, order unknown)"
+            } else {
+                ""
+            };
+            println!("  {:<20} {}{unknown}", layer.short(), names.join(" > "));
         }
     }
     println!();

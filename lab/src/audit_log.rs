@@ -112,6 +112,29 @@ pub fn describe(r: &AuditRecord<'_>) -> Described {
             detail: "held for a proxy that did not register in time".to_owned(),
             ..base
         },
+        Event::Rebind(b) => Described {
+            kind: "rebind",
+            pid: Some(b.pid),
+            app: Some(b.app.to_string()),
+            reason: "rebound-by-other",
+            detail: format!(
+                "filter {} moved the local address {} -> {} ({}, {} change{})",
+                b.by,
+                b.from,
+                b.to,
+                b.protocol,
+                b.changes,
+                if b.changes == 1 { "" } else { "s" }
+            ),
+            ..base
+        },
+        Event::Guard(g) => Described {
+            kind: "boot-guard",
+            pid: (g.proxy_pid != 0).then_some(g.proxy_pid),
+            reason: g.change.name(),
+            detail: format!("boot mode {}: {}", g.mode.name(), g.change.name()),
+            ..base
+        },
         Event::Departure(d) => {
             let what = match d.entry {
                 DepartedEntry::Endpoint { endpoint, entry } => format!("endpoint {endpoint}: {entry:?}"),
@@ -368,7 +391,7 @@ pub fn step_of(r: &AuditRecord<'_>) -> Option<Step> {
         Event::ConnectRedirect(c) => (&c.input.flow, Layer::ConnectRedirect),
         Event::AuthConnect(a) => (&a.input.flow, Layer::AuthConnect),
         // A driver-side fallback is not a classify the replayer can re-run.
-        Event::Fallback(_) | Event::Departure(_) => return None,
+        Event::Fallback(_) | Event::Departure(_) | Event::Rebind(_) | Event::Guard(_) => return None,
     };
     let mut s = Step::connect(flow.endpoint, flow.protocol, flow.local, flow.remote, flow.pid, &flow.app.to_string());
     s.layer = layer;
@@ -390,7 +413,7 @@ pub fn step_of(r: &AuditRecord<'_>) -> Option<Step> {
             s.target_pid = a.input.target_pid;
             s.original_destination = a.input.original_destination;
         }
-        Event::Fallback(_) | Event::Departure(_) => {}
+        Event::Fallback(_) | Event::Departure(_) | Event::Rebind(_) | Event::Guard(_) => {}
     }
     let o = r.outcome()?;
     s.expect.verdict = Some(o.verdict);
@@ -501,6 +524,7 @@ pub fn check(records: &[AuditRecord<'_>]) -> Vec<Violation> {
                     pending.insert(f.input.flow.endpoint, (index, f.outcome.reason));
                 }
             }
+            Event::Rebind(_) | Event::Guard(_) => {}
             Event::Departure(d) => {
                 // An audited eviction or expiry releases the obligation.
                 if let DepartedEntry::Endpoint { endpoint, .. } = d.entry {

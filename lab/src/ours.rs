@@ -15,7 +15,8 @@
 use core::net::SocketAddr;
 
 use arbiter::audit::{AuditRecord, Event};
-use arbiter::{Arbiter, Capacities, Config, Instant, Layer, RuleSet};
+use arbiter::flow::SidBuf;
+use arbiter::{Arbiter, Capacities, Config, Instant, Layer, RedirectState, RuleSet};
 use arbiter_callout::filters::{FilterLayer, filter_for};
 use arbiter_callout::{Callout as Adapter, CalloutConfig, Family};
 use arbiter_wfp_model::arbitration::{Outcome, resolve};
@@ -51,8 +52,12 @@ pub struct ArbiterCallout {
     pub audit_log: Vec<u8>,
     /// Decisions whose audit record did not replay to the decision.
     pub audit_failures: usize,
+    /// Departure records (evictions, expiries) seen in the audit ring.
+    pub departures: usize,
     /// Next ring sequence number not yet drained.
     next_seq: u64,
+    /// Our connect-redirect filter's run-time id.
+    own_filter: u64,
 }
 
 impl core::fmt::Debug for ArbiterCallout {
@@ -81,10 +86,16 @@ impl ArbiterCallout {
     /// Wraps a core (configured with `own_filter` = [`arbiter_callout::OWN_FILTER`])
     /// in the adapter, on a fresh WFP model under `readings`.
     pub fn new(arbiter: Arbiter<RuleSet>, readings: Readings) -> Result<Self, String> {
+        Self::with_own_filter(arbiter, readings, OWN_FILTER)
+    }
+
+    /// The same, with our connect-redirect filter's run-time id as given
+    /// (a fixture's `environment.own_filter`).
+    pub fn with_own_filter(arbiter: Arbiter<RuleSet>, readings: Readings, own_filter: u64) -> Result<Self, String> {
         let mut adapter = Adapter::new(arbiter, CalloutConfig { ring_bytes: LAB_RING_BYTES, pend: None })
             .map_err(|_| "out of memory reserving the audit ring".to_owned())?;
         adapter.set_redirect_handle(handle_ptr(OWN_HANDLE));
-        adapter.set_own_filters(OWN_FILTER, OWN_FILTER);
+        adapter.set_own_filters(own_filter, own_filter);
         let next_seq = adapter.ring().next_seq();
         Ok(Self {
             adapter,
@@ -92,7 +103,9 @@ impl ArbiterCallout {
             steps: Vec::new(),
             audit_log: Vec::new(),
             audit_failures: 0,
+            departures: 0,
             next_seq,
+            own_filter,
         })
     }
 
@@ -103,6 +116,11 @@ impl ArbiterCallout {
 
     /// Moves the adapter's new audit records into [`Self::audit_log`] and
     /// returns the expectation of the last decision among them.
+    /// Moves new audit records (a bind observation, say) into [`Self::audit_log`].
+    pub(crate) fn drain_records(&mut self) -> Expect {
+        self.drain()
+    }
+
     fn drain(&mut self) -> Expect {
         let mut expect = Expect::default();
         for (seq, bytes) in self.adapter.ring().iter() {
@@ -114,6 +132,9 @@ impl ArbiterCallout {
                 self.audit_failures += 1;
                 continue;
             };
+            if matches!(rec.event, Event::Departure(_)) {
+                self.departures += 1;
+            }
             if let Some(o) = rec.outcome() {
                 if !rec.replay().is_some_and(|r| r.matches(o)) {
                     self.audit_failures += 1;
@@ -141,19 +162,32 @@ fn handle_addr(h: u64) -> usize {
     usize::try_from(h).unwrap_or(0)
 }
 
-fn flow_info(conn: &Connection, remote: SocketAddr) -> FlowInfo {
+fn flow_info(step: &Step) -> FlowInfo {
     FlowInfo {
-        protocol: conn.protocol.0,
-        local: conn.local,
-        remote,
-        pid: conn.pid,
-        app: conn.app.clone(),
-        original_app: conn.original_app.clone(),
-        endpoint: conn.endpoint,
-        reauthorize: false,
-        redirected: false,
-        target_pid: None,
-        original_destination: None,
+        protocol: step.protocol.0,
+        local: step.local,
+        remote: step.remote,
+        pid: step.pid,
+        app: step.app.clone(),
+        original_app: step.original_app.clone().unwrap_or_else(|| step.app.clone()),
+        endpoint: step.endpoint,
+        reauthorize: step.reauthorize,
+        redirected: step.redirected,
+        target_pid: step.target_pid.and_then(|p| u32::try_from(p).ok()),
+        original_destination: step.original_destination,
+        package: step.package.as_deref().and_then(SidBuf::parse).map(|b| b.as_sid().as_bytes().to_vec()),
+    }
+}
+
+/// Redirect records that make WFP report `state` to the holder of our handle.
+fn records_for(state: RedirectState) -> Vec<RedirectRecord> {
+    let ours = RedirectRecord { handle: handle_addr(OWN_HANDLE), context: Vec::new() };
+    let other = RedirectRecord { handle: handle_addr(OWN_HANDLE + 1), context: Vec::new() };
+    match state {
+        RedirectState::NotRedirected => Vec::new(),
+        RedirectState::RedirectedBySelf => vec![ours],
+        RedirectState::RedirectedByOther => vec![other],
+        RedirectState::PreviouslyRedirectedBySelf => vec![ours, other],
     }
 }
 
@@ -171,108 +205,136 @@ const fn family(v6: bool) -> Family {
     if v6 { Family::V6 } else { Family::V4 }
 }
 
-impl Callout for ArbiterCallout {
-    fn connect_redirect(&mut self, _me: &Identity, v: &ConnectView<'_>) -> ConnectDecision {
-        let v6 = v.conn.local.is_ipv6();
-        let layer = if v6 { FilterLayer::ConnectRedirectV6 } else { FilterLayer::ConnectRedirectV4 };
-        let Some(spec) = filter_for(layer) else { return ConnectDecision::new(ConnectAction::Continue, "no-filter") };
-        let mut f = flow_info(v.conn, v.remote);
-        f.reauthorize = v.reauthorize;
-        let mut data = ConnectData::new(
-            v.remote,
-            v.conn.local,
-            v.conn
-                .records
-                .iter()
-                .map(|r| RedirectRecord { handle: handle_addr(r.handle), context: Vec::new() })
-                .collect(),
-        );
-        data.versions = v
-            .previous
-            .iter()
-            .map(|p| Version { filter: p.filter, local_redirect_handle: p.local_redirect_handle })
-            .collect();
-        let has_records = !data.records.is_empty();
-        let rights = if v.write_right { FWPS_RIGHT_ACTION_WRITE } else { 0 };
-        let entry_action = if v.write_right {
-            self.wfp.readings.entry_action_type()
-        } else {
-            // A hard decision above us: the model's entry value then.
-            wfp_ffi::FWP_ACTION_PERMIT
-        };
-        let entry = FWPS_CLASSIFY_OUT0 { actionType: entry_action, rights, ..Default::default() };
-        let mut ind = Indication::new(layer, &f, OWN_FILTER, spec.action_type, 0, entry, None);
-        let id = self.wfp.begin_classify(data, &raw const *ind.out);
-        if has_records {
-            ind.set_redirect_records(id);
-        }
-        let raw = ind.raw(id);
-        // SAFETY: every pointer in `raw` points into `ind`, alive for the call;
-        // the runtime acts on this classify (id).
-        unsafe {
-            self.adapter.classify_connect_redirect(&mut self.wfp, family(v6), &raw, Instant::from_millis(v.now_ms))
-        };
-        let out = *ind.out;
-        let (after, applied) = self.wfp.end_classify(id);
+/// What the adapter did with one indication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fed {
+    /// The decision it audited (verdict, reason, redirect), as a fixture expectation.
+    pub expect: Expect,
+    /// Connect-redirect: what the engine sees it do.
+    pub connect: ConnectDecision,
+    /// Auth-connect: what the engine sees it do.
+    pub auth: AuthDecision,
+}
 
-        let mut step = base_step(Layer::ConnectRedirect, v.conn, v.remote, v.now_ms);
-        step.state = v.state;
-        step.write_right = v.write_right;
-        step.reauthorize = v.reauthorize;
-        step.previous = v.previous.to_vec();
-        step.expect = self.drain();
-        let reason = step.expect.reason.map_or("unclassified", |r| r.name()).to_owned();
-        self.steps.push(step);
-
-        let modified = applied.iter().any(|a| a.modified);
-        let reauthorizing = applied.iter().any(arbiter_wfp_model::Applied::reauthorize_if_modified);
-        let hard = out.rights & FWPS_RIGHT_ACTION_WRITE == 0;
-        let action = match resolve(spec.action_type, out.actionType, &self.wfp.readings) {
-            Outcome::Block => ConnectAction::Block,
-            Outcome::Permit if modified => {
-                ConnectAction::RedirectLocal { to: after.remote, target_pid: u64::from(after.target_pid) }
+impl ArbiterCallout {
+    /// Gives the adapter one indication, as a fixture step describes it,
+    /// through the WFP model: the one path from an indication to the core,
+    /// shared by the lab, the explorer and the replayer. The step is kept
+    /// (with what the adapter audited as its expectation) in [`Self::steps`].
+    pub fn feed(&mut self, mut step: Step) -> Fed {
+        let v6 = step.local.is_ipv6();
+        let now = Instant::from_millis(step.at_ms);
+        let f = flow_info(&step);
+        let mut connect = ConnectDecision::new(ConnectAction::Continue, "");
+        let mut auth = AuthDecision::new(AuthAction::Continue, "");
+        match step.layer {
+            Layer::ConnectRedirect => {
+                let layer = if v6 { FilterLayer::ConnectRedirectV6 } else { FilterLayer::ConnectRedirectV4 };
+                let action_type = filter_for(layer).map_or(wfp_ffi::FWP_ACTION_CALLOUT_UNKNOWN, |s| s.action_type);
+                let mut data = ConnectData::new(step.remote, step.local, records_for(step.state));
+                data.versions = step
+                    .previous
+                    .iter()
+                    .map(|p| Version { filter: p.filter, local_redirect_handle: p.local_redirect_handle })
+                    .collect();
+                let has_records = !data.records.is_empty();
+                let (rights, entry_action) = if step.write_right {
+                    (FWPS_RIGHT_ACTION_WRITE, self.wfp.readings.entry_action_type())
+                } else {
+                    // A hard decision above us: the model's entry value then.
+                    (0, wfp_ffi::FWP_ACTION_PERMIT)
+                };
+                let entry = FWPS_CLASSIFY_OUT0 { actionType: entry_action, rights, ..Default::default() };
+                let mut ind = Indication::new(layer, &f, self.own_filter, action_type, 0, entry, None);
+                let id = self.wfp.begin_classify(data, &raw const *ind.out);
+                if has_records {
+                    ind.set_redirect_records(id);
+                }
+                let raw = ind.raw(id);
+                // SAFETY: every pointer in `raw` points into `ind`, alive for
+                // the call; the runtime acts on this classify (id).
+                unsafe { self.adapter.classify_connect_redirect(&mut self.wfp, family(v6), &raw, now) };
+                let out = *ind.out;
+                let (after, applied) = self.wfp.end_classify(id);
+                step.expect = self.drain();
+                let modified = applied.iter().any(|a| a.modified);
+                let reauthorizing = applied.iter().any(arbiter_wfp_model::Applied::reauthorize_if_modified);
+                let hard = out.rights & FWPS_RIGHT_ACTION_WRITE == 0;
+                let action = match resolve(action_type, out.actionType, &self.wfp.readings) {
+                    Outcome::Block => ConnectAction::Block,
+                    Outcome::Permit if modified => {
+                        ConnectAction::RedirectLocal { to: after.remote, target_pid: u64::from(after.target_pid) }
+                    }
+                    // Without the write right we could only have vetoed.
+                    Outcome::Permit | Outcome::Continue if !step.write_right => ConnectAction::Continue,
+                    Outcome::Permit if hard => ConnectAction::HardPermit,
+                    Outcome::Permit => ConnectAction::Permit,
+                    Outcome::Continue => ConnectAction::Continue,
+                };
+                let reason = step.expect.reason.map_or("unclassified", |r| r.name());
+                connect = ConnectDecision::new(action, reason);
+                if reauthorizing {
+                    connect = connect.reauthorizing();
+                }
             }
-            Outcome::Permit if hard && v.write_right => ConnectAction::HardPermit,
-            Outcome::Permit | Outcome::Continue if !v.write_right => ConnectAction::Continue,
-            Outcome::Permit => ConnectAction::Permit,
-            Outcome::Continue => ConnectAction::Continue,
-        };
-        let d = ConnectDecision::new(action, &reason);
-        if reauthorizing { d.reauthorizing() } else { d }
+            Layer::AuthConnect => {
+                let layer = if v6 { FilterLayer::AuthConnectV6 } else { FilterLayer::AuthConnectV4 };
+                let action_type = filter_for(layer).map_or(wfp_ffi::FWP_ACTION_CALLOUT_UNKNOWN, |s| s.action_type);
+                let entry = FWPS_CLASSIFY_OUT0 {
+                    actionType: self.wfp.readings.entry_action_type(),
+                    rights: FWPS_RIGHT_ACTION_WRITE,
+                    ..Default::default()
+                };
+                let mut ind = Indication::new(layer, &f, self.own_filter.wrapping_add(1), action_type, 0, entry, None);
+                let raw = ind.raw(0);
+                // SAFETY: every pointer in `raw` points into `ind`, alive for the call.
+                unsafe { self.adapter.classify_auth_connect(family(v6), &raw, now) };
+                let out = *ind.out;
+                step.expect = self.drain();
+                let action = match resolve(action_type, out.actionType, &self.wfp.readings) {
+                    Outcome::Block => AuthAction::Block,
+                    Outcome::Permit => AuthAction::Permit,
+                    Outcome::Continue => AuthAction::Continue,
+                };
+                auth = AuthDecision::new(action, step.expect.reason.map_or("unclassified", |r| r.name()));
+            }
+        }
+        let expect = step.expect;
+        self.steps.push(step);
+        Fed { expect, connect, auth }
+    }
+}
+
+/// The fixture step of an engine's connect-redirect indication.
+pub fn connect_step(v: &ConnectView<'_>) -> Step {
+    let mut step = base_step(Layer::ConnectRedirect, v.conn, v.remote, v.now_ms);
+    step.state = v.state;
+    step.write_right = v.write_right;
+    step.reauthorize = v.reauthorize;
+    step.previous = v.previous.to_vec();
+    step
+}
+
+/// The fixture step of an engine's auth-connect indication.
+pub fn auth_step(v: &AuthView<'_>) -> Step {
+    let mut step = base_step(Layer::AuthConnect, v.conn, v.remote, v.now_ms);
+    step.redirected = v.redirected;
+    step.target_pid = v.target_pid;
+    step.original_destination = v.original_destination;
+    step
+}
+
+impl Callout for ArbiterCallout {
+    fn as_bind(&mut self) -> Option<&mut dyn crate::bind::BindCallout> {
+        Some(self)
+    }
+
+    fn connect_redirect(&mut self, _me: &Identity, v: &ConnectView<'_>) -> ConnectDecision {
+        self.feed(connect_step(v)).connect
     }
 
     fn auth_connect(&mut self, _me: &Identity, v: &AuthView<'_>) -> AuthDecision {
-        let v6 = v.conn.local.is_ipv6();
-        let layer = if v6 { FilterLayer::AuthConnectV6 } else { FilterLayer::AuthConnectV4 };
-        let Some(spec) = filter_for(layer) else { return AuthDecision::new(AuthAction::Continue, "no-filter") };
-        let mut f = flow_info(v.conn, v.remote);
-        f.redirected = v.redirected;
-        f.target_pid = v.target_pid.and_then(|p| u32::try_from(p).ok());
-        f.original_destination = v.original_destination;
-        let entry = FWPS_CLASSIFY_OUT0 {
-            actionType: self.wfp.readings.entry_action_type(),
-            rights: FWPS_RIGHT_ACTION_WRITE,
-            ..Default::default()
-        };
-        let mut ind = Indication::new(layer, &f, OWN_FILTER + 1, spec.action_type, 0, entry, None);
-        let raw = ind.raw(0);
-        // SAFETY: every pointer in `raw` points into `ind`, alive for the call.
-        unsafe { self.adapter.classify_auth_connect(family(v6), &raw, Instant::from_millis(v.now_ms)) };
-        let out = *ind.out;
-
-        let mut step = base_step(Layer::AuthConnect, v.conn, v.remote, v.now_ms);
-        step.redirected = v.redirected;
-        step.target_pid = v.target_pid;
-        step.original_destination = v.original_destination;
-        step.expect = self.drain();
-        let reason = step.expect.reason.map_or("unclassified", |r| r.name()).to_owned();
-        self.steps.push(step);
-        let action = match resolve(spec.action_type, out.actionType, &self.wfp.readings) {
-            Outcome::Block => AuthAction::Block,
-            Outcome::Permit => AuthAction::Permit,
-            Outcome::Continue => AuthAction::Continue,
-        };
-        AuthDecision::new(action, &reason)
+        self.feed(auth_step(v)).auth
     }
 
     fn as_arbiter(&self) -> Option<&Self> {

@@ -115,8 +115,9 @@ impl Position {
     /// Report name.
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Above => "above",
-            Self::Below => "below",
+            // Read as "ours above": our weight is above the peer's.
+            Self::Above => "ours-above",
+            Self::Below => "ours-below",
         }
     }
 }

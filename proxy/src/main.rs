@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use arbiter_proxy::tcp::{ConnReport, Outcome as TcpOutcome};
+use arbiter_proxy::udp::{FlowOutcome, FlowReport};
+use serde_json::{Value, json};
+
 /// Command-line settings.
 #[derive(Debug)]
 struct Args {
@@ -142,8 +146,8 @@ fn main() -> ExitCode {
 #[cfg(windows)]
 fn run(args: &Args) -> ExitCode {
     use std::net::{TcpListener, UdpSocket};
-    use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex, PoisonError};
 
     use arbiter_proxy::auditlog::AuditLog;
     use arbiter_proxy::service::{self, Service, ServiceConfig};
@@ -157,17 +161,27 @@ fn run(args: &Args) -> ExitCode {
         eprintln!("arbiter-proxy: {}", no_device_message(&e));
         return ExitCode::from(EXIT_NO_DEVICE);
     }
+    // Our own audit: every connection or flow not relayed to its end
+    // (refused for want of redirect records or context, records not set,
+    // upstream unreachable, aborted), beside the driver's audit.
+    let proxy_dir = args.audit_dir.join("proxy");
+    let proxy_log = match AuditLog::open(&proxy_dir, args.audit_max_bytes, args.audit_keep) {
+        Ok(l) => Arc::new(Mutex::new(l)),
+        Err(e) => {
+            eprintln!("arbiter-proxy: cannot open the audit file in {}: {e}", proxy_dir.display());
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let record = move |event: Value| {
+        eprintln!("{event}");
+        if let Err(e) = proxy_log.lock().unwrap_or_else(PoisonError::into_inner).write_value(&event) {
+            eprintln!("arbiter-proxy: cannot write the proxy audit: {e}");
+        }
+    };
     let provider = Arc::new(WfpProvider::new());
-    let tcp_report: arbiter_proxy::tcp::Reporter = Arc::new(|r| {
-        if !matches!(r.outcome, arbiter_proxy::tcp::Outcome::Completed) {
-            eprintln!("tcp {:?} -> {:?} (pid {:?}): {} {:?}", r.client, r.original, r.pid, r.outcome.name(), r.outcome);
-        }
-    });
-    let udp_report: arbiter_proxy::udp::FlowReporter = Arc::new(|r| {
-        if !matches!(r.outcome, arbiter_proxy::udp::FlowOutcome::Idle | arbiter_proxy::udp::FlowOutcome::Stopped) {
-            eprintln!("udp {} -> {:?} (pid {:?}): {} {:?}", r.client, r.original, r.pid, r.outcome.name(), r.outcome);
-        }
-    });
+    let tcp_record = record.clone();
+    let tcp_report: arbiter_proxy::tcp::Reporter = Arc::new(move |r| tcp_event(&r).into_iter().for_each(&tcp_record));
+    let udp_report: arbiter_proxy::udp::FlowReporter = Arc::new(move |r| udp_event(&r).into_iter().for_each(&record));
     let listen: Vec<SocketAddr> = args.v4.map(SocketAddr::V4).into_iter().chain(args.v6.map(SocketAddr::V6)).collect();
     let mut relays = Vec::new();
     let mut udp_relays = Vec::new();
@@ -212,6 +226,52 @@ fn run(args: &Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The proxy audit line for a TCP connection that was not relayed to its
+/// end (`None` when it completed). `relayed` says whether any byte went to
+/// the original destination: never for a refusal.
+#[cfg_attr(not(windows), allow(dead_code, reason = "the relays run on Windows only"))]
+fn tcp_event(r: &ConnReport) -> Option<Value> {
+    let relayed = match &r.outcome {
+        TcpOutcome::Completed => return None,
+        TcpOutcome::Aborted { .. } => true,
+        // Timed out after the upstream connect: relayed if a byte went up.
+        TcpOutcome::Idle => r.up > 0,
+        TcpOutcome::Refused(_)
+        | TcpOutcome::RecordsNotSet(_)
+        | TcpOutcome::UpstreamFailed(_)
+        | TcpOutcome::Overloaded
+        | TcpOutcome::ProcessLimit => false,
+    };
+    Some(json!({
+        "kind": "proxy", "protocol": "tcp", "outcome": r.outcome.name(), "relayed": relayed,
+        "client": r.client.map(|a| a.to_string()), "original": r.original.map(|a| a.to_string()), "pid": r.pid,
+        "up": r.up, "down": r.down, "detail": format!("{:?}", r.outcome), "unix_ms": unix_ms(),
+    }))
+}
+
+/// The proxy audit line for a UDP flow that was refused or could not be
+/// forwarded (`None` for flows that ended normally).
+#[cfg_attr(not(windows), allow(dead_code, reason = "the relays run on Windows only"))]
+fn udp_event(r: &FlowReport) -> Option<Value> {
+    let relayed = match &r.outcome {
+        FlowOutcome::Idle | FlowOutcome::Stopped | FlowOutcome::Evicted => return None,
+        FlowOutcome::UpstreamFailed(_) => r.up > 0,
+        FlowOutcome::Refused(_) | FlowOutcome::RecordsNotSet(_) => false,
+    };
+    Some(json!({
+        "kind": "proxy", "protocol": "udp", "outcome": r.outcome.name(), "relayed": relayed,
+        "client": r.client.to_string(), "original": r.original.map(|a| a.to_string()), "pid": r.pid,
+        "up": r.up, "down": r.down, "detail": format!("{:?}", r.outcome), "unix_ms": unix_ms(),
+    }))
+}
+
+#[cfg_attr(not(windows), allow(dead_code, reason = "the relays run on Windows only"))]
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Says why the control device could not be opened and what to do.
 #[cfg(windows)]
 fn no_device_message(e: &std::io::Error) -> String {
@@ -249,6 +309,39 @@ mod tests {
             Command::Run(a) => Ok(a),
             Command::Help => Err("help".into()),
         }
+    }
+
+    #[test]
+    fn refusals_are_audited_as_never_relayed_and_completions_are_not() {
+        use arbiter_proxy::redirect::QueryError;
+        let client: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let tcp = |outcome| ConnReport {
+            client: Some(client),
+            original: None,
+            pid: None,
+            outbound: None,
+            up: 0,
+            down: 0,
+            outcome,
+        };
+        for (outcome, name) in [
+            (TcpOutcome::Refused(QueryError::MissingRecords), "missing-records"),
+            (TcpOutcome::Refused(QueryError::MissingContext), "missing-context"),
+            (TcpOutcome::RecordsNotSet(std::io::Error::from_raw_os_error(10045)), "records-not-set"),
+        ] {
+            let v = tcp_event(&tcp(outcome)).unwrap();
+            assert_eq!((v["kind"].as_str(), v["protocol"].as_str()), (Some("proxy"), Some("tcp")));
+            assert_eq!((v["outcome"].as_str(), &v["relayed"]), (Some(name), &json!(false)), "{v}");
+            assert_eq!(v["client"], "127.0.0.1:50000");
+        }
+        assert!(tcp_event(&tcp(TcpOutcome::Completed)).is_none());
+        let udp = |outcome| FlowReport { client, original: None, pid: None, outbound: None, up: 0, down: 0, outcome };
+        let v = udp_event(&udp(FlowOutcome::Refused(QueryError::MissingContext))).unwrap();
+        assert_eq!(
+            (v["protocol"].as_str(), v["outcome"].as_str(), &v["relayed"]),
+            (Some("udp"), Some("missing-context"), &json!(false))
+        );
+        assert!(udp_event(&udp(FlowOutcome::Idle)).is_none());
     }
 
     #[test]

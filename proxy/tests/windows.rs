@@ -23,6 +23,11 @@ use arbiter_proxy::tcp::{self, ConnReport, Outcome, RelayOptions, TcpRelay};
 use arbiter_proxy::udp::{FlowOutcome, FlowReport, UdpOptions, UdpRelay};
 use arbiter_proxy::windows::WfpProvider;
 use socket2::Socket;
+use std::os::windows::io::AsRawSocket;
+use windows_sys::Win32::Networking::WinSock::{
+    SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT, SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS, SOCKET_ERROR,
+    WSAGetLastError, WSAIoctl,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -79,6 +84,32 @@ fn wfp_queries_on_an_unredirected_connection_find_nothing() {
     let l = TcpListener::bind(lo()).unwrap();
     let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (accepted, _) = l.accept().unwrap();
+    for (name, code) in [
+        ("SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS", SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS),
+        ("SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT", SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT),
+    ] {
+        let mut buf = [0u8; 256];
+        let mut returned = 0u32;
+        // SAFETY: `buf` and `returned` outlive this synchronous call; no input buffer.
+        let rc = unsafe {
+            WSAIoctl(
+                accepted.as_raw_socket() as usize,
+                code,
+                std::ptr::null(),
+                0,
+                buf.as_mut_ptr().cast(),
+                256,
+                &raw mut returned,
+                std::ptr::null_mut(),
+                None,
+            )
+        };
+        // SAFETY: no preconditions.
+        let error = unsafe { WSAGetLastError() };
+        // Windows: fails on a connection WFP did not redirect; Wine: not implemented.
+        assert_eq!(rc, SOCKET_ERROR, "{name} returned {returned} bytes for an unredirected connection");
+        eprintln!("{name}: WSA error {error}");
+    }
     let raw = WfpProvider::new().query_stream(&accepted).unwrap();
     assert_eq!(raw, RawRedirect::default());
 }

@@ -18,9 +18,11 @@
 //! `proxy-not-local`, `unknown-revisit`, `unknown-on-loop`, `zero-max-hops`,
 //! `zero-hop-window`, `out-of-range`, `missing-action`, `unknown-action`,
 //! `unknown-protocol`, `bad-cidr`, `bad-port-range`, `empty-range`,
-//! `inverted-range`, `bad-glob`, `bad-sid`, `duplicate-rule-name`; warnings
+//! `inverted-range`, `bad-glob`, `bad-sid`, `duplicate-rule-name`, `unknown-boot-mode`,
+//! `bad-boot-allow`, `boot-allow-too-long`; warnings
 //! `shadowed-rule`, `cidr-host-bits`, `glob-forward-slash`,
-//! `glob-not-anchored`, `not-package-sid`, `proxy-section-missing`.
+//! `glob-not-anchored`, `not-package-sid`, `proxy-section-missing`,
+//! `boot-allow-unused`.
 //! `io-error` (a file that cannot be read, a folder with no `.toml` file) has
 //! no position: its line and column are 0.
 
@@ -74,7 +76,24 @@ pub fn parse_str(source: &str, origin: &str) -> Result<Loaded, Report> {
     if sink.has_errors() {
         return Err(finish(sink));
     }
+    let anchors: Vec<std::ops::Range<usize>> = parsed.iter().map(|p| p.anchor.clone()).collect();
     rules.rules = parsed.into_iter().map(|p| p.rule).collect();
+    // The driver's own gate: whatever it would refuse over the control
+    // device is an error here too (the checks above give the finer spans).
+    arbiter::validate::validate_rule_set(&rules, |f| {
+        use arbiter::validate::Place;
+        let span = match f.place {
+            Place::RuleName { rule } | Place::App { rule, .. } | Place::OriginalApp { rule, .. } => {
+                anchors.get(rule).cloned().unwrap_or(0..0)
+            }
+            _ => 0..0,
+        };
+        sink.error(f.code(), span, f.to_string(), "refused by the driver's validator")
+            .help("the driver applies the same checks to every rules blob and proxy registration");
+    });
+    if sink.has_errors() {
+        return Err(finish(sink));
+    }
     match blob::rule_set_id(&rules) {
         Ok(id) => rules.id = id,
         Err(_) => {

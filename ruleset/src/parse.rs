@@ -14,12 +14,14 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diag::Sink;
 
+mod boot;
+
 /// The listeners used when `[proxy]` leaves them out (formats.md).
 pub(crate) const DEFAULT_V4: &str = "127.0.0.1:34010";
 /// See [`DEFAULT_V4`].
 pub(crate) const DEFAULT_V6: &str = "[::1]:34010";
 
-const ROOT_KEYS: &[&str] = &["version", "proxy", "coexistence", "rule"];
+const ROOT_KEYS: &[&str] = &["version", "proxy", "coexistence", "rule", "boot"];
 const PROXY_KEYS: &[&str] = &["v4", "v6"];
 const COEXISTENCE_KEYS: &[&str] = &["revisit", "trust", "known_proxies", "max_hops", "hop_window_ms", "on_loop"];
 const RULE_KEYS: &[&str] = &["name", "action", "protocol", "remote", "remote_ports", "app", "original_app", "package"];
@@ -644,6 +646,7 @@ impl<'s> Walker<'s> {
                     rs.proxy = self.proxy(v);
                 }
                 "coexistence" => self.coexistence(v, &mut rs),
+                "boot" => rs.boot = self.boot(v),
                 "rule" => match v.get_ref() {
                     DeValue::Array(items) => {
                         for (i, item) in items.iter().enumerate() {

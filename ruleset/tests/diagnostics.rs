@@ -212,3 +212,24 @@ fn check_and_compile_word_counts_alike() {
     assert!(check.ends_with("1 file checked: 1 error, 0 warnings\n"), "{check}");
     assert!(compile.ends_with("1 error, 0 warnings\n"), "{compile}");
 }
+
+/// Issue 12: the rules checker and the driver apply one validator, so the
+/// classify path's glob limits (length, stars) are refused here too.
+#[test]
+fn the_drivers_glob_limits_are_refused_here() {
+    use arbiter::validate::{MAX_GLOB_STARS, MAX_GLOB_UNITS};
+    let long = "a".repeat(MAX_GLOB_UNITS + 1);
+    let starry = "*a".repeat(MAX_GLOB_STARS + 1);
+    for pattern in [long, starry] {
+        let src = format!("version = 1\n\n[[rule]]\nname = \"r\"\naction = \"block\"\napp = ['{pattern}']\n");
+        let report = parse_str(&src, "limits.toml").unwrap_err();
+        let d: Vec<_> =
+            report.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| (d.code, d.line)).collect();
+        assert_eq!(d, [("bad-glob", 4)], "{pattern}");
+    }
+    let ok = format!(
+        "version = 1\n\n[[rule]]\nname = \"r\"\naction = \"block\"\napp = ['{}']\n",
+        "*a".repeat(MAX_GLOB_STARS)
+    );
+    assert!(parse_str(&ok, "limits.toml").is_ok());
+}

@@ -784,3 +784,51 @@ fn matching_does_not_allocate() {
         }
     }
 }
+
+/// Issue 13: a component anchor that occurs twice in the id (`\dev\` in
+/// `\dev\\dev\`) was probed twice, so its pattern was reported twice.
+#[test]
+fn a_repeated_component_reports_its_pattern_once() {
+    use super::globs::{FOLD_UNITS, GlobIndex, fold};
+    let glob = Glob::new(r"*\dev\*\").unwrap();
+    let ix =
+        GlobIndex::build([glob.units()].into_iter(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+    let id: Vec<u8> = [92, 0, 100, 0, 101, 0, 118, 0, 92, 0, 92, 0, 100, 0, 101, 0, 118, 0, 92, 0].to_vec();
+    let app = AppId::from_utf16le(&id);
+    let mut got = Vec::new();
+    ix.for_each_match(&app, |k| {
+        got.push(k);
+        true
+    });
+    assert_eq!(got, [0]);
+    let mut buf = [0u16; FOLD_UNITS];
+    let mut got = Vec::new();
+    ix.for_each_match(fold(&app, &mut buf).unwrap(), |k| {
+        got.push(k);
+        true
+    });
+    assert_eq!(got, [0]);
+}
+
+/// More distinct component anchors than a lookup can remember: the patterns
+/// past the limit are filed another way, and every answer stays exact.
+#[test]
+fn many_component_patterns_stay_exact() {
+    use super::globs::GlobIndex;
+    let globs: Vec<Glob> = (0..300).map(|i| Glob::new(&alloc::format!(r"*\c{i}\*")).unwrap()).collect();
+    let mut units: Vec<&[u16]> = globs.iter().map(Glob::units).collect();
+    units.sort_unstable();
+    let ix = GlobIndex::build(units.iter().copied(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+    let id = WideString::new(r"\c299\x\c7\c299\c7\");
+    let app = id.app_id();
+    let mut got = Vec::new();
+    ix.for_each_match(&app, |k| {
+        got.push(k);
+        true
+    });
+    got.sort_unstable();
+    let want: Vec<u32> =
+        (0u32..).zip(&units).filter(|(_, p)| crate::policy::glob_match(p, &app)).map(|(k, _)| k).collect();
+    assert_eq!(got, want);
+    assert_eq!(want.len(), 2);
+}

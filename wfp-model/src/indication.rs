@@ -40,6 +40,9 @@ pub struct FlowInfo {
     pub target_pid: Option<u32>,
     /// FWPS_METADATA_FIELD_ORIGINAL_DESTINATION, when present.
     pub original_destination: Option<SocketAddr>,
+    /// FWPM_CONDITION_ALE_PACKAGE_ID: the binary SID (`None`: the field is
+    /// left empty).
+    pub package: Option<Vec<u8>>,
 }
 
 fn wide(s: &str) -> Vec<u8> {
@@ -78,6 +81,7 @@ struct Idx {
     remote_ip: usize,
     remote_port: usize,
     flags: Option<usize>,
+    package: usize,
 }
 
 macro_rules! idx {
@@ -93,6 +97,25 @@ macro_rules! idx {
             remote_ip: L::IP_REMOTE_ADDRESS,
             remote_port: L::IP_REMOTE_PORT,
             flags: $f,
+            package: L::ALE_PACKAGE_ID,
+        }
+    }};
+}
+
+macro_rules! bind_idx {
+    ($l:ident) => {{
+        use wfp_ffi::fields::$l as L;
+        Idx {
+            max: L::MAX,
+            app: L::ALE_APP_ID,
+            original_app: None,
+            local_ip: L::IP_LOCAL_ADDRESS,
+            local_port: L::IP_LOCAL_PORT,
+            protocol: L::IP_PROTOCOL,
+            remote_ip: usize::MAX,
+            remote_port: usize::MAX,
+            flags: Some(L::FLAGS),
+            package: L::ALE_PACKAGE_ID,
         }
     }};
 }
@@ -113,6 +136,9 @@ fn indexes(layer: FilterLayer) -> Idx {
         }
         FilterLayer::EndpointClosureV4 => idx!(ALE_ENDPOINT_CLOSURE_V4, orig: None, flags: None),
         FilterLayer::EndpointClosureV6 => idx!(ALE_ENDPOINT_CLOSURE_V6, orig: None, flags: None),
+        // No remote address or port at bind: out-of-range indexes are skipped.
+        FilterLayer::BindRedirectV4 => bind_idx!(ALE_BIND_REDIRECT_V4),
+        FilterLayer::BindRedirectV6 => bind_idx!(ALE_BIND_REDIRECT_V6),
     }
 }
 
@@ -184,6 +210,12 @@ impl Indication {
             ind.meta.currentMetadataValues |= FWPS_METADATA_FIELD_ORIGINAL_DESTINATION;
             *ind.dest = to_storage(&dest);
             ind.meta.originalDestination = (&raw mut *ind.dest).cast::<SOCKADDR>();
+        }
+        if let Some(sid) = &flow.package {
+            let mut data = sid.clone();
+            let p = data.as_mut_ptr().cast::<c_void>();
+            ind.bytes.push(data);
+            ind.set(ix.package, FWP_SID, FWP_VALUE0_u { sid: p });
         }
         if let Some(f) = ix.flags {
             ind.set(f, FWP_UINT32, FWP_VALUE0_u { uint32: cond });

@@ -51,6 +51,7 @@
 #![allow(clippy::vec_box, reason = "boxed WFP structures keep the addresses the pointers handed out refer to")]
 
 pub mod arbitration;
+pub mod bind;
 pub mod indication;
 pub mod kernel;
 pub mod layer_data;

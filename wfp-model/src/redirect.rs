@@ -39,3 +39,17 @@ pub fn redirect_state(records: &[RedirectRecord], handle: usize) -> FWPS_CONNECT
         Some(_) => FWPS_CONNECTION_REDIRECTED_BY_OTHER,
     }
 }
+
+/// Does a connection to `target` reach a listener bound to `listener`?
+///
+/// A listening socket accepts connections to the address it is bound to
+/// (or, bound to the wildcard, to any of the host's addresses) on its port.
+/// Our proxy, like every local proxy in the lab, binds the loopback
+/// addresses 127.0.0.1 and ::1 only (`proxy-not-local` in the rules), so a
+/// redirect to the flow's own local address with the listener's port (the
+/// seed's `INETADDR_SET_ADDRESS` branch) reaches nothing.
+pub fn listener_reachable(listener: std::net::SocketAddr, target: std::net::SocketAddr) -> bool {
+    listener.port() == target.port()
+        && listener.is_ipv6() == target.is_ipv6()
+        && (listener.ip() == target.ip() || listener.ip().is_unspecified())
+}

@@ -57,6 +57,7 @@ fn flow(local: &str, remote: &str) -> FlowInfo {
         redirected: false,
         target_pid: None,
         original_destination: None,
+        package: None,
     }
 }
 

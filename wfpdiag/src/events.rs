@@ -20,10 +20,10 @@ use core::net::SocketAddr;
 use arbiter::audit::{AuditRecord, Event};
 use arbiter::{Layer as CoreLayer, Verdict};
 
+use crate::Machine;
 use crate::inventory::Inventory;
-use crate::model::{EventType, Layer, NetEvent};
+use crate::model::{EventType, Layer, LayerKind, NetEvent};
 use crate::vendors::{self, OURS};
-use crate::{Machine, key};
 
 /// A filter, named for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub fn name_filter(m: &Machine, inv: &Inventory, id: u64, own_filters: &[u64]) -
         };
     };
     let provider = m.provider(b.provider.as_deref());
-    let inventoried = m.filters.iter().position(|f| f.id == id).and_then(|i| inv.vendor_of_filter(i));
+    let inventoried = inv.by_id.get(&id).and_then(|&i| inv.vendor_of_filter(i));
     let known = vendors::recognise(
         [b.provider.as_deref(), Some(b.sublayer.as_str())].into_iter().flatten(),
         [Some(b.name.as_str()), provider.map(|p| p.name.as_str())].into_iter().flatten(),
@@ -224,10 +224,15 @@ pub fn join(m: &Machine, attributed: &[Attributed], ours: &[OurDecision], boot_m
         Some(b) => (Some(b), false),
         None => {
             let mut offsets: Vec<i64> = Vec::new();
-            for e in &m.events {
+            for a in attributed {
+                let Some(e) = m.events.get(a.event) else { continue };
                 let Some(t) = e.time_ms else { continue };
+                let want = layer_name(a.layer);
                 let hits: Vec<&OurDecision> = ours.iter().filter(|d| tuple_matches(e, d)).collect();
-                if let [d] = hits.as_slice() {
+                let same_layer: Vec<&&OurDecision> =
+                    hits.iter().filter(|d| want.is_none_or(|w| w == d.layer)).collect();
+                // Only an unambiguous match says how the clocks line up.
+                if let [d] = same_layer.as_slice() {
                     offsets.push(t - i64::try_from(d.at_ms).unwrap_or(i64::MAX));
                 }
             }
@@ -251,13 +256,23 @@ pub fn join(m: &Machine, attributed: &[Attributed], ours: &[OurDecision], boot_m
                     (dt <= WINDOW_MS).then(|| (dt, d.clone()))
                 })
                 .collect();
-            hits.sort_by_key(|(dt, d)| (*dt, d.seq));
+            // Records of the event's own layer first, then the closest in time.
+            let want = layer_name(a.layer);
+            hits.sort_by_key(|(dt, d)| (want.is_some_and(|w| w != d.layer), *dt, d.seq));
             let ours_hits: Vec<OurDecision> = hits.into_iter().map(|(_, d)| d).collect();
             let (decided, why) = verdict_of(e, a, &ours_hits);
             Some(Joined { event: a.event, ours: ours_hits, decided, why })
         })
         .collect();
     Join { rows, boot_ms: boot, estimated }
+}
+
+/// Our audit layer name for an event's layer.
+fn layer_name(layer: Option<Layer>) -> Option<&'static str> {
+    layer.map(|l| match l.kind {
+        LayerKind::ConnectRedirect | LayerKind::BindRedirect => CoreLayer::ConnectRedirect.name(),
+        LayerKind::AuthConnect => CoreLayer::AuthConnect.name(),
+    })
 }
 
 fn verdict_of(e: &NetEvent, a: &Attributed, ours: &[OurDecision]) -> (String, String) {
@@ -291,9 +306,4 @@ fn verdict_of(e: &NetEvent, a: &Attributed, ours: &[OurDecision]) -> (String, St
         }
         _ => ("unknown".to_owned(), "the deciding filter is not in the files and we did not block it".to_owned()),
     }
-}
-
-/// Lower-case keys of our objects (for callers that test a key).
-pub fn is_our_key(k: &str) -> bool {
-    OURS.keys.contains(&key(k).as_str())
 }

@@ -85,6 +85,10 @@ pub struct Inventory {
     pub before_us: Vec<Before>,
     /// Vendors whose order relative to ours is unknown (their sublayer weight is not in the files).
     pub unknown_order: Vec<(Layer, usize)>,
+    /// The vendor of each filter (index into [`Machine::filters`]).
+    pub filter_vendor: Vec<usize>,
+    /// Inventoried filters by id.
+    pub by_id: std::collections::HashMap<u64, usize>,
 }
 
 fn vendor_of(m: &Machine, f: &Filter) -> (String, String, Option<Known>) {
@@ -234,9 +238,9 @@ impl Inventory {
             });
             for i in 1..slots.len() {
                 let (Some(prev), Some(cur)) = (slots.get(i - 1), slots.get(i)) else { continue };
-                let tie = cur.sublayer_weight.is_some()
-                    && cur.sublayer_weight == prev.sublayer_weight
-                    && (sub(cur) != sub(prev) || eff(cur) == eff(prev));
+                // Unknown weights tie too: their sublayers' order is not in the files.
+                let tie =
+                    cur.sublayer_weight == prev.sublayer_weight && (sub(cur) != sub(prev) || eff(cur) == eff(prev));
                 if let Some(s) = slots.get_mut(i) {
                     s.tie = tie;
                 }
@@ -265,11 +269,12 @@ impl Inventory {
             }
             order.insert(layer, slots);
         }
-        Self { vendors, order, ours_present, our_sublayer_weight, before_us, unknown_order }
+        let by_id = m.filters.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
+        Self { vendors, order, ours_present, our_sublayer_weight, before_us, unknown_order, filter_vendor, by_id }
     }
 
     /// The vendor of a filter index.
     pub fn vendor_of_filter(&self, filter: usize) -> Option<&Vendor> {
-        self.vendors.iter().find(|v| v.filters.contains(&filter))
+        self.filter_vendor.get(filter).and_then(|&v| self.vendors.get(v))
     }
 }

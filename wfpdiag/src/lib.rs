@@ -28,7 +28,7 @@ pub mod vendors;
 pub mod xml;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::Path;
 
 use model::{Callout, Filter, NetEvent, Provider, Sublayer};
@@ -111,14 +111,23 @@ pub fn key(s: &str) -> String {
 }
 
 impl Machine {
-    /// Reads one more file of this machine.
+    /// Reads one more file of this machine: netsh's XML, or the .cab of
+    /// `netsh wfp capture`, whose wfpdiag.xml is decompressed as it is read.
     pub fn read_file(&mut self, path: &Path) -> Result<(), ReadError> {
         let name = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|e| ReadError {
-            file: name.clone(),
-            error: XmlError { pos: None, message: format!("cannot open: {e}") },
-        })?;
-        self.read(std::io::BufReader::with_capacity(64 * 1024, file), &name)
+        let fail = |message: String| ReadError { file: name.clone(), error: XmlError { pos: None, message } };
+        let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let mut magic = [0u8; 4];
+        let is_cab = file.read_exact(&mut magic).is_ok() && &magic == b"MSCF";
+        file.seek(SeekFrom::Start(0)).map_err(|e| fail(format!("cannot read: {e}")))?;
+        if !is_cab {
+            return self.read(BufReader::with_capacity(64 * 1024, file), &name);
+        }
+        let mut cabinet = cab::Cabinet::new(file).map_err(|e| fail(format!("not a readable .cab: {e}")))?;
+        let inner = cab_xml_name(&cabinet)
+            .ok_or_else(|| fail("the .cab holds no .xml file (netsh wfp capture puts wfpdiag.xml in it)".to_owned()))?;
+        let reader = cabinet.read_file(&inner).map_err(|e| fail(format!("cannot read {inner} in the .cab: {e}")))?;
+        self.read(BufReader::with_capacity(64 * 1024, reader), &format!("{name}:{inner}"))
     }
 
     /// Reads one more file from `input`, called `name` in messages.
@@ -197,6 +206,20 @@ impl Machine {
     pub fn sublayer_name(&self, k: &str) -> String {
         self.sublayers.get(&key(k)).map_or_else(|| k.to_owned(), |s| s.name.clone())
     }
+}
+
+/// The XML file in a capture's .cab: wfpdiag.xml, else the first .xml.
+fn cab_xml_name<R: std::io::Read + std::io::Seek>(cabinet: &cab::Cabinet<R>) -> Option<String> {
+    let names: Vec<String> = cabinet
+        .folder_entries()
+        .flat_map(|f| f.file_entries().map(|e| e.name().to_owned()).collect::<Vec<_>>())
+        .collect();
+    let lower = |n: &String| n.to_ascii_lowercase();
+    names
+        .iter()
+        .find(|n| lower(n).ends_with("wfpdiag.xml"))
+        .or_else(|| names.iter().find(|n| lower(n).ends_with(".xml")))
+        .cloned()
 }
 
 /// Built-in sublayers' weights, as `netsh wfp show state` printed them on

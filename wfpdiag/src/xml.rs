@@ -341,6 +341,7 @@ pub fn stream<R: BufRead>(
     }
     let end = reader.get_ref().pos();
     if let Some((name, at)) = stack.last() {
+        let name = building.last().map_or(name.as_str(), |n| n.name.as_str());
         return Err(XmlError::at(end, format!("the file ends inside <{name}> opened at {at}: truncated?")));
     }
     match kind {
@@ -395,14 +396,19 @@ fn open(
         if let Some(k) = object_kind(stack, &name).filter(|_| stack.len() > 1 || *kind == Some(FileKind::NetEvents)) {
             *building_kind = k;
             *nodes = 0;
-            building.push(Node { name: name.clone(), pos, ..Node::default() });
+            building.push(Node { name, pos, ..Node::default() });
+            stack.push((String::new(), pos));
+            return Ok(());
         }
     } else {
         *nodes += 1;
         if *nodes > MAX_NODES {
             return Err(XmlError::at(pos, format!("one object has more than {MAX_NODES} elements: not netsh output")));
         }
-        building.push(Node { name: name.clone(), pos, ..Node::default() });
+        building.push(Node { name, pos, ..Node::default() });
+        // Inside an object the node keeps the name; the stack needs none.
+        stack.push((String::new(), pos));
+        return Ok(());
     }
     stack.push((name, pos));
     Ok(())
@@ -416,7 +422,8 @@ fn close(
 ) -> Result<(), XmlError> {
     stack.pop();
     if let Some(mut done) = building.pop() {
-        done.text = done.text.trim().to_owned();
+        let trimmed = done.text.trim_end().len();
+        done.text.truncate(trimmed);
         match building.last_mut() {
             Some(parent) => parent.children.push(done),
             None => sink(kind, done)?,
@@ -427,6 +434,11 @@ fn close(
 
 fn append(building: &mut [Node], text: &str, pos: Pos) -> Result<(), XmlError> {
     if let Some(n) = building.last_mut() {
+        // Leading whitespace is dropped as it comes (containers then never allocate text).
+        let text = if n.text.is_empty() { text.trim_start() } else { text };
+        if text.is_empty() {
+            return Ok(());
+        }
         if n.text.len() + text.len() > MAX_TEXT {
             return Err(XmlError::at(
                 pos,

@@ -221,3 +221,40 @@ fn lab_setup_lists_the_machine_in_classification_order() {
     let back = arbiter_lab::machine::MachineSetup::from_toml(&text, "setup.toml").unwrap();
     assert_eq!(back, s);
 }
+
+#[test]
+fn a_capture_cab_is_read_directly() {
+    // netsh wfp capture writes wfpdiag.xml and an .etl trace into one MSZIP cabinet.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wfpdiag.cab");
+    let mut builder = cab::CabinetBuilder::new();
+    let folder = builder.add_folder(cab::CompressionType::MsZip);
+    folder.add_file("wfpdiag.etl");
+    folder.add_file("wfpdiag.xml");
+    let mut writer = builder.build(std::fs::File::create(&path).unwrap()).unwrap();
+    while let Some(mut w) = writer.next_file().unwrap() {
+        let body = if w.file_name().ends_with(".xml") {
+            std::fs::read(data("uwp-case5-wfpdiag.xml")).unwrap()
+        } else {
+            vec![0x5a; 100_000]
+        };
+        std::io::Write::write_all(&mut w, &body).unwrap();
+    }
+    writer.finish().unwrap();
+    let mut m = Machine::default();
+    m.read_file(&path).unwrap();
+    assert!(m.files[0].name.ends_with("wfpdiag.cab:wfpdiag.xml"), "{}", m.files[0].name);
+    assert_eq!(m.events.len(), 1);
+    assert_eq!(m.events[0].filter, Some(121_180));
+    // A cabinet without XML says what it expected.
+    let empty = dir.path().join("empty.cab");
+    let mut builder = cab::CabinetBuilder::new();
+    builder.add_folder(cab::CompressionType::None).add_file("trace.etl");
+    let mut writer = builder.build(std::fs::File::create(&empty).unwrap()).unwrap();
+    while let Some(mut w) = writer.next_file().unwrap() {
+        std::io::Write::write_all(&mut w, b"etl").unwrap();
+    }
+    writer.finish().unwrap();
+    let err = Machine::default().read_file(&empty).unwrap_err().to_string();
+    assert!(err.contains("holds no .xml file"), "{err}");
+}
