@@ -313,6 +313,10 @@ pub trait Callout: fmt::Debug {
     fn as_arbiter(&self) -> Option<&crate::ours::ArbiterCallout> {
         None
     }
+    /// The same, mutably (to take its recording at the end of a scenario).
+    fn as_arbiter_mut(&mut self) -> Option<&mut crate::ours::ArbiterCallout> {
+        None
+    }
 }
 
 /// One installed vendor.
