@@ -28,8 +28,9 @@ pub struct LabRules {
     pub name: String,
     /// The parsed rules.
     pub rules: RuleSet,
-    /// The source as a table, inlined into recorded fixtures.
-    pub table: toml::Table,
+    /// The source as a table, inlined into recorded fixtures (shared by all
+    /// their reports, not copied into each).
+    pub table: std::sync::Arc<toml::Table>,
 }
 
 impl LabRules {
@@ -37,12 +38,13 @@ impl LabRules {
     pub fn from_text(name: &str, text: &str, origin: &str) -> Result<Self, String> {
         let rules = crate::rules::parse_str(text, origin)?;
         let table = text.parse::<toml::Table>().map_err(|e| format!("{origin}: {e}"))?;
-        Ok(Self { name: name.to_owned(), rules, table })
+        Ok(Self { name: name.to_owned(), rules, table: std::sync::Arc::new(table) })
     }
 
     /// Loads a rules file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = arbiter_ruleset::input::read_text_capped(path, arbiter_ruleset::input::RULES_CAP)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let name = path.file_stem().map_or_else(|| "rules".to_owned(), |s| s.to_string_lossy().into_owned());
         Self::from_text(&name, &text, &path.display().to_string())
     }
@@ -53,7 +55,7 @@ impl LabRules {
         Self::from_text("builtin", crate::rules::LAB_FALLBACK_RULES, "builtin").unwrap_or_else(|_| Self {
             name: "builtin".into(),
             rules: RuleSet::default(),
-            table: toml::Table::new(),
+            table: std::sync::Arc::default(),
         })
     }
 
@@ -113,8 +115,9 @@ impl Position {
     /// Report name.
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Above => "above",
-            Self::Below => "below",
+            // Read as "ours above": our weight is above the peer's.
+            Self::Above => "ours-above",
+            Self::Below => "ours-below",
         }
     }
 }
