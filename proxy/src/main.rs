@@ -101,6 +101,25 @@ fn run(args: &Args) -> ExitCode {
     use arbiter_proxy::udp::{UdpOptions, UdpRelay};
     use arbiter_proxy::windows::{DeviceChannel, WfpProvider};
 
+    // The audit log is for SYSTEM and administrators only: refuse to run as
+    // anyone else, and give the folder that DACL before anything is written.
+    match arbiter_proxy::acl::running_identity().map(arbiter_proxy::acl::may_write_audit) {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            eprintln!("{why}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("cannot tell who this process runs as: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) =
+        std::fs::create_dir_all(&args.audit_dir).and_then(|()| arbiter_proxy::acl::secure_audit_dir(&args.audit_dir))
+    {
+        eprintln!("cannot restrict the audit folder {} to SYSTEM and administrators: {e}", args.audit_dir.display());
+        return ExitCode::FAILURE;
+    }
     let provider = Arc::new(WfpProvider::new());
     let tcp_report: arbiter_proxy::tcp::Reporter = Arc::new(|r| {
         if !matches!(r.outcome, arbiter_proxy::tcp::Outcome::Completed) {
