@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use arbiter::Protocol;
-use arbiter_lab::audit_log::decode;
+use arbiter_lab::audit_log::{decode, log_bytes};
 use arbiter_lab::ours::OWN_FILTER;
 use arbiter_lab::profiles::{PEER_FILTER, Profile};
 use arbiter_lab::scenario::{LabRules, Ours, Outcome, Position, Scenario, run};
@@ -61,7 +61,8 @@ const PEER_FILTER_XML: &str = "<item><filterKey>{00000000-0000-0000-0000-0000000
 fn a_peer_blocking_our_proxy_is_named_as_the_decider() {
     let (outcome, log) = lab_log(Profile::AuthBlocker, "default", Protocol::TCP);
     assert!(matches!(&outcome, Outcome::Blocked { by, .. } if by == "auth-blocker"), "{outcome:?}");
-    let records = decode(&log).unwrap();
+    let log = log_bytes(log.clone());
+    let records = decode(&log).records;
     let ours = our_decisions(&records);
     assert_eq!(own_filter_ids(&ours), [OWN_FILTER]);
     // The blocked connection is our proxy's outbound: our last auth-connect record.
@@ -88,7 +89,8 @@ fn a_peer_blocking_our_proxy_is_named_as_the_decider() {
 fn our_own_block_is_attributed_to_us_by_our_filter_id() {
     let (outcome, log) = lab_log(Profile::Compliant, "strict", Protocol::UDP);
     assert!(matches!(&outcome, Outcome::Blocked { by, .. } if by == "arbiter"), "{outcome:?}");
-    let records = decode(&log).unwrap();
+    let log = log_bytes(log.clone());
+    let records = decode(&log).records;
     let ours = our_decisions(&records);
     let blocked = ours.iter().find(|d| d.verdict == "block").unwrap().clone();
     let mut m = Machine::default();
@@ -105,7 +107,8 @@ fn our_own_block_is_attributed_to_us_by_our_filter_id() {
 #[test]
 fn a_record_outside_the_time_window_is_not_joined() {
     let (_, log) = lab_log(Profile::AuthBlocker, "default", Protocol::TCP);
-    let records = decode(&log).unwrap();
+    let log = log_bytes(log.clone());
+    let records = decode(&log).records;
     let ours = our_decisions(&records);
     let last = ours.iter().rev().find(|d| d.layer == "auth-connect").unwrap().clone();
     let mut m = Machine::default();
