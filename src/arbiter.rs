@@ -393,6 +393,12 @@ impl<P: Policy> Arbiter<P> {
         self.endpoints.get(&endpoint, now)
     }
 
+    /// The next audit sequence number, for records the caller writes itself
+    /// (a bind-redirect observation, a boot-guard change).
+    pub fn allocate_seq(&mut self) -> u64 {
+        self.next_seq()
+    }
+
     fn next_seq(&mut self) -> u64 {
         let s = self.seq;
         self.seq = self.seq.wrapping_add(1);
@@ -572,11 +578,27 @@ impl<P: Policy> Arbiter<P> {
         fallback: Verdict,
         now: Instant,
     ) -> Decision<'a> {
-        let verdict = if fallback == Verdict::Proxy { Verdict::Continue } else { fallback };
-        let outcome = Outcome { verdict, reason: Reason::PendTimeout, redirect: None };
+        self.decide_without_table(input, fallback, Reason::PendTimeout, now)
+    }
+
+    /// A connect-redirect classification the adapter answered without the
+    /// decision table: held past its timeout (`pend-timeout`), or one whose
+    /// layer data or chain it could not get (`layer-data-unavailable`,
+    /// `unreadable-indication`). Audited (kind 4 for `pend-timeout`, kind 5
+    /// otherwise) and counted like a decision; a block is cached for
+    /// auth-connect.
+    pub fn decide_without_table<'a>(
+        &mut self,
+        input: &ConnectRedirectInput<'a>,
+        verdict: Verdict,
+        reason: Reason,
+        now: Instant,
+    ) -> Decision<'a> {
+        let verdict = if verdict == Verdict::Proxy { Verdict::Continue } else { verdict };
+        let outcome = Outcome { verdict, reason, redirect: None };
         let mut departures = Departures::default();
         if verdict == Verdict::Block {
-            let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason: Reason::PendTimeout };
+            let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason };
             self.store_endpoint(input.flow.endpoint, entry, now, &mut departures);
         }
         self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);

@@ -191,20 +191,15 @@ impl ConnectFacts for Recorded {
 /// listener's own address) when the local address is unspecified, else on the
 /// flow's local address, so the redirected flow never crosses a TCP/IP zone.
 fn proxy_target(flow: &Flow<'_>, proxy: &ProxyRegistration) -> Option<SocketAddr> {
-    let listener = match flow.family() {
-        Family::V4 => SocketAddr::V4(proxy.v4?),
-        Family::V6 => SocketAddr::V6(proxy.v6?),
-    };
-    let local_ip = flow.local.ip();
-    if local_ip.is_unspecified() {
-        Some(listener)
-    } else {
-        let mut target = listener;
-        target.set_ip(local_ip);
-        if let (SocketAddr::V6(t), SocketAddr::V6(l)) = (&mut target, &flow.local) {
-            t.set_scope_id(l.scope_id());
-        }
-        Some(target)
+    // The proxy listens on loopback only (`proxy-not-local`: a rules file
+    // cannot prove any other address is this machine's), so every flow goes
+    // to the registered listener. decision-table.md's zone rule (the flow's
+    // own local address with the listener's port) would send a bound flow
+    // where nothing listens; formats.md's example (`127.0.0.1:34010` for a
+    // flow from `10.0.0.5`) is what the proxy can accept.
+    match flow.family() {
+        Family::V4 => proxy.v4.map(SocketAddr::V4),
+        Family::V6 => proxy.v6.map(SocketAddr::V6),
     }
 }
 

@@ -335,6 +335,8 @@ pub struct RuleSet {
     pub known_proxies: Vec<Glob>,
     /// `[[rule]]`, in file order.
     pub rules: Vec<Rule>,
+    /// `[boot]`: what happens before arbiter is ready.
+    pub boot: crate::boot::BootConfig,
     /// Content identifier (see [`Policy::id`]).
     pub id: u32,
 }
@@ -363,6 +365,26 @@ impl Policy for RuleSet {
 
     fn id(&self) -> u32 {
         self.id
+    }
+}
+
+/// A boxed policy: the compiled rules are over 1.5 KiB, and a kernel caller
+/// keeps them in pool memory rather than inline in its state.
+impl<P: Policy + ?Sized> Policy for alloc::boxed::Box<P> {
+    fn loop_policy(&self) -> LoopPolicy {
+        (**self).loop_policy()
+    }
+    fn first_match(&self, flow: &Flow<'_>) -> Option<RuleHit> {
+        (**self).first_match(flow)
+    }
+    fn is_trusted(&self, app: &AppId<'_>) -> bool {
+        (**self).is_trusted(app)
+    }
+    fn is_known_proxy(&self, app: &AppId<'_>) -> bool {
+        (**self).is_known_proxy(app)
+    }
+    fn id(&self) -> u32 {
+        (**self).id()
     }
 }
 

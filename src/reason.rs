@@ -117,6 +117,14 @@ reasons! {
     /// Extension: a classification held while no proxy was registered timed
     /// out and got the configured fallback verdict (driver pend queue).
     PendTimeout = 102, "pend-timeout", "held for a proxy that did not register in time: the configured fallback verdict applies";
+    /// Extension: the adapter could not get the classify handle or the
+    /// writable layer data (FwpsAcquireClassifyHandle0 or
+    /// FwpsAcquireWritableLayerDataPointer0 failed), so the previousVersion
+    /// chain is unknown and the flow cannot be changed: left alone (fail open).
+    LayerDataUnavailable = 103, "layer-data-unavailable", "WFP did not grant the classify handle or the writable layer data: left alone";
+    /// Extension: the previousVersion chain or the redirect state WFP
+    /// reported could not be read: left alone (fail open).
+    UnreadableIndication = 104, "unreadable-indication", "the redirect state or the previousVersion chain could not be read: left alone";
     /// Audit only: a table was full and its oldest entry was evicted.
     Evicted = 200, "evicted", "a full table evicted its oldest entry";
     /// Audit only: a cached block expired before auth-connect saw the endpoint.

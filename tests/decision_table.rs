@@ -158,14 +158,15 @@ fn c10_untrusted_other_proxied() {
 }
 
 #[test]
-fn c11_rule_proxy_applies_the_zone_rule() {
+fn c11_rule_proxy_sends_every_flow_to_the_loopback_listener() {
     let mut a = arbiter_with(web_rules());
     let s = Sock::tcp(1, "93.184.216.34:443");
     let d = a.decide_connect_redirect(&s.connect(NotRedirected), ms(0));
     assert_decision(&d, Verdict::Proxy, Reason::RuleProxy);
     let r = d.redirect.unwrap();
-    // Local address set: stay in its zone, on our listener's port.
-    assert_eq!(r.remote, "10.0.0.5:34010".parse().unwrap());
+    // Local address set, but the proxy listens on loopback only: the
+    // listener itself (the zone rule's local_ip:port reaches nothing).
+    assert_eq!(r.remote, "127.0.0.1:34010".parse().unwrap());
     assert_eq!(r.target_pid, PROXY_PID);
     assert_eq!(r.context.original_remote, s.remote);
     assert_eq!(r.context.original_local, s.local);
@@ -357,7 +358,7 @@ fn udp_and_ipv6_are_proxied_per_family() {
     let s = Sock::udp(1, "[2001:db8::1]:443");
     let d = a.decide_connect_redirect(&s.connect(NotRedirected), ms(0));
     assert_decision(&d, Verdict::Proxy, Reason::RuleProxy);
-    assert_eq!(d.redirect.unwrap().remote, "[2001:db8::5]:34010".parse().unwrap());
+    assert_eq!(d.redirect.unwrap().remote, "[::1]:34010".parse().unwrap());
 }
 
 #[test]

@@ -189,6 +189,7 @@ pub fn rule_set(n: usize) -> RuleSet {
         trust: vec![glob(r"*\vendor7\*"), glob(r"*\vendor77\*")],
         known_proxies: vec![glob(r"*\vendorz\relay.exe")],
         rules,
+        boot: arbiter::boot::BootConfig::default(),
         id: 0x00be_4c00 ^ n as u32,
     }
 }

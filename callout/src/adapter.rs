@@ -25,19 +25,19 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
+use arbiter::audit::ring::AuditRing;
 use arbiter::context::CONTEXT_LEN;
-use arbiter::control::AuditRing;
 use arbiter::flow::{AuthConnectInput, ConnectRedirectInput, PreviousChain, RedirectState};
-use arbiter::{Arbiter, Decision, Instant, OutOfMemory, Policy, Reason, RedirectTarget, Verdict};
+use arbiter::{Action, Arbiter, Decision, Instant, OutOfMemory, Policy, Reason, RedirectTarget, Verdict};
 use wfp_ffi::{
     FWP_ACTION_BLOCK, FWP_ACTION_CONTINUE, FWP_ACTION_PERMIT, FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED,
-    FWP_CONDITION_FLAG_IS_REAUTHORIZE, FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS,
-    FWPS_CLASSIFY_OUT_FLAG_ABSORB, FWPS_CLASSIFY_OUT0, FWPS_CONNECT_REQUEST0, FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT,
-    FWPS_FILTER3, FWPS_INCOMING_METADATA_VALUES0, FWPS_INCOMING_VALUES0, FWPS_RIGHT_ACTION_WRITE, HANDLE,
+    FWP_CONDITION_FLAG_IS_REAUTHORIZE, FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS, FWPS_CLASSIFY_OUT0,
+    FWPS_CONNECT_REQUEST0, FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT, FWPS_FILTER3, FWPS_INCOMING_METADATA_VALUES0,
+    FWPS_INCOMING_VALUES0, FWPS_RIGHT_ACTION_WRITE, HANDLE,
 };
 
 use crate::fwps::Fwps;
-use crate::pend::{Fallback, Hold, PendConfig, PendQueue};
+use crate::pend::{Fallback, Hold, PendConfig, PendQueue, PendTimer};
 pub use crate::read::Family;
 use crate::read::{Indexes, Indication, ReadError, walk_chain};
 use crate::sockaddr::write_storage;
@@ -183,6 +183,16 @@ impl<P: Policy> Callout<P> {
         &self.counters
     }
 
+    /// Arms `timer` for the earliest held deadline, or cancels it when
+    /// nothing is held. Call after every classify and every completion,
+    /// outside any lock the timer's DPC takes.
+    pub fn sync_timer<T: PendTimer>(&self, timer: &mut T) {
+        match self.pend.as_ref().and_then(PendQueue::earliest_deadline) {
+            Some(due) => timer.arm(due),
+            None => timer.cancel(),
+        }
+    }
+
     /// Classifications held right now.
     pub fn held(&self) -> usize {
         self.pend.as_ref().map_or(0, PendQueue::len)
@@ -204,7 +214,22 @@ impl<P: Policy> Callout<P> {
         self.counters.malformed = self.counters.malformed.saturating_add(1);
     }
 
+    /// A connect-redirect flow the decision table could not be asked about
+    /// (no layer data, unreadable chain or redirect state): left alone
+    /// (`continue`, fail open: without the chain C5/C6 cannot be ruled out,
+    /// so changing the flow could start a loop, and blocking it would break
+    /// connectivity for a fault of ours), audited with its reason.
+    fn unclassified(&mut self, input: &ConnectRedirectInput<'_>, reason: Reason, now: Instant) {
+        let d = self.arbiter.decide_without_table(input, Verdict::Continue, reason, now);
+        audit_into(&mut self.ring, &d);
+    }
+
     /// FWPM_LAYER_ALE_CONNECT_REDIRECT_V4/V6 classifyFn.
+    ///
+    /// Every path writes classifyOut explicitly (the engine's value at entry
+    /// is not documented): a flow that cannot be read or whose layer data
+    /// cannot be had gets `continue` (fail open), counted, and audited when
+    /// enough of it was read to make a record.
     ///
     /// # Safety
     ///
@@ -219,80 +244,99 @@ impl<P: Policy> Callout<P> {
         now: Instant,
     ) {
         // SAFETY: valid for the classify (contract).
-        let Some(out) = (unsafe { raw.classify_out.as_mut() }) else { return };
+        let Some(out) = (unsafe { raw.classify_out.as_mut() }) else {
+            // Nothing can be written without classifyOut.
+            self.counters.malformed = self.counters.malformed.saturating_add(1);
+            return;
+        };
+        let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
         // SAFETY: valid for the classify (contract).
-        let Some(filter) = (unsafe { raw.filter.as_ref() }) else { return };
+        let Some(filter) = (unsafe { raw.filter.as_ref() }) else {
+            self.counters.malformed = self.counters.malformed.saturating_add(1);
+            return write_verdict(out, Verdict::Continue, 0, write_right);
+        };
         self.tick(now);
         // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
         let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::connect_redirect(family)) }
             .and_then(|ind| Ok((ind, ind.flow()?, ind.flags()?)));
         let (ind, flow, flags) = match read {
             Ok(r) => r,
-            Err(e) => return self.malformed(e),
+            Err(e) => {
+                self.malformed(e);
+                return write_verdict(out, Verdict::Continue, filter.flags, write_right);
+            }
         };
+        let reauthorize = flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0;
         let state = match ind.redirect_records() {
             Some(records) => {
                 let raw_state = fwps.query_redirect_state(records, self.redirect_handle());
                 match u8::try_from(raw_state).ok().and_then(RedirectState::from_u8) {
                     Some(s) => s,
                     None => {
-                        return self.malformed(ReadError {
+                        self.malformed(ReadError {
                             field: "FwpsQueryConnectionRedirectState0",
                             kind: crate::read::ReadErrorKind::BadRedirectState(raw_state),
                         });
+                        let input = ConnectRedirectInput {
+                            flow,
+                            state: RedirectState::RedirectedByOther,
+                            write_right,
+                            reauthorize,
+                            previous: PreviousChain::new(),
+                        };
+                        self.unclassified(&input, Reason::UnreadableIndication, now);
+                        return write_verdict(out, Verdict::Continue, filter.flags, write_right);
                     }
                 }
             }
             None => RedirectState::NotRedirected,
         };
-        let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
-        // With the write right we may change the flow: take the layer data
-        // now, for the chain (C5/C6), the permit's apply and the rewrite.
-        let held = if write_right {
-            match acquire(fwps, raw.classify_context, filter.filterId, out) {
-                Some(h) => Some(h),
-                None => {
-                    self.counters.acquire_failed = self.counters.acquire_failed.saturating_add(1);
-                    return;
-                }
-            }
-        } else {
-            None
-        };
-        let previous = match held {
-            // SAFETY: the request was just acquired for this classify.
-            Some(h) => match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
-                Ok(c) => c,
-                Err(e) => {
-                    fwps.apply_modified_layer_data(h.handle, h.request, 0);
-                    fwps.release_classify_handle(h.handle);
-                    return self.malformed(e);
-                }
-            },
-            // No write right: the rows that read the chain come after C4.
-            None => PreviousChain::new(),
-        };
-        let input = ConnectRedirectInput {
-            flow,
-            state,
-            write_right,
-            reauthorize: flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0,
-            previous,
-        };
-        let decision = self.arbiter.decide_connect_redirect(&input, now);
-        self.audit(&decision);
-        let Some(h) = held else {
-            // Without the write right only a block may be written.
+        let mut input = ConnectRedirectInput { flow, state, write_right, reauthorize, previous: PreviousChain::new() };
+        if !write_right {
+            // The rows that read the chain come after C4: nothing to acquire.
+            let decision = self.arbiter.decide_connect_redirect(&input, now);
+            self.audit(&decision);
             return write_verdict(out, decision.verdict, filter.flags, false);
-        };
-        if decision.reason == Reason::ProxyUnavailable
-            && self.arbiter.proxy().is_none()
-            && self.try_pend(fwps, h, filter, out, &input, now)
-        {
+        }
+        // A flow our rules would proxy while our proxy is away is held, in
+        // the seed's order: handle, pend, and the layer data only later.
+        if self.should_hold(&input) && self.try_pend(fwps, raw.classify_context, filter, out, &input, now) {
             return;
         }
+        // With the write right: take the layer data for the chain (C5/C6),
+        // the permit's apply and the rewrite.
+        let Some(h) = acquire(fwps, raw.classify_context, filter.filterId, out) else {
+            self.counters.acquire_failed = self.counters.acquire_failed.saturating_add(1);
+            self.unclassified(&input, Reason::LayerDataUnavailable, now);
+            return write_verdict(out, Verdict::Continue, filter.flags, true);
+        };
+        // SAFETY: the request was just acquired for this classify.
+        match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
+            Ok(c) => input.previous = c,
+            Err(e) => {
+                fwps.apply_modified_layer_data(h.handle, h.request, 0);
+                fwps.release_classify_handle(h.handle);
+                self.malformed(e);
+                self.unclassified(&input, Reason::UnreadableIndication, now);
+                return write_verdict(out, Verdict::Continue, filter.flags, true);
+            }
+        }
+        let decision = self.arbiter.decide_connect_redirect(&input, now);
+        self.audit(&decision);
         self.finish_connect(fwps, h, decision.verdict, decision.redirect, out, filter.flags);
         fwps.release_classify_handle(h.handle);
+    }
+
+    /// Would this flow be proxied but for our absent proxy? Asked before the
+    /// layer data is acquired (the seed pends first), so only what needs no
+    /// chain is consulted: pending is configured, no proxy is registered,
+    /// the flow is not ours already (C2/C3), and the first matching rule
+    /// proxies it. The full decision runs at completion.
+    fn should_hold(&self, input: &ConnectRedirectInput<'_>) -> bool {
+        self.pend.is_some()
+            && self.arbiter.proxy().is_none()
+            && matches!(input.state, RedirectState::NotRedirected | RedirectState::RedirectedByOther)
+            && self.arbiter.policy().first_match(&input.flow).is_some_and(|hit| hit.action == Action::Proxy)
     }
 
     /// Applies a connect-redirect verdict to acquired layer data and writes
@@ -356,12 +400,16 @@ impl<P: Policy> Callout<P> {
         true
     }
 
-    /// Holds the classification until the proxy registers. False (nothing
-    /// done, layer data still held) when it cannot be held.
+    /// Holds the classification until the proxy registers, as the seed's
+    /// asynchronous sequence does in classifyFn: acquire the classify
+    /// handle, keep a deep copy of classifyOut (the one completion will
+    /// get), `FwpsPendClassify0` with the classifyFn's own classifyOut, then
+    /// answer BLOCK without the write right for now. False (nothing held,
+    /// nothing acquired) when it cannot be held.
     fn try_pend<F: Fwps>(
         &mut self,
         fwps: &mut F,
-        h: Held,
+        classify_context: *const c_void,
         filter: &FWPS_FILTER3,
         out: &mut FWPS_CLASSIFY_OUT0,
         input: &ConnectRedirectInput<'_>,
@@ -369,11 +417,15 @@ impl<P: Policy> Callout<P> {
     ) -> bool {
         let refused = |c: &mut AdapterCounters| c.pend_refused = c.pend_refused.saturating_add(1);
         let Some(queue) = self.pend.as_mut() else { return false };
+        let Ok(handle) = fwps.acquire_classify_handle(classify_context) else {
+            refused(&mut self.counters);
+            return false;
+        };
         let hold = Hold {
-            classify_handle: h.handle,
+            classify_handle: handle,
             filter_id: filter.filterId,
             filter_flags: filter.flags,
-            // Deep copy: `out` lives on the classify's stack.
+            // The deep copy completion gets: `out` lives on the classify's stack.
             classify_out: *out,
             state: input.state,
             reauthorize: input.reauthorize,
@@ -381,32 +433,30 @@ impl<P: Policy> Callout<P> {
             flow: &input.flow,
         };
         let Some(slot) = queue.insert(&hold) else {
+            fwps.release_classify_handle(handle);
             refused(&mut self.counters);
             return false;
         };
-        // The data is acquired again at completion; every acquire gets its apply.
-        fwps.apply_modified_layer_data(h.handle, h.request, 0);
-        // FwpsPendClassify0 gets the queue's copy, which outlives the classify.
-        let pended = queue.classify_out_mut(slot).map(|copy| fwps.pend_classify(h.handle, filter.filterId, copy));
-        if !matches!(pended, Some(Ok(()))) {
+        if fwps.pend_classify(handle, filter.filterId, out).is_err() {
             queue.remove(slot);
-            fwps.release_classify_handle(h.handle);
+            fwps.release_classify_handle(handle);
             refused(&mut self.counters);
-            // Layer data is applied and the handle gone: leave the flow as it is.
-            write_verdict(out, Verdict::Continue, filter.flags, true);
-            return true;
+            return false;
         }
-        // What the engine sees until completion.
+        // The handle stays acquired: released after FwpsCompleteClassify0.
+        // What the engine sees until completion (the seed's example).
         out.actionType = FWP_ACTION_BLOCK;
         out.rights &= !FWPS_RIGHT_ACTION_WRITE;
-        out.flags |= FWPS_CLASSIFY_OUT_FLAG_ABSORB;
         self.counters.pended = self.counters.pended.saturating_add(1);
         true
     }
 
     /// Completes held classifications: all of them once a proxy is
-    /// registered (decided again), and those past their deadline otherwise
-    /// (the fallback verdict). Call after a proxy registers and periodically.
+    /// registered (decided again, with the layer data acquired now), and
+    /// those past their deadline otherwise (the fallback verdict). Call
+    /// after a proxy registers and from the pend timer's DPC
+    /// ([`Self::sync_timer`]); never while holding a lock classifyFn takes
+    /// (completion may classify again on the same thread).
     pub fn complete_pended<F: Fwps>(&mut self, fwps: &mut F, now: Instant) {
         let proxy_ready = self.arbiter.proxy().is_some();
         let Some(fallback) = self.pend.as_ref().map(|q| q.config.fallback) else { return };
@@ -415,38 +465,48 @@ impl<P: Policy> Callout<P> {
                 .acquire_writable_connect_request(p.classify_handle, p.filter_id, &mut p.classify_out)
                 .ok()
                 .map(|request| Held { handle: p.classify_handle, request });
+            let Some(queue) = self.pend.as_ref() else { break };
+            let flow = queue.flow_of(&p);
+            let mut input = ConnectRedirectInput {
+                flow,
+                state: p.state,
+                write_right: true,
+                reauthorize: p.reauthorize,
+                previous: PreviousChain::new(),
+            };
             let Some(h) = held else {
                 // Without the layer data only the action can be given.
                 self.counters.acquire_failed = self.counters.acquire_failed.saturating_add(1);
-                write_verdict(&mut p.classify_out, fallback_verdict(fallback), p.filter_flags, true);
+                let verdict = if proxy_ready { Verdict::Continue } else { fallback_verdict(fallback) };
+                let reason = if proxy_ready { Reason::LayerDataUnavailable } else { Reason::PendTimeout };
+                let d = self.arbiter.decide_without_table(&input, verdict, reason, now);
+                audit_into(&mut self.ring, &d);
+                write_verdict(&mut p.classify_out, verdict, p.filter_flags, true);
                 fwps.complete_classify(p.classify_handle, &p.classify_out);
                 fwps.release_classify_handle(p.classify_handle);
                 continue;
             };
             if proxy_ready {
                 // SAFETY: the request was just acquired for this classify.
-                let chain = unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) };
-                let Some(queue) = self.pend.as_ref() else { break };
-                let flow = queue.flow_of(&p);
-                let decision = match chain {
+                let (verdict, redirect) = match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
                     Ok(previous) => {
-                        let input = ConnectRedirectInput {
-                            flow,
-                            state: p.state,
-                            write_right: true,
-                            reauthorize: p.reauthorize,
-                            previous,
-                        };
+                        input.previous = previous;
                         let d = self.arbiter.decide_connect_redirect(&input, now);
                         audit_into(&mut self.ring, &d);
-                        Some((d.verdict, d.redirect))
+                        (d.verdict, d.redirect)
                     }
-                    Err(e) => {
-                        self.malformed(e);
-                        None
+                    Err(_) => {
+                        self.counters.malformed = self.counters.malformed.saturating_add(1);
+                        let d = self.arbiter.decide_without_table(
+                            &input,
+                            Verdict::Continue,
+                            Reason::UnreadableIndication,
+                            now,
+                        );
+                        audit_into(&mut self.ring, &d);
+                        (Verdict::Continue, None)
                     }
                 };
-                let (verdict, redirect) = decision.unwrap_or((Verdict::Continue, None));
                 self.finish_connect(fwps, h, verdict, redirect, &mut p.classify_out, p.filter_flags);
                 self.counters.pend_completed = self.counters.pend_completed.saturating_add(1);
             } else {
@@ -454,21 +514,12 @@ impl<P: Policy> Callout<P> {
                 // auth-connect (A1): a block at a redirect layer alone does not
                 // reliably stop the flow.
                 let verdict = fallback_verdict(fallback);
-                if let Some(queue) = self.pend.as_ref() {
-                    let input = ConnectRedirectInput {
-                        flow: queue.flow_of(&p),
-                        state: p.state,
-                        write_right: true,
-                        reauthorize: p.reauthorize,
-                        previous: PreviousChain::new(),
-                    };
-                    let d = self.arbiter.decide_fallback(&input, verdict, now);
-                    audit_into(&mut self.ring, &d);
-                }
+                let d = self.arbiter.decide_fallback(&input, verdict, now);
+                audit_into(&mut self.ring, &d);
                 self.finish_connect(fwps, h, verdict, None, &mut p.classify_out, p.filter_flags);
                 self.counters.pend_timed_out = self.counters.pend_timed_out.saturating_add(1);
             }
-            // Apply, complete with the deep copy, then release.
+            // Apply (done above), complete with the deep copy, then release.
             fwps.complete_classify(p.classify_handle, &p.classify_out);
             fwps.release_classify_handle(p.classify_handle);
         }
@@ -481,9 +532,16 @@ impl<P: Policy> Callout<P> {
     /// As for [`Self::classify_connect_redirect`].
     pub unsafe fn classify_auth_connect(&mut self, family: Family, raw: &RawClassify, now: Instant) {
         // SAFETY: valid for the classify (contract).
-        let Some(out) = (unsafe { raw.classify_out.as_mut() }) else { return };
+        let Some(out) = (unsafe { raw.classify_out.as_mut() }) else {
+            self.counters.malformed = self.counters.malformed.saturating_add(1);
+            return;
+        };
+        let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
         // SAFETY: valid for the classify (contract).
-        let Some(filter) = (unsafe { raw.filter.as_ref() }) else { return };
+        let Some(filter) = (unsafe { raw.filter.as_ref() }) else {
+            self.counters.malformed = self.counters.malformed.saturating_add(1);
+            return write_verdict(out, Verdict::Continue, 0, write_right);
+        };
         self.tick(now);
         // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
         let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::auth_connect(family)) }
@@ -499,11 +557,14 @@ impl<P: Policy> Callout<P> {
             });
         let input = match read {
             Ok(i) => i,
-            Err(e) => return self.malformed(e),
+            Err(e) => {
+                // Unreadable: left alone (continue), explicitly, counted.
+                self.malformed(e);
+                return write_verdict(out, Verdict::Continue, filter.flags, write_right);
+            }
         };
         let decision = self.arbiter.decide_auth_connect(&input, now);
         self.audit(&decision);
-        let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
         write_verdict(out, decision.verdict, filter.flags, write_right);
     }
 
@@ -563,7 +624,12 @@ const fn fallback_verdict(f: Fallback) -> Verdict {
     }
 }
 
-/// Writes a verdict into classifyOut (see the module table).
+/// Writes a verdict into classifyOut (see the module table), explicitly on
+/// every path. `write_right` is whether we had `FWPS_RIGHT_ACTION_WRITE`
+/// when classifyFn was entered: FwpsAcquireWritableLayerDataPointer0 clears
+/// it (and sets BLOCK) as a side effect, so it is given back here for every
+/// decision that is not hard, as WFPSampler and the seed do; otherwise every
+/// permit and continue of ours would shut out the vendors below us.
 fn write_verdict(out: &mut FWPS_CLASSIFY_OUT0, verdict: Verdict, filter_flags: u16, write_right: bool) {
     match (verdict, write_right) {
         // Hard block: a veto is allowed even without the write right.
@@ -573,12 +639,17 @@ fn write_verdict(out: &mut FWPS_CLASSIFY_OUT0, verdict: Verdict, filter_flags: u
         }
         // Without the write right nothing else may be written.
         (_, false) => {}
-        (Verdict::Continue, true) => out.actionType = FWP_ACTION_CONTINUE,
+        (Verdict::Continue, true) => {
+            out.actionType = FWP_ACTION_CONTINUE;
+            out.rights |= FWPS_RIGHT_ACTION_WRITE;
+        }
         // Soft permit, unless the filter asks for its write right cleared.
         (Verdict::Permit | Verdict::Proxy, true) => {
             out.actionType = FWP_ACTION_PERMIT;
             if filter_flags & FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT != 0 {
                 out.rights &= !FWPS_RIGHT_ACTION_WRITE;
+            } else {
+                out.rights |= FWPS_RIGHT_ACTION_WRITE;
             }
         }
     }

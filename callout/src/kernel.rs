@@ -1,17 +1,18 @@
-//! [`Fwps`] over the real `fwpkclnt.sys` / `ntoskrnl.exe` imports (Windows only).
+//! [`Fwps`] over the real `fwpkclnt.sys` imports (Windows only).
 //!
 //! Built by the driver for the length of one classify, one completion, or one
 //! control request, and only from that operation's handles, which is what
 //! makes the safe trait methods sound: WFP keeps every handle and pointer
 //! passed here valid until the operation ends.
 
+use core::alloc::Layout;
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
+use arbiter::context::CONTEXT_LEN;
 use wfp_ffi::imports::{
-    ExAllocatePool2, ExFreePoolWithTag, FwpsAcquireClassifyHandle0, FwpsAcquireWritableLayerDataPointer0,
-    FwpsApplyModifiedLayerData0, FwpsCompleteClassify0, FwpsPendClassify0, FwpsQueryConnectionRedirectState0,
-    FwpsReleaseClassifyHandle0, POOL_FLAG_NON_PAGED,
+    FwpsAcquireClassifyHandle0, FwpsAcquireWritableLayerDataPointer0, FwpsApplyModifiedLayerData0,
+    FwpsCompleteClassify0, FwpsPendClassify0, FwpsQueryConnectionRedirectState0, FwpsReleaseClassifyHandle0,
 };
 use wfp_ffi::{
     FWPS_CLASSIFY_OUT0, FWPS_CONNECT_REQUEST0, FWPS_CONNECTION_REDIRECT_STATE, HANDLE, NTSTATUS, nt_success,
@@ -19,8 +20,16 @@ use wfp_ffi::{
 
 use crate::fwps::Fwps;
 
-/// Pool tag of redirect contexts: `ArbC` (read backwards in pool dumps).
-pub const CONTEXT_TAG: u32 = u32::from_le_bytes(*b"ArbC");
+/// The layout of every redirect context: [`CONTEXT_LEN`] bytes, pool-aligned.
+///
+/// Contexts come from the driver's global allocator, which is non-paged pool
+/// (wdk-alloc: `ExAllocatePool2(POOL_FLAG_NON_PAGED)`), so WFP can free the
+/// ones it takes over with `ExFreePool`. Taking them from the allocator rather
+/// than importing the pool routines here keeps each ntoskrnl routine declared
+/// once in the driver (wdk-sys), so the image imports none of them twice.
+fn context_layout() -> Option<Layout> {
+    Layout::from_size_align(CONTEXT_LEN, 16).ok()
+}
 
 /// The kernel's Fwps functions.
 #[derive(Debug)]
@@ -103,12 +112,16 @@ impl Fwps for KernelFwps {
     }
 
     fn allocate_context(&mut self, len: usize) -> Option<NonNull<u8>> {
-        // SAFETY: plain non-paged allocation; null on failure.
-        NonNull::new(unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, len, CONTEXT_TAG) }.cast::<u8>())
+        // Every context has one size: free_context relies on it.
+        let layout = context_layout().filter(|l| l.size() == len)?;
+        // SAFETY: a layout of non-zero size; null on failure.
+        NonNull::new(unsafe { alloc::alloc::alloc(layout) })
     }
 
     fn free_context(&mut self, context: NonNull<u8>) {
-        // SAFETY: allocated above with this tag and never handed to WFP.
-        unsafe { ExFreePoolWithTag(context.as_ptr().cast::<c_void>(), CONTEXT_TAG) };
+        if let Some(layout) = context_layout() {
+            // SAFETY: allocated by allocate_context with this layout and never handed to WFP.
+            unsafe { alloc::alloc::dealloc(context.as_ptr(), layout) };
+        }
     }
 }

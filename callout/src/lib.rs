@@ -17,6 +17,7 @@
 //! - [`adapter`]: the [`Callout`] state and the three classify entry points.
 //! - [`pend`]: classifications held while no proxy is registered.
 //! - [`control`]: the control device's target (rules, proxy, audit, counters).
+//! - [`shell`]: the driver's lifecycle (entry, BFE, unload) behind a kernel trait.
 //! - `kernel` (Windows only): [`Fwps`] over the real imports.
 
 #![no_std]
@@ -36,12 +37,16 @@ extern crate alloc;
 extern crate std;
 
 pub mod adapter;
+pub mod bind;
+pub mod boot;
 pub mod control;
+pub mod filters;
 pub mod fwps;
 #[cfg(windows)]
 pub mod kernel;
 pub mod pend;
 pub mod read;
+pub mod shell;
 pub mod sockaddr;
 
 #[cfg(test)]
@@ -49,5 +54,5 @@ mod tests;
 
 pub use adapter::{AdapterCounters, Callout, CalloutConfig, Family, OWN_FILTER};
 pub use fwps::Fwps;
-pub use pend::{Fallback, PendConfig};
+pub use pend::{Fallback, PendConfig, PendTimer};
 pub use read::ReadError;

@@ -36,6 +36,19 @@ pub enum Fallback {
     Block,
 }
 
+/// The timer that completes held classifications when they time out.
+///
+/// The driver implements it over a kernel timer (KeSetTimer /
+/// KeCancelTimer) whose DPC calls `Callout::complete_pended`; the tests over
+/// the WFP model's timers. [`crate::Callout::sync_timer`] arms it for the
+/// earliest deadline held, or cancels it when nothing is held.
+pub trait PendTimer {
+    /// (Re)arms the timer to fire at `due`.
+    fn arm(&mut self, due: Instant);
+    /// Cancels it.
+    fn cancel(&mut self);
+}
+
 /// Pending configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendConfig {
@@ -159,11 +172,6 @@ impl PendQueue {
         Some(slot)
     }
 
-    /// The held classifyOut copy of `slot`.
-    pub(crate) fn classify_out_mut(&mut self, slot: usize) -> Option<&mut FWPS_CLASSIFY_OUT0> {
-        self.slots.get_mut(slot)?.as_mut().map(|p| &mut p.classify_out)
-    }
-
     /// Frees `slot`.
     pub(crate) fn remove(&mut self, slot: usize) {
         if let Some(s) = self.slots.get_mut(slot) {
@@ -194,6 +202,11 @@ impl PendQueue {
     /// How many are held.
     pub(crate) fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// The earliest deadline held.
+    pub(crate) fn earliest_deadline(&self) -> Option<Instant> {
+        self.slots.iter().flatten().map(|p| p.deadline).min()
     }
 
     /// Takes out the next held entry for which `take` says yes.

@@ -459,7 +459,10 @@ pub unsafe fn walk_chain(
         if hops > MAX_CHAIN_WALK {
             return Err(err("previousVersion", ReadErrorKind::ChainTooDeep));
         }
-        let filter = if own_filters.contains(&v.modifierFilterId) { own_filter } else { v.modifierFilterId };
+        // 0 is never one of our run-time ids: before `set_own_filters` runs
+        // the list holds zeros, and an unmodified version may carry 0.
+        let ours = v.modifierFilterId != 0 && own_filters.contains(&v.modifierFilterId);
+        let filter = if ours { own_filter } else { v.modifierFilterId };
         chain.push(PreviousEntry { filter, local_redirect_handle: !v.localRedirectHandle.is_null() });
         next = v.previousVersion.cast_const();
     }

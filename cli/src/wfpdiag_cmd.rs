@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use arbiter_lab::audit_log::decode;
+use arbiter_lab::audit_log::{decode, log_bytes};
 use arbiter_wfpdiag::events::{self, Attributed, Join, OurDecision};
 use arbiter_wfpdiag::inventory::Inventory;
 use arbiter_wfpdiag::model::{Filter, Layer, LayerKind, parse_utc_ms};
@@ -44,9 +44,9 @@ pub(crate) fn run(args: &Args) -> u8 {
         }
     }
     let inv = Inventory::of(&machine);
-    let audit_bytes = match &args.audit {
+    let audit_log = match &args.audit {
         Some(p) => match std::fs::read(p) {
-            Ok(b) => Some(b),
+            Ok(b) => Some(log_bytes(b)),
             Err(e) => {
                 eprintln!("{}: {e}", p.display());
                 return EXIT_BAD_INPUT;
@@ -54,15 +54,18 @@ pub(crate) fn run(args: &Args) -> u8 {
         },
         None => None,
     };
-    let ours: Vec<OurDecision> = match &audit_bytes {
-        Some(bytes) => match decode(bytes) {
-            Ok(records) => events::our_decisions(&records),
-            Err((offset, e)) => {
-                let p = args.audit.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
-                eprintln!("{p}: record at byte {offset}: {e}");
+    let ours: Vec<OurDecision> = match &audit_log {
+        Some(log) => {
+            let decoded = decode(log);
+            let p = args.audit.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+            for problem in &decoded.problems {
+                eprintln!("{p}: {}: {}", problem.place, problem.message);
+            }
+            if decoded.lost_data() && decoded.records.is_empty() {
                 return EXIT_BAD_INPUT;
             }
-        },
+            events::our_decisions(&decoded.records)
+        }
         None => Vec::new(),
     };
     let boot_ms = match &args.boot_time {

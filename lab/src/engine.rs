@@ -69,9 +69,11 @@ impl ProxyProcess {
         if v6 { self.v6 } else { self.v4 }
     }
 
-    /// Does `addr` reach this proxy's listener (any host address, same port)?
+    /// Does a connection to `addr` reach this proxy's listener? The WFP
+    /// model decides ([`arbiter_wfp_model::redirect::listener_reachable`]):
+    /// the listener's own address and port only (proxies listen on loopback).
     pub fn listens_on(&self, addr: SocketAddr) -> bool {
-        is_host_ip(addr.ip()) && addr.port() == self.listener(addr.is_ipv6()).port()
+        arbiter_wfp_model::redirect::listener_reachable(self.listener(addr.is_ipv6()), addr)
     }
 }
 
@@ -311,6 +313,10 @@ pub trait Callout: fmt::Debug {
     fn as_arbiter(&self) -> Option<&crate::ours::ArbiterCallout> {
         None
     }
+    /// Its classify function at ALE_BIND_REDIRECT, if it has a filter there.
+    fn as_bind(&mut self) -> Option<&mut dyn crate::bind::BindCallout> {
+        None
+    }
 }
 
 /// One installed vendor.
@@ -492,7 +498,7 @@ impl Engine {
     pub fn app_connection(&mut self, pid: u64, app: &str, protocol: Protocol, remote: SocketAddr) -> Connection {
         let ip = if remote.is_ipv6() { IpAddr::V6(HOST_V6) } else { IpAddr::V4(HOST_V4) };
         let (endpoint, local) = self.socket(ip);
-        Connection {
+        let mut conn = Connection {
             hop: 0,
             endpoint,
             pid,
@@ -503,7 +509,9 @@ impl Engine {
             remote,
             records: Vec::new(),
             opener: Opener::App,
-        }
+        };
+        crate::bind::bind_phase(&mut self.vendors, &mut conn, self.now_ms);
+        conn
     }
 
     /// Classifies one connection at both layers and says where it went.
@@ -687,7 +695,13 @@ impl Engine {
     fn destination_of(&self, data: &LayerData, chain_destination: SocketAddr) -> HopResult {
         if let Some((v, pid, _)) = data.local {
             return match self.vendors.get(v).and_then(|x| x.id.proxy.as_ref()) {
-                Some(p) if p.pid == pid => HopResult::ToProxy { vendor: v },
+                Some(p) if p.pid == pid && p.listens_on(data.remote) => HopResult::ToProxy { vendor: v },
+                Some(p) if p.pid == pid => HopResult::Unexplained(format!(
+                    "{} redirected to {}, where its proxy (listening on {}) is not reachable",
+                    self.vendor_name(v),
+                    data.remote,
+                    p.listener(data.remote.is_ipv6())
+                )),
                 _ => HopResult::Unexplained(format!(
                     "{} redirected to PID {pid}, which is not its proxy",
                     self.vendor_name(v)
@@ -736,7 +750,7 @@ impl Engine {
         let mut records = trace.conn.records.clone();
         records.push(RecordEntry { handle, context });
         let (endpoint, local) = self.socket(trace.conn.local.ip());
-        Some(Connection {
+        let mut conn = Connection {
             hop: trace.conn.hop + 1,
             endpoint,
             pid: proxy.pid,
@@ -747,6 +761,8 @@ impl Engine {
             remote: context.original_remote,
             records: if proxy.propagates_records { records } else { Vec::new() },
             opener: Opener::Proxy(vendor),
-        })
+        };
+        crate::bind::bind_phase(&mut self.vendors, &mut conn, self.now_ms);
+        Some(conn)
     }
 }

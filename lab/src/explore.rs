@@ -50,19 +50,15 @@ use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arbiter::wide::WideString;
-use arbiter::{
-    Arbiter, AuthConnectInput, Capacities, Config as CoreConfig, ConnectRedirectInput, Flow, Instant, PreviousChain,
-    Protocol, Reason, RedirectState, RedirectTarget, RuleSet, Verdict,
-};
+use arbiter::{Arbiter, Capacities, Config as CoreConfig, Instant, Layer, Protocol, RuleSet, Verdict};
 
 use crate::engine::{
     AuthAction, AuthDecision, AuthView, Callout, Classifying, ConnectAction, ConnectDecision, ConnectView, Connection,
     Engine, HopResult, Identity, MAX_CHAIN, ProxyProcess, Vendor,
 };
-use crate::ours::{OWN_FILTER, OWN_HANDLE, OWN_PROXY_APP, OWN_PROXY_PID};
+use crate::fixture::{Expect, Step};
+use crate::ours::{ArbiterCallout, Fed, OWN_FILTER, OWN_HANDLE, OWN_PROXY_APP, OWN_PROXY_PID, auth_step, connect_step};
 use crate::profiles::{AuthBlocker, Profile, Sampler, Wants};
-use crate::replay::audit_round_trip;
 use crate::scenario::{APP, APP_PID, DEST_V4, DEST_V6, Ours, Outcome};
 
 /// Our proxy's IPv4 listener in every explored rule set.
@@ -107,7 +103,9 @@ impl PeerSpec {
             | Profile::Legacy
             | Profile::WriteStripper
             | Profile::RemoteProxy
-            | Profile::AuthBlocker => &[false],
+            | Profile::AuthBlocker
+            | Profile::SplitTunnel
+            | Profile::SplitTunnelProxy => &[false],
         }
     }
 
@@ -506,244 +504,92 @@ impl RulesCache {
     }
 }
 
-/// App ids as the core reads them (UTF-16), built once per setup.
-#[derive(Debug, Default)]
-struct AppTable {
-    index: HashMap<String, usize>,
-    wide: Vec<WideString>,
-}
-
-impl AppTable {
-    fn add(&mut self, app: &str) {
-        if !self.index.contains_key(app) {
-            self.index.insert(app.to_owned(), self.wide.len());
-            self.wide.push(WideString::new(app));
-        }
-    }
-}
-
-/// A flow as the core was given it, with app ids as [`AppTable`] indices.
-#[derive(Clone, Copy, Debug)]
-struct FedFlow {
-    protocol: Protocol,
-    local: SocketAddr,
-    remote: SocketAddr,
-    endpoint: u64,
-    pid: u64,
-    app: usize,
-    original_app: usize,
-}
-
-/// One indication given to the core, kept so a fork can give it again.
-#[derive(Clone, Copy, Debug)]
-enum Fed {
-    Connect {
-        flow: FedFlow,
-        state: RedirectState,
-        write_right: bool,
-        reauthorize: bool,
-        previous: PreviousChain,
-        at: u64,
-    },
-    Auth {
-        flow: FedFlow,
-        redirected: bool,
-        target_pid: Option<u64>,
-        original_destination: Option<SocketAddr>,
-        at: u64,
-    },
-}
-
 /// Our arbiter's side of the machine, shared between its callout and the
-/// search: the core, every indication it was given, the explorer's summary
-/// of its shared tables, and the checks made on its decisions.
+/// search: the real adapter on the WFP model (the lab's own
+/// [`ArbiterCallout`], whose kept steps are the indications a fork gives
+/// again), the explorer's summary of its shared tables, and the checks made
+/// on its decisions.
 #[derive(Debug)]
 struct Core {
-    arbiter: Arbiter<RuleSet>,
+    ours: ArbiterCallout,
     rules: Rc<RuleSet>,
-    apps: Rc<AppTable>,
-    /// Every indication so far, in order.
-    log: Vec<Fed>,
     /// Proxied hops per destination (C8's counters): one per `proxy` verdict.
     hops: BTreeMap<(Protocol, SocketAddr), u16>,
     /// Learned local proxies (A6).
     learned: BTreeSet<u64>,
-    /// Check each decision's audit record (off while a fork catches up on
-    /// indications whose decisions were checked when first made).
-    check_audit: bool,
+    /// Audit records that did not replay, not yet reported.
     audit_failures: usize,
     /// Something the summary does not account for (an eviction, an expiry).
     surprise: Option<String>,
 }
 
 impl Core {
-    fn new(rules: Rc<RuleSet>, apps: Rc<AppTable>) -> Result<Self, String> {
-        let config = CoreConfig { own_filter: OWN_FILTER, ..CoreConfig::default() };
+    fn new(rules: Rc<RuleSet>) -> Result<Self, String> {
+        let config = CoreConfig { own_filter: arbiter_callout::OWN_FILTER, ..CoreConfig::default() };
         let mut arbiter = Arbiter::new(config, CAPACITIES, (*rules).clone())
             .map_err(|_| "out of memory reserving the tables".to_owned())?;
         let v4 = OUR_V4.parse().map_err(|_| "bad listener")?;
         let v6 = OUR_V6.parse().map_err(|_| "bad listener")?;
         arbiter.set_proxy(OWN_PROXY_PID, Some(v4), Some(v6)).map_err(|e| e.to_string())?;
-        Ok(Self {
-            arbiter,
-            rules,
-            apps,
-            log: Vec::new(),
-            hops: BTreeMap::new(),
-            learned: BTreeSet::new(),
-            check_audit: true,
-            audit_failures: 0,
-            surprise: None,
-        })
+        let ours = ArbiterCallout::new(arbiter, arbiter_wfp_model::Readings::default())?;
+        Ok(Self { ours, rules, hops: BTreeMap::new(), learned: BTreeSet::new(), audit_failures: 0, surprise: None })
     }
 
     /// A core in the same state: a fresh one given the same indications at
-    /// the same times (decisions are deterministic: invariant 5).
+    /// the same times (decisions are deterministic: invariant 5). Their
+    /// audit records were checked when first made.
     fn fork(&self) -> Result<Self, String> {
-        let mut c = Self::new(Rc::clone(&self.rules), Rc::clone(&self.apps))?;
-        c.check_audit = false;
-        for fed in &self.log {
-            c.feed(*fed);
+        let mut c = Self::new(Rc::clone(&self.rules))?;
+        for step in &self.ours.steps {
+            c.feed(Step { expect: Expect::default(), ..step.clone() });
         }
-        c.check_audit = true;
+        c.audit_failures = 0;
         if c.hops != self.hops || c.learned != self.learned {
             c.surprise.get_or_insert_with(|| "a forked arbiter disagrees with its original".to_owned());
         }
         Ok(c)
     }
 
-    fn fed_flow(&mut self, conn: &Connection, remote: SocketAddr) -> FedFlow {
-        let mut index = |app: &str| match self.apps.index.get(app) {
-            Some(&i) => i,
-            None => {
-                self.surprise.get_or_insert_with(|| format!("unknown app id {app}"));
-                0
-            }
-        };
-        let (app, original_app) = (index(&conn.app), index(&conn.original_app));
-        FedFlow {
-            protocol: conn.protocol,
-            local: conn.local,
-            remote,
-            endpoint: conn.endpoint,
-            pid: conn.pid,
-            app,
-            original_app,
+    /// Gives the adapter one indication and updates the summary.
+    fn feed(&mut self, step: Step) -> Fed {
+        let (departures, failures) = (self.ours.departures, self.ours.audit_failures);
+        let (layer, protocol, remote) = (step.layer, step.protocol, step.remote);
+        let (redirected, target_pid) = (step.redirected, step.target_pid);
+        let fed = self.ours.feed(step);
+        self.audit_failures += self.ours.audit_failures.saturating_sub(failures);
+        if self.ours.departures != departures {
+            self.surprise.get_or_insert_with(|| "an arbiter table entry left its table during an execution".to_owned());
         }
-    }
-
-    /// Gives the core one indication; returns its verdict, reason and redirect.
-    fn feed(&mut self, fed: Fed) -> (Verdict, Reason, Option<RedirectTarget>) {
-        let at = match fed {
-            Fed::Connect { at, .. } | Fed::Auth { at, .. } => at,
-        };
-        let now = Instant::from_millis(at);
-        let mut gone = 0usize;
-        self.arbiter.expire(now, |_| gone += 1);
-        if gone > 0 {
-            self.surprise.get_or_insert_with(|| "an arbiter table entry expired during an execution".to_owned());
-        }
-        let apps = Rc::clone(&self.apps);
-        let flow = |f: &FedFlow| {
-            Some(Flow {
-                protocol: f.protocol,
-                local: f.local,
-                remote: f.remote,
-                endpoint: f.endpoint,
-                pid: f.pid,
-                app: apps.wide.get(f.app)?.app_id(),
-                original_app: apps.wide.get(f.original_app)?.app_id(),
-                package: None,
-            })
-        };
-        let out = match fed {
-            Fed::Connect { flow: f, state, write_right, reauthorize, previous, .. } => {
-                let Some(flow) = flow(&f) else { return (Verdict::Continue, Reason::NoRule, None) };
-                let input = ConnectRedirectInput { flow, state, write_right, reauthorize, previous };
-                let d = self.arbiter.decide_connect_redirect(&input, now);
-                if self.check_audit && !audit_round_trip(&d) {
-                    self.audit_failures += 1;
-                }
-                if !d.departures.is_empty() {
-                    self.surprise.get_or_insert_with(|| "a decision pushed an entry out of a full table".to_owned());
-                }
-                if d.verdict == Verdict::Proxy {
-                    // "Every proxy verdict counts one hop for its destination."
-                    let key = (f.protocol, SocketAddr::new(f.remote.ip(), f.remote.port()));
-                    *self.hops.entry(key).or_insert(0) += 1;
-                }
-                (d.verdict, d.reason, d.redirect)
+        match layer {
+            Layer::ConnectRedirect if fed.expect.verdict == Some(Verdict::Proxy) => {
+                // "Every proxy verdict counts one hop for its destination."
+                *self.hops.entry((protocol, remote)).or_insert(0) += 1;
             }
-            Fed::Auth { flow: f, redirected, target_pid, original_destination, .. } => {
-                let Some(flow) = flow(&f) else { return (Verdict::Continue, Reason::NoRule, None) };
-                let input = AuthConnectInput { flow, reauthorize: false, redirected, target_pid, original_destination };
-                let d = self.arbiter.decide_auth_connect(&input, now);
-                if self.check_audit && !audit_round_trip(&d) {
-                    self.audit_failures += 1;
-                }
-                if !d.departures.is_empty() {
-                    self.surprise.get_or_insert_with(|| "a decision pushed an entry out of a full table".to_owned());
-                }
-                // Any redirected flow's local target other than our proxy is a
-                // known local proxy (the core learns it whatever row decided).
-                if redirected && let Some(pid) = target_pid.filter(|&p| p != 0 && p != OWN_PROXY_PID) {
+            // Any redirected flow's local target other than our proxy is a
+            // known local proxy (the core learns it whatever row decided).
+            Layer::AuthConnect if redirected => {
+                if let Some(pid) = target_pid.filter(|&p| p != 0 && p != OWN_PROXY_PID) {
                     self.learned.insert(pid);
                 }
-                (d.verdict, d.reason, d.redirect)
             }
-        };
-        self.log.push(fed);
-        out
+            Layer::ConnectRedirect | Layer::AuthConnect => {}
+        }
+        fed
     }
 }
 
-/// Our arbiter behind the engine's callout seam, mapped exactly as
-/// [`crate::ours::ArbiterCallout`] maps it (the tests check both agree on
-/// the lab's matrix), without recording fixtures: the explorer classifies
-/// millions of phases.
+/// Our arbiter behind the engine's callout seam: the same steps and the
+/// same adapter path as [`ArbiterCallout`], shared with the search.
 #[derive(Debug)]
 struct ExploredArbiter(Rc<RefCell<Core>>);
 
 impl Callout for ExploredArbiter {
     fn connect_redirect(&mut self, _me: &Identity, v: &ConnectView<'_>) -> ConnectDecision {
-        let mut core = self.0.borrow_mut();
-        let flow = core.fed_flow(v.conn, v.remote);
-        let (verdict, reason, redirect) = core.feed(Fed::Connect {
-            flow,
-            state: v.state,
-            write_right: v.write_right,
-            reauthorize: v.reauthorize,
-            previous: PreviousChain::from_entries(v.previous.iter().copied()),
-            at: v.now_ms,
-        });
-        let action = match (verdict, redirect) {
-            (Verdict::Continue, _) => ConnectAction::Continue,
-            (Verdict::Permit, _) => ConnectAction::Permit,
-            (Verdict::Block, _) => ConnectAction::Block,
-            (Verdict::Proxy, Some(r)) => ConnectAction::RedirectLocal { to: r.remote, target_pid: r.target_pid },
-            (Verdict::Proxy, None) => ConnectAction::Continue,
-        };
-        // decision-table.md: permit and proxy apply with REAUTHORIZE_IF_MODIFIED_BY_OTHERS.
-        let d = ConnectDecision::new(action, reason.name());
-        if matches!(verdict, Verdict::Permit | Verdict::Proxy) { d.reauthorizing() } else { d }
+        self.0.borrow_mut().feed(connect_step(v)).connect
     }
 
     fn auth_connect(&mut self, _me: &Identity, v: &AuthView<'_>) -> AuthDecision {
-        let mut core = self.0.borrow_mut();
-        let flow = core.fed_flow(v.conn, v.remote);
-        let (verdict, reason, _) = core.feed(Fed::Auth {
-            flow,
-            redirected: v.redirected,
-            target_pid: v.target_pid,
-            original_destination: v.original_destination,
-            at: v.now_ms,
-        });
-        let action = match verdict {
-            Verdict::Block => AuthAction::Block,
-            Verdict::Permit => AuthAction::Permit,
-            Verdict::Continue | Verdict::Proxy => AuthAction::Continue,
-        };
-        AuthDecision::new(action, reason.name())
+        self.0.borrow_mut().feed(auth_step(v)).auth
     }
 }
 
@@ -885,15 +731,8 @@ impl World {
             let name = names.get(i + 1).map_or("peer", String::as_str);
             ids.push(peer_identity(*p, i, weight_of(i + 1), name));
         }
-        let mut apps = AppTable::default();
-        for (_, app) in APPS {
-            apps.add(app);
-        }
-        for p in ids.iter().filter_map(|id| id.proxy.as_ref()) {
-            apps.add(&p.app);
-        }
         let core = match setup.ours {
-            Ours::Arbiter if !passive => Some(Rc::new(RefCell::new(Core::new(Rc::clone(&rules), Rc::new(apps))?))),
+            Ours::Arbiter if !passive => Some(Rc::new(RefCell::new(Core::new(Rc::clone(&rules))?))),
             Ours::Arbiter | Ours::SamplerBaseline => None,
         };
         let blocker = BTreeSet::new();
@@ -1130,17 +969,18 @@ impl World {
         let Some(core) = &self.core else { return };
         let core = core.borrow();
         let at = Instant::from_millis(now);
-        let [_, destinations, known] = core.arbiter.occupancy();
+        let arbiter = core.ours.arbiter();
+        let [_, destinations, known] = arbiter.occupancy();
         let agrees = usize::try_from(destinations).ok() == Some(core.hops.len())
             && usize::try_from(known).ok() == Some(core.learned.len())
-            && core.learned.iter().all(|&p| core.arbiter.is_learned_proxy(p, at));
+            && core.learned.iter().all(|&p| arbiter.is_learned_proxy(p, at));
         if let Some(s) = &core.surprise {
             self.model_error.get_or_insert_with(|| s.clone());
         } else if !agrees {
             self.model_error.get_or_insert_with(|| {
                 format!(
                     "the arbiter's tables disagree with the explorer's summary: occupancy {:?}, hops {:?}, learned {:?}",
-                    core.arbiter.occupancy(),
+                    arbiter.occupancy(),
                     core.hops,
                     core.learned
                 )
@@ -1173,6 +1013,11 @@ pub struct Tally {
     pub loops: u64,
     /// Connections ended unexplained over the end states.
     pub unexplained: u64,
+    /// Of `loops`, those the peers cause among themselves (the connection
+    /// loops alone with our driver uninstalled too).
+    pub peer_loops: u64,
+    /// Of `unexplained`, those the peers cause among themselves.
+    pub peer_unexplained: u64,
     /// Setups with a loop or unexplained end that our presence may have
     /// caused (for the baseline: any loop or unexplained end).
     pub failing_configurations: u64,
@@ -1200,6 +1045,8 @@ impl Tally {
         self.blocked += o.blocked;
         self.loops += o.loops;
         self.unexplained += o.unexplained;
+        self.peer_loops += o.peer_loops;
+        self.peer_unexplained += o.peer_unexplained;
         self.failing_configurations += o.failing_configurations;
         self.peer_only_configurations += o.peer_only_configurations;
         self.failing_end_states += o.failing_end_states;
@@ -1321,16 +1168,22 @@ impl Search<'_> {
         };
         // Only our arbiter's failures need telling apart: the baseline's are
         // all shown, as what the arbiter fixes.
-        let (setup, rules) = (self.setup, self.rules);
-        let peer_only = setup.ours == Ours::Arbiter
-            && *self
-                .fails_without_us
-                .entry(i)
-                .or_insert_with(|| run_alone(setup, rules, i, true).is_some_and(|o| !o.is_explained()));
+        let peer_only = self.peer_only(i);
         let slot = if peer_only { &mut self.result.peer_only } else { &mut self.result.counterexample };
         if slot.as_ref().is_none_or(|best| cx.rank() < best.rank()) {
             *slot = Some(cx);
         }
+    }
+
+    /// With our arbiter in place: does connection `i` fail alone with our
+    /// driver uninstalled (so the peers cause it among themselves)?
+    fn peer_only(&mut self, i: usize) -> bool {
+        let (setup, rules) = (self.setup, self.rules);
+        setup.ours == Ours::Arbiter
+            && *self
+                .fails_without_us
+                .entry(i)
+                .or_insert_with(|| run_alone(setup, rules, i, true).is_some_and(|o| !o.is_explained()))
     }
 
     /// Explores from the live machine `w` (at the end of `self.moves`);
@@ -1347,21 +1200,24 @@ impl Search<'_> {
         self.result.tally.states += 1;
         let enabled = w.enabled();
         if enabled.is_empty() {
-            let t = &mut self.result.tally;
-            t.end_states += 1;
+            self.result.tally.end_states += 1;
             let mut failing = false;
-            for c in &w.chains {
+            for (i, c) in w.chains.iter().enumerate() {
                 if let Phase::Done(o) = &c.phase {
+                    let by_peers = !o.is_explained() && self.peer_only(i);
+                    let t = &mut self.result.tally;
                     match o {
                         Outcome::Delivered => t.delivered += 1,
                         Outcome::Blocked { .. } => t.blocked += 1,
                         Outcome::Loop(_) => t.loops += 1,
                         Outcome::Unexplained(_) => t.unexplained += 1,
                     }
+                    t.peer_loops += u64::from(by_peers && matches!(o, Outcome::Loop(_)));
+                    t.peer_unexplained += u64::from(by_peers && matches!(o, Outcome::Unexplained(_)));
                     failing |= !o.is_explained();
                 }
             }
-            t.failing_end_states += u64::from(failing);
+            self.result.tally.failing_end_states += u64::from(failing);
             self.done.insert(key, 1);
             return 1;
         }

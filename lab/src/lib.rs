@@ -21,6 +21,8 @@
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
 pub mod audit_log;
+pub mod bind;
+pub mod boot;
 pub mod dot;
 pub mod engine;
 pub mod explore;

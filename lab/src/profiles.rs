@@ -2,6 +2,8 @@
 //! machine over what WFP shows its callout, written as one `match` whose
 //! arms say which documented (or observed) behaviour they model.
 
+mod split_tunnel;
+
 use core::fmt;
 use core::net::SocketAddr;
 
@@ -30,11 +32,16 @@ pub enum Profile {
     RemoteProxy,
     /// Blocks at auth-connect every connection from a proxy it does not know.
     AuthBlocker,
+    /// A split-tunnel VPN driver (Mullvad's): rebinds the application's
+    /// sockets off the tunnel to the host's address.
+    SplitTunnel,
+    /// The same, with our proxy's process on its exclusion list too.
+    SplitTunnelProxy,
 }
 
 impl Profile {
     /// Every profile, in report order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Compliant,
         Self::Sampler,
         Self::NoRecords,
@@ -42,6 +49,8 @@ impl Profile {
         Self::WriteStripper,
         Self::RemoteProxy,
         Self::AuthBlocker,
+        Self::SplitTunnel,
+        Self::SplitTunnelProxy,
     ];
 
     /// The name used on the command line and in reports.
@@ -54,6 +63,8 @@ impl Profile {
             Self::WriteStripper => "write-stripper",
             Self::RemoteProxy => "remote-proxy",
             Self::AuthBlocker => "auth-blocker",
+            Self::SplitTunnel => "split-tunnel",
+            Self::SplitTunnelProxy => "split-tunnel-proxy",
         }
     }
 
@@ -78,7 +89,7 @@ impl Profile {
             Self::Sampler => (proxy(r"\device\harddiskvolume3\program files\wfpsampler\proxy.exe", false), None),
             Self::NoRecords => (proxy(r"\device\harddiskvolume3\program files\vendorc\relay.exe", false), None),
             Self::Legacy => (proxy(r"\device\harddiskvolume3\program files\vendord\legacyproxy.exe", false), None),
-            Self::WriteStripper | Self::AuthBlocker => (None, None),
+            Self::WriteStripper | Self::AuthBlocker | Self::SplitTunnel | Self::SplitTunnelProxy => (None, None),
             Self::RemoteProxy => (
                 None,
                 Some((
@@ -100,6 +111,10 @@ impl Profile {
             Self::WriteStripper => Box::new(WriteStripper),
             Self::RemoteProxy => Box::new(RemoteProxy),
             Self::AuthBlocker => Box::new(AuthBlocker::default()),
+            Self::SplitTunnel => Box::new(SplitTunnel::new(&[crate::scenario::APP], RebindTo::Host)),
+            Self::SplitTunnelProxy => {
+                Box::new(SplitTunnel::new(&[crate::scenario::APP, crate::ours::OWN_PROXY_APP], RebindTo::Host))
+            }
         }
     }
 }
@@ -109,6 +124,8 @@ impl fmt::Display for Profile {
         f.write_str(self.name())
     }
 }
+
+pub use split_tunnel::{RebindTo, SplitTunnel, TUNNEL_V4, TUNNEL_V6};
 
 /// The peer's callout filter id.
 pub const PEER_FILTER: u64 = 200;

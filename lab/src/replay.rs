@@ -8,7 +8,7 @@
 use core::net::SocketAddr;
 
 use arbiter::audit::AuditRecord;
-use arbiter::{Arbiter, Decision, Instant, Layer, Reason, RuleSet, Verdict};
+use arbiter::{Arbiter, Decision, Layer, Reason, RuleSet, Verdict};
 
 use crate::fixture::{Diagnostic, Fixture, RulesSource, Step};
 
@@ -72,37 +72,26 @@ pub fn fixture_rules(f: &Fixture) -> Result<RuleSet, Diagnostic> {
         RulesSource::None => Ok(RuleSet::default()),
         RulesSource::File(p) => crate::rules::load_file(p).map_err(diag),
         RulesSource::Inline(t) => {
-            let text = toml::to_string(t).map_err(|e| diag(e.to_string()))?;
+            let text = toml::to_string(t.as_ref()).map_err(|e| diag(e.to_string()))?;
             crate::rules::parse_str(&text, &f.path.display().to_string()).map_err(diag)
         }
     }
 }
 
-/// A fresh arbiter for a fixture's environment and rules.
+/// A fresh arbiter for a fixture's environment and rules, configured as the
+/// driver configures it behind the adapter: the adapter maps the fixture's
+/// `own_filter` (our run-time filter id) to [`arbiter_callout::OWN_FILTER`].
 pub fn arbiter_for(f: &Fixture, rules: RuleSet) -> Result<Arbiter<RuleSet>, String> {
     let env = &f.environment;
     let (v4, v6) = (rules.proxy.v4, rules.proxy.v6);
-    let mut a =
-        Arbiter::new(env.config(), env.capacities, rules).map_err(|_| "out of memory reserving tables".to_owned())?;
+    let config = arbiter::Config { own_filter: arbiter_callout::OWN_FILTER, ..env.config() };
+    let mut a = Arbiter::new(config, env.capacities, rules).map_err(|_| "out of memory reserving tables".to_owned())?;
     if let Some(pid) = env.proxy_pid {
         // No listener in the rules: no proxy is registered, and proxying
         // rules give `proxy-unavailable`, as in the driver.
         let _ = a.set_proxy(pid, v4, v6);
     }
     Ok(a)
-}
-
-/// Runs one step and returns the decision's outcome (owned parts only).
-pub fn decide(a: &mut Arbiter<RuleSet>, step: &Step) -> (Verdict, Reason, Option<SocketAddr>, Option<u64>, bool) {
-    let now = Instant::from_millis(step.at_ms);
-    a.expire(now, |_| {});
-    let b = step.buffers();
-    let d = match step.layer {
-        Layer::ConnectRedirect => a.decide_connect_redirect(&step.connect_input(&b), now),
-        Layer::AuthConnect => a.decide_auth_connect(&step.auth_input(&b), now),
-    };
-    let audit_ok = audit_round_trip(&d);
-    (d.verdict, d.reason, d.redirect.map(|r| r.remote), d.redirect.map(|r| r.target_pid), audit_ok)
 }
 
 /// Encodes, decodes and replays a decision's record; true when all agree.
@@ -121,13 +110,25 @@ pub fn audit_round_trip(d: &Decision<'_>) -> bool {
     }
 }
 
-/// Replays a parsed fixture with its rules.
+/// Replays a parsed fixture with its rules, through the same path the lab
+/// uses: the classify adapter on the WFP model ([`crate::ours::ArbiterCallout::feed`]).
 pub fn run(f: &Fixture, rules: RuleSet) -> Result<FixtureRun, String> {
-    let mut a = arbiter_for(f, rules)?;
+    let core = arbiter_for(f, rules)?;
+    let mut ours = crate::ours::ArbiterCallout::with_own_filter(
+        core,
+        arbiter_wfp_model::Readings::default(),
+        f.environment.own_filter,
+    )?;
     let mut run = FixtureRun::default();
     for (i, step) in f.steps.iter().enumerate() {
         let t0 = std::time::Instant::now();
-        let (verdict, reason, redirect_to, target_pid, audit_ok) = decide(&mut a, step);
+        let failures_before = ours.audit_failures;
+        let fed = ours.feed(Step { expect: crate::fixture::Expect::default(), ..step.clone() });
+        let (verdict, reason) =
+            (fed.expect.verdict.unwrap_or(Verdict::Continue), fed.expect.reason.unwrap_or(Reason::Unknown(0)));
+        let (redirect_to, target_pid) = (fed.expect.redirect_to, fed.expect.target_pid);
+        // Every step is decided and audited, and its record replays.
+        let audit_ok = ours.audit_failures == failures_before && fed.expect.reason.is_some();
         run.elapsed += t0.elapsed();
         let mut mismatches = Vec::new();
         let e = &step.expect;

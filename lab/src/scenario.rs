@@ -5,7 +5,7 @@ use core::fmt;
 use core::net::SocketAddr;
 use std::path::Path;
 
-use arbiter::{Arbiter, Capacities, Config, Layer, Protocol, RuleSet};
+use arbiter::{Layer, Protocol, RuleSet};
 
 use crate::engine::{Connection, Engine, HopResult, HopTrace, Identity, MAX_CHAIN, ProxyProcess, Vendor};
 use crate::fixture::{Environment, Fixture, RulesSource};
@@ -28,8 +28,9 @@ pub struct LabRules {
     pub name: String,
     /// The parsed rules.
     pub rules: RuleSet,
-    /// The source as a table, inlined into recorded fixtures.
-    pub table: toml::Table,
+    /// The source as a table, inlined into recorded fixtures (shared by all
+    /// their reports, not copied into each).
+    pub table: std::sync::Arc<toml::Table>,
 }
 
 impl LabRules {
@@ -37,12 +38,13 @@ impl LabRules {
     pub fn from_text(name: &str, text: &str, origin: &str) -> Result<Self, String> {
         let rules = crate::rules::parse_str(text, origin)?;
         let table = text.parse::<toml::Table>().map_err(|e| format!("{origin}: {e}"))?;
-        Ok(Self { name: name.to_owned(), rules, table })
+        Ok(Self { name: name.to_owned(), rules, table: std::sync::Arc::new(table) })
     }
 
     /// Loads a rules file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = arbiter_ruleset::input::read_text_capped(path, arbiter_ruleset::input::RULES_CAP)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let name = path.file_stem().map_or_else(|| "rules".to_owned(), |s| s.to_string_lossy().into_owned());
         Self::from_text(&name, &text, &path.display().to_string())
     }
@@ -53,7 +55,7 @@ impl LabRules {
         Self::from_text("builtin", crate::rules::LAB_FALLBACK_RULES, "builtin").unwrap_or_else(|_| Self {
             name: "builtin".into(),
             rules: RuleSet::default(),
-            table: toml::Table::new(),
+            table: std::sync::Arc::default(),
         })
     }
 
@@ -113,8 +115,9 @@ impl Position {
     /// Report name.
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Above => "above",
-            Self::Below => "below",
+            // Read as "ours above": our weight is above the peer's.
+            Self::Above => "ours-above",
+            Self::Below => "ours-below",
         }
     }
 }
@@ -303,11 +306,8 @@ impl Lab {
         };
         let ours: Box<dyn crate::engine::Callout> = match scenario.ours {
             Ours::Arbiter => {
-                let config = Config { own_filter: OWN_FILTER, ..Config::default() };
-                let mut a = Arbiter::new(config, Capacities::default(), rules.rules.clone())
-                    .map_err(|_| "out of memory reserving the tables".to_owned())?;
-                a.set_proxy(OWN_PROXY_PID, Some(v4), Some(v6)).map_err(|e| e.to_string())?;
-                Box::new(ArbiterCallout::new(a))
+                let a = crate::ours::lab_arbiter(rules.rules.clone(), Some(v4), Some(v6))?;
+                Box::new(ArbiterCallout::new(a, arbiter_wfp_model::Readings::default())?)
             }
             Ours::SamplerBaseline => Box::new(Sampler { wants: Wants::Rules(Box::new(rules.rules.clone())) }),
         };

@@ -146,6 +146,24 @@ fn describe(m: &mut Map<String, Value>, rec: &AuditRecord<'_>) {
             m.insert("state".into(), json!(f.input.state.name()));
             Some(f.input.flow)
         }
+        Event::Rebind(b) => {
+            m.insert("kind".into(), json!("rebind"));
+            m.insert("pid".into(), json!(b.pid));
+            m.insert("app".into(), json!(b.app.to_string()));
+            m.insert("protocol".into(), json!(b.protocol.to_string()));
+            m.insert("from".into(), json!(b.from.to_string()));
+            m.insert("to".into(), json!(b.to.to_string()));
+            m.insert("by_filter".into(), json!(b.by));
+            m.insert("changes".into(), json!(b.changes));
+            None
+        }
+        Event::Guard(g) => {
+            m.insert("kind".into(), json!("boot-guard"));
+            m.insert("mode".into(), json!(g.mode.name()));
+            m.insert("change".into(), json!(g.change.name()));
+            m.insert("proxy_pid".into(), json!(g.proxy_pid));
+            None
+        }
         Event::Departure(d) => {
             m.insert("kind".into(), json!("departure"));
             m.insert("table".into(), json!(d.table.name()));

@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use arbiter_proxy::tcp::{ConnReport, Outcome as TcpOutcome};
+use arbiter_proxy::udp::{FlowOutcome, FlowReport};
+use serde_json::{Value, json};
+
 /// Command-line settings.
 #[derive(Debug)]
 struct Args {
@@ -27,7 +31,55 @@ struct Args {
 const USAGE: &str = "usage: arbiter-proxy [--v4 ADDR|none] [--v6 ADDR|none] [--no-udp] \
 [--audit-dir DIR] [--audit-max-bytes N] [--audit-keep N] [--poll-ms N]";
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+/// `--help`: the usage line, what each flag does, and the exit codes.
+const HELP: &str = "\
+arbiter-proxy: the arbiter's reference local proxy and control service (Windows).
+
+usage: arbiter-proxy [OPTIONS]
+
+  --v4 ADDR|none         TCP and UDP listener for IPv4 [default: 127.0.0.1:34010]
+  --v6 ADDR|none         TCP and UDP listener for IPv6 [default: [::1]:34010]
+  --no-udp               relay TCP only
+  --audit-dir DIR        where audit.jsonl is written [default: %ProgramData%\\arbiter\\audit]
+  --audit-max-bytes N    rotate audit.jsonl at N bytes [default: 16777216]
+  --audit-keep N         rotated files kept [default: 8]
+  --poll-ms N            control-device poll interval [default: 500]
+  -h, --help             print this help
+
+exit codes:
+  0  --help, or a clean stop
+  1  a listener or the audit directory could not be opened
+  2  bad arguments
+  3  the driver's control device \\\\.\\ArbiterControl cannot be opened
+     (driver not installed or not started, or not an elevated prompt),
+     or this is not Windows
+";
+
+/// Exit code: a listener or the audit directory could not be opened.
+#[cfg_attr(not(windows), allow(dead_code, reason = "only the Windows service opens listeners"))]
+const EXIT_RUNTIME: u8 = 1;
+/// Exit code: bad arguments.
+const EXIT_USAGE: u8 = 2;
+/// Exit code: no control device (the driver is not there, or not Windows).
+const EXIT_NO_DEVICE: u8 = 3;
+
+/// What the command line asks for.
+#[derive(Debug)]
+enum Command {
+    Run(Args),
+    Help,
+}
+
+fn parse_args(it: impl Iterator<Item = String>) -> Result<Command, String> {
+    // `--help` anywhere wins, so a half-typed command line still gets help.
+    let all: Vec<String> = it.collect();
+    if all.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(Command::Help);
+    }
+    parse_run(all.into_iter()).map(Command::Run)
+}
+
+fn parse_run(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
         v4: Some(SocketAddrV4::new([127, 0, 0, 1].into(), 34010)),
         v6: Some(SocketAddrV6::new(std::net::Ipv6Addr::LOCALHOST, 34010, 0, 0)),
@@ -63,7 +115,6 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 let v = value()?;
                 a.poll = Duration::from_millis(v.parse().map_err(|_| bad("milliseconds", &v))?);
             }
-            "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -79,21 +130,24 @@ fn default_audit_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+    match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => run(&args),
+        Ok(Command::Help) => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
         }
-    };
-    run(&args)
+        Err(e) => {
+            eprintln!("arbiter-proxy: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }
 
 #[cfg(windows)]
 fn run(args: &Args) -> ExitCode {
     use std::net::{TcpListener, UdpSocket};
-    use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex, PoisonError};
 
     use arbiter_proxy::auditlog::AuditLog;
     use arbiter_proxy::service::{self, Service, ServiceConfig};
@@ -101,17 +155,33 @@ fn run(args: &Args) -> ExitCode {
     use arbiter_proxy::udp::{UdpOptions, UdpRelay};
     use arbiter_proxy::windows::{DeviceChannel, WfpProvider};
 
+    // The driver must be there before we listen: without it nothing is
+    // redirected to us and nothing registers us, so fail now and say why.
+    if let Err(e) = DeviceChannel::open() {
+        eprintln!("arbiter-proxy: {}", no_device_message(&e));
+        return ExitCode::from(EXIT_NO_DEVICE);
+    }
+    // Our own audit: every connection or flow not relayed to its end
+    // (refused for want of redirect records or context, records not set,
+    // upstream unreachable, aborted), beside the driver's audit.
+    let proxy_dir = args.audit_dir.join("proxy");
+    let proxy_log = match AuditLog::open(&proxy_dir, args.audit_max_bytes, args.audit_keep) {
+        Ok(l) => Arc::new(Mutex::new(l)),
+        Err(e) => {
+            eprintln!("arbiter-proxy: cannot open the audit file in {}: {e}", proxy_dir.display());
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let record = move |event: Value| {
+        eprintln!("{event}");
+        if let Err(e) = proxy_log.lock().unwrap_or_else(PoisonError::into_inner).write_value(&event) {
+            eprintln!("arbiter-proxy: cannot write the proxy audit: {e}");
+        }
+    };
     let provider = Arc::new(WfpProvider::new());
-    let tcp_report: arbiter_proxy::tcp::Reporter = Arc::new(|r| {
-        if !matches!(r.outcome, arbiter_proxy::tcp::Outcome::Completed) {
-            eprintln!("tcp {:?} -> {:?} (pid {:?}): {} {:?}", r.client, r.original, r.pid, r.outcome.name(), r.outcome);
-        }
-    });
-    let udp_report: arbiter_proxy::udp::FlowReporter = Arc::new(|r| {
-        if !matches!(r.outcome, arbiter_proxy::udp::FlowOutcome::Idle | arbiter_proxy::udp::FlowOutcome::Stopped) {
-            eprintln!("udp {} -> {:?} (pid {:?}): {} {:?}", r.client, r.original, r.pid, r.outcome.name(), r.outcome);
-        }
-    });
+    let tcp_record = record.clone();
+    let tcp_report: arbiter_proxy::tcp::Reporter = Arc::new(move |r| tcp_event(&r).into_iter().for_each(&tcp_record));
+    let udp_report: arbiter_proxy::udp::FlowReporter = Arc::new(move |r| udp_event(&r).into_iter().for_each(&record));
     let listen: Vec<SocketAddr> = args.v4.map(SocketAddr::V4).into_iter().chain(args.v6.map(SocketAddr::V6)).collect();
     let mut relays = Vec::new();
     let mut udp_relays = Vec::new();
@@ -121,8 +191,8 @@ fn run(args: &Args) -> ExitCode {
         match started {
             Ok(r) => relays.push(r),
             Err(e) => {
-                eprintln!("cannot listen on tcp {addr}: {e}");
-                return ExitCode::FAILURE;
+                eprintln!("arbiter-proxy: cannot listen on tcp {addr}: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
             }
         }
         if args.udp {
@@ -132,8 +202,8 @@ fn run(args: &Args) -> ExitCode {
             match started {
                 Ok(r) => udp_relays.push(r),
                 Err(e) => {
-                    eprintln!("cannot listen on udp {addr}: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!("arbiter-proxy: cannot listen on udp {addr}: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
                 }
             }
         }
@@ -141,8 +211,8 @@ fn run(args: &Args) -> ExitCode {
     let log = match AuditLog::open(&args.audit_dir, args.audit_max_bytes, args.audit_keep) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cannot open the audit file in {}: {e}", args.audit_dir.display());
-            return ExitCode::FAILURE;
+            eprintln!("arbiter-proxy: cannot open the audit file in {}: {e}", args.audit_dir.display());
+            return ExitCode::from(EXIT_RUNTIME);
         }
     };
     let config = ServiceConfig {
@@ -156,15 +226,78 @@ fn run(args: &Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The proxy audit line for a TCP connection that was not relayed to its
+/// end (`None` when it completed). `relayed` says whether any byte went to
+/// the original destination: never for a refusal.
+#[cfg_attr(not(windows), allow(dead_code, reason = "the relays run on Windows only"))]
+fn tcp_event(r: &ConnReport) -> Option<Value> {
+    let relayed = match &r.outcome {
+        TcpOutcome::Completed => return None,
+        TcpOutcome::Aborted { .. } => true,
+        // Timed out after the upstream connect: relayed if a byte went up.
+        TcpOutcome::Idle => r.up > 0,
+        TcpOutcome::Refused(_)
+        | TcpOutcome::RecordsNotSet(_)
+        | TcpOutcome::UpstreamFailed(_)
+        | TcpOutcome::Overloaded
+        | TcpOutcome::ProcessLimit => false,
+    };
+    Some(json!({
+        "kind": "proxy", "protocol": "tcp", "outcome": r.outcome.name(), "relayed": relayed,
+        "client": r.client.map(|a| a.to_string()), "original": r.original.map(|a| a.to_string()), "pid": r.pid,
+        "up": r.up, "down": r.down, "detail": format!("{:?}", r.outcome), "unix_ms": unix_ms(),
+    }))
+}
+
+/// The proxy audit line for a UDP flow that was refused or could not be
+/// forwarded (`None` for flows that ended normally).
+#[cfg_attr(not(windows), allow(dead_code, reason = "the relays run on Windows only"))]
+fn udp_event(r: &FlowReport) -> Option<Value> {
+    let relayed = match &r.outcome {
+        FlowOutcome::Idle | FlowOutcome::Stopped | FlowOutcome::Evicted => return None,
+        FlowOutcome::UpstreamFailed(_) => r.up > 0,
+        FlowOutcome::Refused(_) | FlowOutcome::RecordsNotSet(_) => false,
+    };
+    Some(json!({
+        "kind": "proxy", "protocol": "udp", "outcome": r.outcome.name(), "relayed": relayed,
+        "client": r.client.to_string(), "original": r.original.map(|a| a.to_string()), "pid": r.pid,
+        "up": r.up, "down": r.down, "detail": format!("{:?}", r.outcome), "unix_ms": unix_ms(),
+    }))
+}
+
+#[cfg_attr(not(windows), allow(dead_code, reason = "the relays run on Windows only"))]
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Says why the control device could not be opened and what to do.
+#[cfg(windows)]
+fn no_device_message(e: &std::io::Error) -> String {
+    let hint = match e.raw_os_error() {
+        // ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND
+        Some(2 | 3) => "the arbiter driver is not installed or not started (see README, \"Windows\")",
+        // ERROR_ACCESS_DENIED
+        Some(5) => "run it from an elevated prompt or as the service account",
+        _ => "is the arbiter driver installed and started?",
+    };
+    format!(
+        "cannot open the driver's control device {}: {e}; {hint} (exit {EXIT_NO_DEVICE})",
+        arbiter::control::DEVICE_PATH
+    )
+}
+
 #[cfg(not(windows))]
 fn run(args: &Args) -> ExitCode {
     let listen: Vec<SocketAddr> = args.v4.map(SocketAddr::V4).into_iter().chain(args.v6.map(SocketAddr::V6)).collect();
     eprintln!(
-        "arbiter-proxy needs Windows (WFP redirect records and the arbiter driver); \
-         would listen on {listen:?} and audit to {} (the relay and service are tested on this platform with `cargo test -p arbiter-proxy`)",
+        "arbiter-proxy: no driver control device here: the proxy needs Windows (WFP redirect records and the \
+         arbiter driver); would listen on {listen:?} and audit to {} (the relay and service are tested on this \
+         platform with `cargo test -p arbiter-proxy`) (exit {EXIT_NO_DEVICE})",
         args.audit_dir.display()
     );
-    ExitCode::from(2)
+    ExitCode::from(EXIT_NO_DEVICE)
 }
 
 #[cfg(test)]
@@ -172,7 +305,53 @@ mod tests {
     use super::*;
 
     fn args(list: &[&str]) -> Result<Args, String> {
-        parse_args(list.iter().map(|s| (*s).to_string()))
+        match parse_args(list.iter().map(|s| (*s).to_string()))? {
+            Command::Run(a) => Ok(a),
+            Command::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn refusals_are_audited_as_never_relayed_and_completions_are_not() {
+        use arbiter_proxy::redirect::QueryError;
+        let client: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let tcp = |outcome| ConnReport {
+            client: Some(client),
+            original: None,
+            pid: None,
+            outbound: None,
+            up: 0,
+            down: 0,
+            outcome,
+        };
+        for (outcome, name) in [
+            (TcpOutcome::Refused(QueryError::MissingRecords), "missing-records"),
+            (TcpOutcome::Refused(QueryError::MissingContext), "missing-context"),
+            (TcpOutcome::RecordsNotSet(std::io::Error::from_raw_os_error(10045)), "records-not-set"),
+        ] {
+            let v = tcp_event(&tcp(outcome)).unwrap();
+            assert_eq!((v["kind"].as_str(), v["protocol"].as_str()), (Some("proxy"), Some("tcp")));
+            assert_eq!((v["outcome"].as_str(), &v["relayed"]), (Some(name), &json!(false)), "{v}");
+            assert_eq!(v["client"], "127.0.0.1:50000");
+        }
+        assert!(tcp_event(&tcp(TcpOutcome::Completed)).is_none());
+        let udp = |outcome| FlowReport { client, original: None, pid: None, outbound: None, up: 0, down: 0, outcome };
+        let v = udp_event(&udp(FlowOutcome::Refused(QueryError::MissingContext))).unwrap();
+        assert_eq!(
+            (v["protocol"].as_str(), v["outcome"].as_str(), &v["relayed"]),
+            (Some("udp"), Some("missing-context"), &json!(false))
+        );
+        assert!(udp_event(&udp(FlowOutcome::Idle)).is_none());
+    }
+
+    #[test]
+    fn help_wins_anywhere_and_documents_the_exit_codes() {
+        for list in [&["--help"][..], &["-h"], &["--v4", "nonsense", "--help"], &["--frobnicate", "-h"]] {
+            assert!(matches!(parse_args(list.iter().map(|s| (*s).to_string())), Ok(Command::Help)), "{list:?}");
+        }
+        for code in [EXIT_RUNTIME, EXIT_USAGE, EXIT_NO_DEVICE] {
+            assert!(HELP.contains(&format!("\n  {code}  ")), "exit code {code} is not in --help");
+        }
     }
 
     #[test]

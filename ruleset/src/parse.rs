@@ -14,12 +14,14 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diag::Sink;
 
+mod boot;
+
 /// The listeners used when `[proxy]` leaves them out (formats.md).
 pub(crate) const DEFAULT_V4: &str = "127.0.0.1:34010";
 /// See [`DEFAULT_V4`].
 pub(crate) const DEFAULT_V6: &str = "[::1]:34010";
 
-const ROOT_KEYS: &[&str] = &["version", "proxy", "coexistence", "rule"];
+const ROOT_KEYS: &[&str] = &["version", "proxy", "coexistence", "rule", "boot"];
 const PROXY_KEYS: &[&str] = &["v4", "v6"];
 const COEXISTENCE_KEYS: &[&str] = &["revisit", "trust", "known_proxies", "max_hops", "hop_window_ms", "on_loop"];
 const RULE_KEYS: &[&str] = &["name", "action", "protocol", "remote", "remote_ports", "app", "original_app", "package"];
@@ -620,6 +622,7 @@ impl<'s> Walker<'s> {
         };
         let mut parsed = Vec::new();
         let mut saw_version = false;
+        let mut saw_proxy = false;
         for (k, v) in t.iter() {
             match k.get_ref().as_ref() {
                 "version" => {
@@ -638,8 +641,12 @@ impl<'s> Walker<'s> {
                         }
                     }
                 }
-                "proxy" => rs.proxy = self.proxy(v),
+                "proxy" => {
+                    saw_proxy = true;
+                    rs.proxy = self.proxy(v);
+                }
                 "coexistence" => self.coexistence(v, &mut rs),
+                "boot" => rs.boot = self.boot(v),
                 "rule" => match v.get_ref() {
                     DeValue::Array(items) => {
                         for (i, item) in items.iter().enumerate() {
@@ -659,6 +666,23 @@ impl<'s> Walker<'s> {
             self.sink
                 .error("missing-version", 0..0, "the rules file has no `version`", "expected `version = 1` first")
                 .help("start the file with: version = 1");
+        }
+        if !saw_proxy && let Some(p) = parsed.iter().find(|p| p.rule.action == Action::Proxy) {
+            self.sink
+                .warning(
+                    "proxy-section-missing",
+                    p.anchor.clone(),
+                    format!(
+                        "rule {:?} proxies flows, but the file has no [proxy] section: the listeners default to \
+                         {DEFAULT_V4} and {DEFAULT_V6}",
+                        p.rule.name
+                    ),
+                    "proxies flows",
+                )
+                .help(
+                    "say where the proxy listens in a [proxy] section; where no proxy is registered for a flow's \
+                     address family, the flow is left alone (`proxy-unavailable`)",
+                );
         }
         (rs, parsed)
     }

@@ -30,6 +30,13 @@
 //! (u32 count; length u8, binary SID). A glob list is a u32 count, then per
 //! glob a u32 unit count and its case-folded UTF-16 units.
 //!
+//! An optional `[boot]` section follows the rules, present only when it
+//! differs from the default (so blobs and ids of rule sets without one are
+//! unchanged): tag `B` (0x42), mode u8 (0 open, 1 block), an entry count u8
+//! (at most [`crate::boot::MAX_ALLOW`]), then per entry protocol u8 and
+//! remote port u16, sorted and without duplicates. A blob spelling out the
+//! default section is refused, so the encoding stays canonical.
+//!
 //! [`decode`] never panics on any byte string, and never reserves more than
 //! the blob's own length justifies: every count is checked against the bytes
 //! left before anything is reserved.
@@ -41,6 +48,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use super::CompiledRules;
 use crate::arbiter::Arbiter;
+use crate::boot::{BootAllow, BootConfig, BootMode, MAX_ALLOW};
 use crate::flow::{Protocol, Sid, SidBuf};
 use crate::policy::{Action, Cidr, Glob, LoopPolicy, PermitOrBlock, PortRange, ProxyListeners, Rule, RuleSet};
 use crate::table::OutOfMemory;
@@ -52,6 +60,8 @@ pub const MAGIC: [u8; 4] = *b"ARBR";
 pub const VERSION: u16 = 1;
 /// Header length.
 pub const HEADER_LEN: usize = 16;
+/// Tag of the optional `[boot]` section after the rules.
+const BOOT_TAG: u8 = b'B';
 
 /// Why a blob was refused. Offsets count from the blob's first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +116,9 @@ pub enum BlobError {
     },
     /// Memory ran out while building the rule set or its tables.
     OutOfMemory,
+    /// The rule set decoded but the shared validator refuses it
+    /// ([`crate::validate::check_rule_set`], as `arbiter rules check` does).
+    Rejected(crate::validate::Finding),
 }
 
 impl fmt::Display for BlobError {
@@ -129,6 +142,7 @@ impl fmt::Display for BlobError {
             Self::Invalid { offset, what } => write!(f, "offset {offset}: {what}"),
             Self::TrailingBytes { offset } => write!(f, "offset {offset}: bytes left after the last rule"),
             Self::OutOfMemory => f.write_str("out of memory while building the rule set"),
+            Self::Rejected(finding) => write!(f, "rule set refused: {finding}"),
         }
     }
 }
@@ -268,6 +282,17 @@ pub fn encode(rs: &RuleSet) -> Result<Vec<u8>, OutOfMemory> {
             o.put(b)?;
         }
     }
+    if rs.boot != BootConfig::default() {
+        let mut boot = rs.boot.clone();
+        boot.canonicalize();
+        o.u8(BOOT_TAG)?;
+        o.u8(boot.mode as u8)?;
+        o.u8(u8::try_from(boot.allow.len()).map_err(|_| OutOfMemory)?)?;
+        for a in &boot.allow {
+            o.u8(a.protocol.0)?;
+            o.u16(a.port)?;
+        }
+    }
     let mut blob = o.0;
     let payload = blob.get(HEADER_LEN..).unwrap_or(&[]);
     let len = u32::try_from(payload.len()).map_err(|_| OutOfMemory)?;
@@ -363,6 +388,39 @@ impl<'a> Cursor<'a> {
         }
         Ok(globs)
     }
+    fn boot(&mut self) -> Res<BootConfig> {
+        let at = self.pos;
+        if self.u8("boot tag")? != BOOT_TAG {
+            return Err(BlobError::TrailingBytes { offset: at });
+        }
+        let at = self.pos;
+        let mode = BootMode::from_u8(self.u8("boot mode")?).ok_or(invalid(at, "boot mode is neither 0 nor 1"))?;
+        let at = self.pos;
+        let n = usize::from(self.u8("boot allow count")?);
+        if n > MAX_ALLOW {
+            return Err(invalid(at, "boot allow-list longer than 16 entries"));
+        }
+        let mut allow: Vec<BootAllow> = self.vec(n)?;
+        for _ in 0..n {
+            let at = self.pos;
+            let protocol = Protocol(self.u8("boot allow protocol")?);
+            if protocol != Protocol::TCP && protocol != Protocol::UDP {
+                return Err(invalid(at, "boot allow protocol is neither TCP nor UDP"));
+            }
+            let port = self.u16("boot allow port")?;
+            let entry = BootAllow { protocol, port };
+            if allow.last().is_some_and(|last| *last >= entry) {
+                return Err(invalid(at, "boot allow-list not sorted or has duplicates"));
+            }
+            allow.push(entry);
+        }
+        let boot = BootConfig { mode, allow };
+        if boot == BootConfig::default() {
+            return Err(invalid(at, "boot section spells out the default (not canonical)"));
+        }
+        Ok(boot)
+    }
+
     fn permit_or_block(&mut self, field: &'static str) -> Res<PermitOrBlock> {
         let at = self.pos;
         PermitOrBlock::from_u8(self.u8(field)?).ok_or(invalid(at, "not permit (1) or block (2)"))
@@ -485,17 +543,22 @@ pub fn decode_rule_set(blob: &[u8]) -> Result<RuleSet, BlobError> {
     for _ in 0..n {
         rules.push(c.rule()?);
     }
+    let boot = if c.remaining() != 0 { c.boot()? } else { BootConfig::default() };
     if c.remaining() != 0 {
         return Err(BlobError::TrailingBytes { offset: c.pos });
     }
-    Ok(RuleSet {
+    let rs = RuleSet {
         proxy: ProxyListeners { v4, v6 },
         loop_policy: LoopPolicy { revisit, on_loop, max_hops, hop_window },
         trust,
         known_proxies,
         rules,
+        boot,
         id: crc,
-    })
+    };
+    // The same checks as the rules checker: a blob cannot carry what a rules file may not.
+    crate::validate::check_rule_set(&rs).map_err(BlobError::Rejected)?;
+    Ok(rs)
 }
 
 /// Decodes a blob and compiles it with [`super::DEFAULT_SEED`].
@@ -519,28 +582,4 @@ pub fn swap_blob(
 ) -> Result<CompiledRules, BlobError> {
     let new = decode_seeded(blob, seed)?;
     Ok(arbiter.replace_policy(new))
-}
-
-/// Fuzz entry point: decoding any bytes must not panic, and an accepted blob
-/// must re-encode to the same bytes and answer a match.
-#[cfg(any(test, feature = "fuzzing"))]
-pub fn fuzz_decode(data: &[u8]) {
-    use crate::policy::Policy;
-    let Ok(rs) = decode_rule_set(data) else { return };
-    let again = encode(&rs);
-    assert!(again.as_deref() == Ok(data), "an accepted blob must re-encode to itself");
-    if let Ok(compiled) = CompiledRules::compile(&rs) {
-        let app: [u8; 4] = [b'a', 0, b'b', 0];
-        let flow = crate::flow::Flow {
-            protocol: Protocol::TCP,
-            local: core::net::SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 50000)),
-            remote: core::net::SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 443)),
-            endpoint: 1,
-            pid: 1,
-            app: crate::flow::AppId::from_utf16le(&app),
-            original_app: crate::flow::AppId::from_utf16le(&app),
-            package: None,
-        };
-        assert_eq!(compiled.first_match(&flow), rs.first_match(&flow), "compiled and naive disagree");
-    }
 }

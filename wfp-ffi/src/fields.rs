@@ -217,6 +217,44 @@ field_enum! {
     }
 }
 
+field_enum! {
+    /// `FWPS_FIELDS_ALE_BIND_REDIRECT_V4`
+    /// (learn.microsoft.com/windows-hardware/drivers/ddi/fwpsk/ne-fwpsk-fwps_fields_ale_bind_redirect_v4_):
+    /// no remote address or port, the socket is not connected yet.
+    ALE_BIND_REDIRECT_V4 {
+        ALE_APP_ID = 0,
+        ALE_USER_ID = 1,
+        IP_LOCAL_ADDRESS = 2,
+        IP_LOCAL_ADDRESS_TYPE = 3,
+        IP_LOCAL_PORT = 4,
+        IP_PROTOCOL = 5,
+        FLAGS = 6,
+        ALE_PACKAGE_ID = 7,
+        ALE_SECURITY_ATTRIBUTE_FQBN_VALUE = 8,
+        COMPARTMENT_ID = 9,
+        @max 10
+    }
+}
+
+field_enum! {
+    /// `FWPS_FIELDS_ALE_BIND_REDIRECT_V6`
+    /// (learn.microsoft.com/windows-hardware/drivers/ddi/fwpsk/ne-fwpsk-fwps_fields_ale_bind_redirect_v6_):
+    /// no remote address or port, the socket is not connected yet.
+    ALE_BIND_REDIRECT_V6 {
+        ALE_APP_ID = 0,
+        ALE_USER_ID = 1,
+        IP_LOCAL_ADDRESS = 2,
+        IP_LOCAL_ADDRESS_TYPE = 3,
+        IP_LOCAL_PORT = 4,
+        IP_PROTOCOL = 5,
+        FLAGS = 6,
+        ALE_PACKAGE_ID = 7,
+        ALE_SECURITY_ATTRIBUTE_FQBN_VALUE = 8,
+        COMPARTMENT_ID = 9,
+        @max 10
+    }
+}
+
 // The traps anchors.md names, pinned.
 const _: () = {
     assert!(ALE_CONNECT_REDIRECT_V4::IP_REMOTE_PORT == 8);

@@ -1,8 +1,10 @@
 //! The imported kernel functions (Windows targets only).
 //!
 //! Linked with `raw-dylib`, so no import library from the WDK is needed:
-//! the linker synthesises the import table entries for `fwpkclnt.sys` and
-//! `ntoskrnl.exe` itself. `+verbatim` keeps the `.sys`/`.exe` names as
+//! the linker synthesises the import table entries for `fwpkclnt.sys`
+//! itself. Kernel routines of `ntoskrnl.exe` come from wdk-sys in the driver,
+//! never from here, so that no routine has two declarations (and the image
+//! no import twice). `+verbatim` keeps the `.sys`/`.exe` names as
 //! written. Signatures are the fwpsk.h/fwpmk.h/wdm.h ones from the
 //! corresponding learn.microsoft.com/windows-hardware/drivers/ddi pages.
 //!
@@ -112,16 +114,40 @@ unsafe extern "system" {
     pub fn FwpmBfeStateUnsubscribeChanges0(changeHandle: HANDLE) -> NTSTATUS;
 }
 
-#[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
+#[link(name = "ksecdd.sys", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
-    /// `ExAllocatePool2` (Windows 10 2004+).
-    pub fn ExAllocatePool2(flags: u64, numberOfBytes: usize, tag: u32) -> *mut c_void;
-    /// `ExFreePoolWithTag`.
-    pub fn ExFreePoolWithTag(p: *mut c_void, tag: u32);
-    /// `KeQueryInterruptTime` is a macro over `KUSER_SHARED_DATA`; the
-    /// exported function form is `KeQueryInterruptTimePrecise`.
-    pub fn KeQueryInterruptTimePrecise(qpcTimeStamp: *mut u64) -> u64;
+    /// `BCryptGenRandom` (bcrypt.h). Kernel-mode callers link ksecdd (the
+    /// routine is exported by `ksecdd.sys`) and call it at PASSIVE_LEVEL;
+    /// with [`BCRYPT_USE_SYSTEM_PREFERRED_RNG`], `hAlgorithm` is null.
+    pub fn BCryptGenRandom(hAlgorithm: *mut c_void, pbBuffer: *mut u8, cbBuffer: u32, dwFlags: u32) -> NTSTATUS;
 }
 
-/// `POOL_FLAG_NON_PAGED` for ExAllocatePool2.
-pub const POOL_FLAG_NON_PAGED: u64 = 0x0000_0000_0000_0040;
+/// `BCRYPT_USE_SYSTEM_PREFERRED_RNG`: the system's preferred random number
+/// generator, no algorithm handle.
+pub const BCRYPT_USE_SYSTEM_PREFERRED_RNG: u32 = 0x0000_0002;
+
+// `wdmsec.lib` is a static library of the WDK (no DLL): its routine is linked
+// into the driver image, and what it calls comes from ntoskrnl.exe.
+#[link(name = "wdmsec", kind = "static", modifiers = "-bundle")]
+unsafe extern "system" {
+    /// `WdmlibIoCreateDeviceSecure` (wdmsec.h): `IoCreateDevice` with a
+    /// default security descriptor from an SDDL string and a device class
+    /// GUID (under which an administrator may override the descriptor).
+    /// Pointers are the wdm.h types (`PDRIVER_OBJECT`, `PUNICODE_STRING`,
+    /// `PCUNICODE_STRING`, `PDEVICE_OBJECT *`), declared opaque here.
+    pub fn WdmlibIoCreateDeviceSecure(
+        DriverObject: *mut c_void,
+        DeviceExtensionSize: u32,
+        DeviceName: *mut c_void,
+        DeviceType: u32,
+        DeviceCharacteristics: u32,
+        Exclusive: u8,
+        DefaultSDDLString: *const c_void,
+        DeviceClassGuid: *const GUID,
+        DeviceObject: *mut *mut c_void,
+    ) -> NTSTATUS;
+}
+
+/// `SDDL_DEVOBJ_SYS_ALL_ADM_ALL` (wdmsec.h): protected DACL, all access for
+/// SYSTEM and the Administrators group, nothing for anyone else.
+pub const SDDL_DEVOBJ_SYS_ALL_ADM_ALL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;BA)";

@@ -21,3 +21,9 @@ pub const FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4: GUID =
 /// `FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6` {bb536ccd-4755-4ba9-9ff7-f9edf8699c7b}.
 pub const FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V6: GUID =
     GUID::new(0xbb53_6ccd, 0x4755, 0x4ba9, [0x9f, 0xf7, 0xf9, 0xed, 0xf8, 0x69, 0x9c, 0x7b]);
+/// `FWPM_LAYER_ALE_BIND_REDIRECT_V4` {66978cad-c704-42ac-86ac-7c1a231bd253}.
+pub const FWPM_LAYER_ALE_BIND_REDIRECT_V4: GUID =
+    GUID::new(0x6697_8cad, 0xc704, 0x42ac, [0x86, 0xac, 0x7c, 0x1a, 0x23, 0x1b, 0xd2, 0x53]);
+/// `FWPM_LAYER_ALE_BIND_REDIRECT_V6` {bef02c9c-606b-4536-8c26-1c2fc7b631d4}.
+pub const FWPM_LAYER_ALE_BIND_REDIRECT_V6: GUID =
+    GUID::new(0xbef0_2c9c, 0x606b, 0x4536, [0x8c, 0x26, 0x1c, 0x2f, 0xc7, 0xb6, 0x31, 0xd4]);

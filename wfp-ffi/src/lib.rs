@@ -29,14 +29,18 @@
     reason = "declarations keep the C header names so they can be checked against Microsoft's pages"
 )]
 
+pub mod bind;
 pub mod fields;
 pub mod fwpm;
 pub mod fwps;
 #[cfg(windows)]
 pub mod imports;
 pub mod layers;
+pub mod persist;
 pub mod types;
 
+pub use bind::*;
 pub use fwpm::*;
 pub use fwps::*;
+pub use persist::*;
 pub use types::*;

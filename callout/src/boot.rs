@@ -1,0 +1,323 @@
+//! Boot-time protection (`[boot] mode = "block"`): the filters the service
+//! or installer adds, and the driver's guard that lifts and restores them.
+//!
+//! Sources (learn.microsoft.com):
+//! - FWPM_FILTER0: `FWPM_FILTER_FLAG_BOOTTIME` filters are "enforced at
+//!   boot-time, even before BFE starts"; `FWPM_FILTER_FLAG_PERSISTENT` ones
+//!   are kept by BFE; the two "cannot be combined". So every rule is added
+//!   twice: once boot-time (tcpip.sys start until BFE starts), once
+//!   persistent (from BFE start on).
+//! - "WFP Operation": a boot-time filter is disabled when BFE starts.
+//! - FwpmProviderAdd0 remarks: at start BFE loads persistent objects of a
+//!   provider only if it names no service or an auto-start one. Our provider
+//!   names no service ([`PROVIDER_FLAGS`] persistent, no `serviceName`).
+//! - FwpsCalloutRegister0 remarks: TERMINATING/UNKNOWN filters of an
+//!   unregistered callout act as BLOCK, INSPECTION ones are ignored; these
+//!   filters are therefore plain BLOCK/PERMIT filters, needing no driver.
+//! - Filter Arbitration: within a sublayer the highest-weight matching filter
+//!   that permits or blocks decides; across sublayers a block overrides a
+//!   soft permit. The set lives in its own sublayer of weight
+//!   [`SUBLAYER_WEIGHT`] (the maximum, as Mullvad's persistent lockdown
+//!   sublayer, `mullvad/mullvadvpn-app` @9380a807,
+//!   `talpid-core/src/firewall/windows/objects/persistent.rs:167-175`).
+//!
+//! The set, per family at ALE_AUTH_CONNECT: a block-all filter (weight 0), a
+//! loopback permit and one permit per allow-list entry (weight 10). Once our
+//! filters are in place and our proxy has registered, the driver adds one
+//! more filter to the same sublayer, a permit-all at weight 15 in its dynamic
+//! session ([`OVERRIDE_WEIGHT`]): the boot set then decides nothing and our
+//! callouts and everyone else's do. If the proxy goes away the driver
+//! deletes that filter (the block set applies again) and audits it; when the
+//! driver unloads, its dynamic session ends and the filter goes with it.
+//! The boot-time and persistent filters themselves are never removed by the
+//! driver: they must be there at the next boot. Uninstalling removes them
+//! (every object of [`PROVIDER_KEY`]).
+
+use arbiter::Protocol;
+use arbiter::audit::{GuardChange, GuardRecord};
+use arbiter::boot::{BootConfig, BootMode};
+use wfp_ffi::{
+    FWP_ACTION_BLOCK, FWP_ACTION_PERMIT, FWP_ACTION_TYPE, FWPM_FILTER_FLAG_BOOTTIME, FWPM_FILTER_FLAG_PERSISTENT,
+    FWPM_PROVIDER_FLAG_PERSISTENT, FWPM_SUBLAYER_FLAG_PERSISTENT, GUID,
+};
+
+use crate::filters::FilterLayer;
+
+/// Our boot provider {a7b1c0de-5b0f-4e2a-9c61-20261201b007}.
+pub const PROVIDER_KEY: GUID = GUID::new(0xa7b1_c0de, 0x5b0f, 0x4e2a, [0x9c, 0x61, 0x20, 0x26, 0x12, 0x01, 0xb0, 0x07]);
+/// `FWPM_PROVIDER0.flags`: persistent, and no service name (see module docs).
+pub const PROVIDER_FLAGS: u32 = FWPM_PROVIDER_FLAG_PERSISTENT;
+/// Our boot sublayer {a7b1c0de-5b0f-4e2a-9c61-20261201b008}.
+pub const SUBLAYER_KEY: GUID = GUID::new(0xa7b1_c0de, 0x5b0f, 0x4e2a, [0x9c, 0x61, 0x20, 0x26, 0x12, 0x01, 0xb0, 0x08]);
+/// `FWPM_SUBLAYER0.flags`.
+pub const SUBLAYER_FLAGS: u32 = FWPM_SUBLAYER_FLAG_PERSISTENT;
+/// `FWPM_SUBLAYER0.weight`: the maximum.
+pub const SUBLAYER_WEIGHT: u16 = 0xFFFF;
+/// Weight of the block-all filters (`FWP_UINT8` range index).
+pub const BLOCK_WEIGHT: u8 = 0;
+/// Weight of the loopback and allow-list permits.
+pub const ALLOW_WEIGHT: u8 = 10;
+/// Weight of the driver's permit-all override.
+pub const OVERRIDE_WEIGHT: u8 = 15;
+
+/// A condition of a boot filter (all of a filter's conditions must match).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootCondition {
+    /// `FWPM_CONDITION_FLAGS` with `FWP_MATCH_FLAGS_ALL_SET`
+    /// `FWP_CONDITION_FLAG_IS_LOOPBACK`.
+    Loopback,
+    /// `FWPM_CONDITION_IP_PROTOCOL` `FWP_MATCH_EQUAL` (`FWP_UINT8`).
+    Protocol(Protocol),
+    /// `FWPM_CONDITION_IP_REMOTE_PORT` `FWP_MATCH_EQUAL` (`FWP_UINT16`).
+    RemotePort(u16),
+}
+
+/// One filter of the boot set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootFilter {
+    /// `FWPM_FILTER0.filterKey`: stable, so the set can be deleted by key.
+    pub key: GUID,
+    /// ALE_AUTH_CONNECT_V4 or _V6.
+    pub layer: FilterLayer,
+    /// `FWP_ACTION_BLOCK` or `FWP_ACTION_PERMIT`.
+    pub action: FWP_ACTION_TYPE,
+    /// `FWPM_FILTER_FLAG_BOOTTIME` or `FWPM_FILTER_FLAG_PERSISTENT` (0 for the override).
+    pub flags: u32,
+    /// `FWP_UINT8` weight (range index).
+    pub weight: u8,
+    /// Conditions (the first `conditions_len`).
+    pub conditions: [Option<BootCondition>; 2],
+}
+
+impl BootFilter {
+    /// Does an outbound flow match every condition?
+    pub fn matches(&self, protocol: Protocol, remote_port: u16, loopback: bool) -> bool {
+        self.conditions.iter().flatten().all(|c| match *c {
+            BootCondition::Loopback => loopback,
+            BootCondition::Protocol(p) => p == protocol,
+            BootCondition::RemotePort(port) => port == remote_port,
+        })
+    }
+}
+
+/// A filter key: the provider's GUID with the filter's index in its last bytes.
+const fn key(index: u16) -> GUID {
+    let [hi, lo] = index.to_be_bytes();
+    GUID::new(0xa7b1_c0de, 0x5b0f, 0x4e2a, [0x9c, 0x61, 0x20, 0x26, 0xb0, 0x07, hi, lo])
+}
+
+/// The most filters [`boot_filters`] yields: per flag and family, block-all,
+/// loopback and [`arbiter::boot::MAX_ALLOW`] allow entries.
+pub const MAX_BOOT_FILTERS: usize = 2 * 2 * (2 + arbiter::boot::MAX_ALLOW);
+
+/// The filters the service or installer adds for `config`, boot-time ones
+/// first: none in open mode. At most [`MAX_BOOT_FILTERS`]; allow entries
+/// past [`arbiter::boot::MAX_ALLOW`] (which the rules front end refuses) are
+/// not added.
+pub fn boot_filters(config: &BootConfig) -> impl Iterator<Item = BootFilter> + '_ {
+    let on = config.mode == BootMode::Block;
+    let allow = config.allow.get(..config.allow.len().min(arbiter::boot::MAX_ALLOW)).unwrap_or(&[]);
+    let per_set = allow.len().saturating_add(2);
+    [FWPM_FILTER_FLAG_BOOTTIME, FWPM_FILTER_FLAG_PERSISTENT].into_iter().filter(move |_| on).enumerate().flat_map(
+        move |(f, flags)| {
+            [FilterLayer::AuthConnectV4, FilterLayer::AuthConnectV6].into_iter().enumerate().flat_map(
+                move |(l, layer)| {
+                    (0..per_set).map(move |i| {
+                        let index = f.saturating_mul(2).saturating_add(l).saturating_mul(per_set).saturating_add(i);
+                        let (action, weight, conditions) = match i {
+                            0 => (FWP_ACTION_BLOCK, BLOCK_WEIGHT, [None, None]),
+                            1 => (FWP_ACTION_PERMIT, ALLOW_WEIGHT, [Some(BootCondition::Loopback), None]),
+                            n => {
+                                let a =
+                                    allow.get(n.saturating_sub(2)).copied().unwrap_or(arbiter::boot::BootAllow::udp(0));
+                                (
+                                    FWP_ACTION_PERMIT,
+                                    ALLOW_WEIGHT,
+                                    [
+                                        Some(BootCondition::Protocol(a.protocol)),
+                                        Some(BootCondition::RemotePort(a.port)),
+                                    ],
+                                )
+                            }
+                        };
+                        BootFilter {
+                            key: key(u16::try_from(index).unwrap_or(u16::MAX)),
+                            layer,
+                            action,
+                            flags,
+                            weight,
+                            conditions,
+                        }
+                    })
+                },
+            )
+        },
+    )
+}
+
+/// The driver's override for a family: permit-all at [`OVERRIDE_WEIGHT`],
+/// in the driver's dynamic session (no flags).
+pub const fn override_filter(layer: FilterLayer) -> BootFilter {
+    let index = if layer.is_v6() { 0xFFF1 } else { 0xFFF0 };
+    BootFilter {
+        key: key(index),
+        layer,
+        action: FWP_ACTION_PERMIT,
+        flags: 0,
+        weight: OVERRIDE_WEIGHT,
+        conditions: [None, None],
+    }
+}
+
+/// What the boot sublayer decides for an outbound flow, given the filters
+/// in force: the highest-weight matching filter (Filter Arbitration);
+/// `None` when nothing matches.
+pub fn decide<'a>(
+    filters: impl IntoIterator<Item = &'a BootFilter>,
+    protocol: Protocol,
+    remote_port: u16,
+    loopback: bool,
+) -> Option<FWP_ACTION_TYPE> {
+    filters
+        .into_iter()
+        .filter(|f| f.matches(protocol, remote_port, loopback))
+        .max_by_key(|f| f.weight)
+        .map(|f| f.action)
+}
+
+/// What the driver must do to the boot sublayer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardAction {
+    /// Add the override filters (both families).
+    AddOverride,
+    /// Delete the override filters.
+    DeleteOverride,
+    /// Nothing to change.
+    Nothing,
+}
+
+/// The driver's boot guard: whether the override is in place, and the
+/// audit record of each change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootGuard {
+    mode: BootMode,
+    lifted: bool,
+}
+
+impl BootGuard {
+    /// A guard for `mode`, not lifted (the driver has just loaded).
+    pub const fn new(mode: BootMode) -> Self {
+        Self { mode, lifted: false }
+    }
+
+    /// Is the override in place?
+    pub const fn lifted(&self) -> bool {
+        self.lifted
+    }
+
+    /// The configured mode.
+    pub const fn mode(&self) -> BootMode {
+        self.mode
+    }
+
+    /// Our filters are in place and the proxy `pid` registered.
+    pub const fn ready(&mut self, pid: u64) -> (GuardAction, Option<GuardRecord>) {
+        if self.lifted {
+            return (GuardAction::Nothing, None);
+        }
+        self.lifted = true;
+        let action = if matches!(self.mode, BootMode::Block) { GuardAction::AddOverride } else { GuardAction::Nothing };
+        (action, Some(GuardRecord { mode: self.mode, change: GuardChange::Ready, proxy_pid: pid }))
+    }
+
+    /// The proxy `pid` died or unregistered: back to the configured mode.
+    pub const fn proxy_lost(&mut self, pid: u64) -> (GuardAction, Option<GuardRecord>) {
+        if !self.lifted {
+            return (GuardAction::Nothing, None);
+        }
+        self.lifted = false;
+        let action =
+            if matches!(self.mode, BootMode::Block) { GuardAction::DeleteOverride } else { GuardAction::Nothing };
+        (action, Some(GuardRecord { mode: self.mode, change: GuardChange::ProxyLost, proxy_pid: pid }))
+    }
+
+    /// The driver unloads (its dynamic session, and the override, end).
+    pub const fn unloading(&mut self) -> Option<GuardRecord> {
+        let was = self.lifted;
+        self.lifted = false;
+        if was { Some(GuardRecord { mode: self.mode, change: GuardChange::Unloading, proxy_pid: 0 }) } else { None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use arbiter::boot::BootAllow;
+
+    use super::*;
+
+    fn block() -> BootConfig {
+        BootConfig { mode: BootMode::Block, ..BootConfig::default() }
+    }
+
+    #[test]
+    fn open_mode_adds_nothing() {
+        assert_eq!(boot_filters(&BootConfig::default()).count(), 0);
+    }
+
+    #[test]
+    fn block_mode_adds_boottime_and_persistent_twins() {
+        let all: Vec<_> = boot_filters(&block()).collect();
+        assert_eq!(all.len(), 2 * 2 * (2 + 4));
+        let boot: Vec<_> = all.iter().filter(|f| f.flags == FWPM_FILTER_FLAG_BOOTTIME).collect();
+        let pers: Vec<_> = all.iter().filter(|f| f.flags == FWPM_FILTER_FLAG_PERSISTENT).collect();
+        assert_eq!(boot.len(), pers.len());
+        for (b, p) in boot.iter().zip(&pers) {
+            assert_eq!((b.layer, b.action, b.weight, b.conditions), (p.layer, p.action, p.weight, p.conditions));
+        }
+        // Never both flags on one filter (FWPM_FILTER0).
+        assert!(
+            all.iter().all(|f| f.flags & FWPM_FILTER_FLAG_BOOTTIME == 0 || f.flags & FWPM_FILTER_FLAG_PERSISTENT == 0)
+        );
+        // Keys are unique.
+        let mut keys: Vec<_> = all.iter().map(|f| f.key).collect();
+        keys.sort_by_key(|k| (k.Data4, k.Data1));
+        keys.dedup();
+        assert_eq!(keys.len(), all.len());
+        assert!(all.len() <= MAX_BOOT_FILTERS);
+    }
+
+    #[test]
+    fn the_set_blocks_all_but_loopback_and_the_allow_list() {
+        let cfg = BootConfig { mode: BootMode::Block, allow: alloc::vec![BootAllow::udp(53), BootAllow::tcp(853)] };
+        let set: Vec<_> =
+            boot_filters(&cfg).filter(|f| f.flags == FWPM_FILTER_FLAG_PERSISTENT && !f.layer.is_v6()).collect();
+        assert_eq!(decide(&set, Protocol::TCP, 443, false), Some(FWP_ACTION_BLOCK));
+        assert_eq!(decide(&set, Protocol::TCP, 443, true), Some(FWP_ACTION_PERMIT));
+        assert_eq!(decide(&set, Protocol::UDP, 53, false), Some(FWP_ACTION_PERMIT));
+        assert_eq!(decide(&set, Protocol::TCP, 53, false), Some(FWP_ACTION_BLOCK));
+        assert_eq!(decide(&set, Protocol::TCP, 853, false), Some(FWP_ACTION_PERMIT));
+        let mut with = set.clone();
+        with.push(override_filter(FilterLayer::AuthConnectV4));
+        assert_eq!(decide(&with, Protocol::TCP, 443, false), Some(FWP_ACTION_PERMIT));
+    }
+
+    #[test]
+    fn the_guard_lifts_restores_and_audits() {
+        let mut g = BootGuard::new(BootMode::Block);
+        assert_eq!(g.proxy_lost(7), (GuardAction::Nothing, None));
+        let (a, r) = g.ready(7);
+        assert_eq!(a, GuardAction::AddOverride);
+        assert_eq!(r.map(|r| r.change), Some(GuardChange::Ready));
+        assert_eq!(g.ready(7).0, GuardAction::Nothing, "idempotent");
+        let (a, r) = g.proxy_lost(7);
+        assert_eq!(a, GuardAction::DeleteOverride);
+        assert_eq!(r, Some(GuardRecord { mode: BootMode::Block, change: GuardChange::ProxyLost, proxy_pid: 7 }));
+        assert_eq!(g.ready(8).0, GuardAction::AddOverride);
+        assert_eq!(g.unloading().map(|r| r.change), Some(GuardChange::Unloading));
+        let mut open = BootGuard::new(BootMode::Open);
+        assert_eq!(open.ready(1).0, GuardAction::Nothing);
+        assert_eq!(open.proxy_lost(1).1.map(|r| r.change), Some(GuardChange::ProxyLost), "audited in open mode too");
+    }
+}

@@ -1,0 +1,341 @@
+//! The driver's lifecycle, sans-IO: what DriverEntry, the BFE state callback
+//! and unload do, and in which order, behind the small [`Kernel`] trait. The
+//! driver implements the trait over the real routines; the tests here over a
+//! fake that records every call with the IRQL it was made at.
+//!
+//! What it guarantees (each one a review finding of issue 10, with its test):
+//!
+//! - The sublayer weight is read from the registry at PASSIVE_LEVEL, before
+//!   any lock is taken (`IoOpenDriverRegistryKey` and `ZwQueryValueKey` are
+//!   PASSIVE_LEVEL-only routines): [`Lifecycle::start`].
+//! - Filters are added once, whether DriverEntry (BFE already running) or the
+//!   BFE callback gets there first, even when the callback fires while
+//!   DriverEntry is adding; an engine handle is never overwritten without
+//!   being closed: [`Lifecycle::bfe_running`].
+//! - Unload removes the filters (closes the dynamic session) before it
+//!   completes held classifications, so none can be held after the last one
+//!   is completed; and `FwpsCalloutUnregisterById0`'s result is returned, not
+//!   ignored (`STATUS_DEVICE_BUSY` while classifications are in progress):
+//!   [`Lifecycle::stop`].
+
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+/// An NTSTATUS.
+pub type Status = i32;
+
+/// `STATUS_DEVICE_BUSY`: `FwpsCalloutUnregisterById0` while a classifyFn of
+/// the callout is running or a flow context is attached.
+pub const STATUS_DEVICE_BUSY: Status = 0x8000_0011_u32 as i32;
+
+/// PASSIVE_LEVEL.
+pub const PASSIVE_LEVEL: u8 = 0;
+
+pub use crate::filters::DEFAULT_SUBLAYER_WEIGHT;
+
+/// What the lifecycle needs from the kernel. An engine handle is a non-zero
+/// `usize` (the driver's `HANDLE` as an address).
+pub trait Kernel {
+    /// The current IRQL (the driver: `KeGetCurrentIrql`).
+    fn irql(&self) -> u8;
+    /// `Parameters\SublayerWeight`, if set and valid (PASSIVE_LEVEL only).
+    fn read_sublayer_weight(&mut self) -> Option<u16>;
+    /// `FwpmEngineOpen0` with a dynamic session (PASSIVE_LEVEL only).
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn open_engine(&mut self) -> Result<usize, Status>;
+    /// The FWPM transaction: provider, sublayer of `weight`, callouts and
+    /// filters; returns the connect-redirect filter ids (V4, V6).
+    ///
+    /// # Errors
+    ///
+    /// The first failing routine's status (the transaction is aborted).
+    fn add_filters(&mut self, engine: usize, weight: u16) -> Result<[u64; 2], Status>;
+    /// `FwpmEngineClose0`: the dynamic session's filters go with it.
+    fn close_engine(&mut self, engine: usize);
+    /// `FwpmBfeStateUnsubscribeChanges0`.
+    fn unsubscribe_bfe(&mut self);
+    /// Completes every held classification with the fallback verdict.
+    fn complete_held(&mut self);
+    /// `FwpsCalloutUnregisterById0` for each registered callout.
+    ///
+    /// # Errors
+    ///
+    /// The first failure, e.g. [`STATUS_DEVICE_BUSY`].
+    fn unregister_callouts(&mut self) -> Result<(), Status>;
+}
+
+/// No filters, no engine.
+const IDLE: u8 = 0;
+/// One caller is opening the engine and adding the filters.
+const ADDING: u8 = 1;
+/// The filters are in the engine, which is open.
+const ADDED: u8 = 2;
+/// One caller is closing the engine.
+const CLOSING: u8 = 3;
+
+/// The driver's lifecycle state. Its methods take `&self`: DriverEntry and
+/// the BFE callback may run at once, and an atomic claim decides which one
+/// acts.
+#[derive(Debug)]
+pub struct Lifecycle {
+    weight: u16,
+    filters: AtomicU8,
+    engine: AtomicUsize,
+}
+
+/// What unload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// `FwpsCalloutUnregisterById0`'s result.
+    pub unregister: Result<(), Status>,
+}
+
+impl Lifecycle {
+    /// DriverEntry's first step: the sublayer weight, read at PASSIVE_LEVEL
+    /// before any lock exists.
+    pub fn start<K: Kernel>(kernel: &mut K) -> Self {
+        let weight = if kernel.irql() == PASSIVE_LEVEL { kernel.read_sublayer_weight() } else { None };
+        Self {
+            weight: weight.unwrap_or(DEFAULT_SUBLAYER_WEIGHT),
+            filters: AtomicU8::new(IDLE),
+            engine: AtomicUsize::new(0),
+        }
+    }
+
+    /// The sublayer weight in use.
+    pub const fn weight(&self) -> u16 {
+        self.weight
+    }
+
+    /// BFE is running (DriverEntry found it running, or the callback says
+    /// so): opens the engine and adds the filters, unless another caller has
+    /// already done it or is doing it (then `Ok(None)`).
+    ///
+    /// # Errors
+    ///
+    /// The status of the failing routine; nothing stays open.
+    pub fn bfe_running<K: Kernel>(&self, kernel: &mut K) -> Result<Option<[u64; 2]>, Status> {
+        if self.filters.compare_exchange(IDLE, ADDING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Ok(None);
+        }
+        let engine = match kernel.open_engine() {
+            Ok(engine) => engine,
+            Err(status) => {
+                self.filters.store(IDLE, Ordering::Release);
+                return Err(status);
+            }
+        };
+        match kernel.add_filters(engine, self.weight) {
+            Ok(ids) => {
+                self.engine.store(engine, Ordering::Release);
+                self.filters.store(ADDED, Ordering::Release);
+                Ok(Some(ids))
+            }
+            Err(status) => {
+                kernel.close_engine(engine);
+                self.filters.store(IDLE, Ordering::Release);
+                Err(status)
+            }
+        }
+    }
+
+    /// BFE is stopping: close the engine (its dynamic session's filters go
+    /// with it). Nothing to do when no filters were added.
+    pub fn bfe_stopping<K: Kernel>(&self, kernel: &mut K) {
+        if self.filters.compare_exchange(ADDED, CLOSING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return;
+        }
+        let engine = self.engine.swap(0, Ordering::AcqRel);
+        if engine != 0 {
+            kernel.close_engine(engine);
+        }
+        self.filters.store(IDLE, Ordering::Release);
+    }
+
+    /// Whether our filters are in the engine.
+    pub fn filters_added(&self) -> bool {
+        self.filters.load(Ordering::Acquire) == ADDED
+    }
+
+    /// Unload: no more BFE callbacks, filters removed (so no new
+    /// classification reaches us), then the held classifications completed,
+    /// then the callouts unregistered, whose result is returned.
+    pub fn stop<K: Kernel>(&self, kernel: &mut K) -> Stopped {
+        kernel.unsubscribe_bfe();
+        self.bfe_stopping(kernel);
+        kernel.complete_held();
+        Stopped { unregister: kernel.unregister_callouts() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    /// What the fake saw, in order, with the IRQL of each call.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Call {
+        ReadWeight(u8),
+        Open(usize),
+        Add(usize, u16),
+        Close(usize),
+        Unsubscribe,
+        CompleteHeld,
+        Unregister,
+    }
+
+    struct Fake {
+        irql: u8,
+        weight: Option<u16>,
+        calls: Vec<Call>,
+        next_engine: usize,
+        add_fails: Option<Status>,
+        unregister: Result<(), Status>,
+        /// The BFE callback arriving while `add_filters` runs.
+        reenter: Option<*const Lifecycle>,
+        reentered: Option<Result<Option<[u64; 2]>, Status>>,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            Self {
+                irql: PASSIVE_LEVEL,
+                weight: Some(0x4000),
+                calls: Vec::new(),
+                next_engine: 0x100,
+                add_fails: None,
+                unregister: Ok(()),
+                reenter: None,
+                reentered: None,
+            }
+        }
+
+        fn open_engines(&self) -> Vec<usize> {
+            let mut open = Vec::new();
+            for call in &self.calls {
+                match *call {
+                    Call::Open(e) => open.push(e),
+                    Call::Close(e) => open.retain(|&x| x != e),
+                    _ => {}
+                }
+            }
+            open
+        }
+    }
+
+    impl Kernel for Fake {
+        fn irql(&self) -> u8 {
+            self.irql
+        }
+        fn read_sublayer_weight(&mut self) -> Option<u16> {
+            assert_eq!(self.irql, PASSIVE_LEVEL, "registry read above PASSIVE_LEVEL");
+            self.calls.push(Call::ReadWeight(self.irql));
+            self.weight
+        }
+        fn open_engine(&mut self) -> Result<usize, Status> {
+            self.next_engine += 1;
+            self.calls.push(Call::Open(self.next_engine));
+            Ok(self.next_engine)
+        }
+        fn add_filters(&mut self, engine: usize, weight: u16) -> Result<[u64; 2], Status> {
+            self.calls.push(Call::Add(engine, weight));
+            if let Some(lifecycle) = self.reenter.take() {
+                // SAFETY: the test keeps the lifecycle alive across this call.
+                let lifecycle = unsafe { &*lifecycle };
+                self.reentered = Some(lifecycle.bfe_running(self));
+            }
+            self.add_fails.map_or(Ok([7, 8]), Err)
+        }
+        fn close_engine(&mut self, engine: usize) {
+            self.calls.push(Call::Close(engine));
+        }
+        fn unsubscribe_bfe(&mut self) {
+            self.calls.push(Call::Unsubscribe);
+        }
+        fn complete_held(&mut self) {
+            self.calls.push(Call::CompleteHeld);
+        }
+        fn unregister_callouts(&mut self) -> Result<(), Status> {
+            self.calls.push(Call::Unregister);
+            self.unregister
+        }
+    }
+
+    #[test]
+    fn weight_is_read_at_passive_level_first() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        assert_eq!(k.calls, [Call::ReadWeight(PASSIVE_LEVEL)]);
+        assert_eq!(life.weight(), 0x4000);
+        assert_eq!(life.bfe_running(&mut k), Ok(Some([7, 8])));
+        assert_eq!(k.calls[2], Call::Add(0x101, 0x4000));
+    }
+
+    #[test]
+    fn no_registry_read_above_passive_level() {
+        let mut k = Fake::new();
+        k.irql = 2;
+        let life = Lifecycle::start(&mut k);
+        assert!(k.calls.is_empty());
+        assert_eq!(life.weight(), DEFAULT_SUBLAYER_WEIGHT);
+    }
+
+    #[test]
+    fn entry_and_bfe_callback_add_filters_once() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        k.reenter = Some(&life);
+        assert_eq!(life.bfe_running(&mut k), Ok(Some([7, 8])));
+        assert_eq!(k.reentered, Some(Ok(None)), "the callback during the add must not add again");
+        assert_eq!(life.bfe_running(&mut k), Ok(None), "a later RUNNING must not add again");
+        assert_eq!(k.calls.iter().filter(|c| matches!(c, Call::Open(_))).count(), 1);
+        assert_eq!(k.open_engines(), [0x101]);
+    }
+
+    #[test]
+    fn failed_add_closes_its_engine_and_can_retry() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        k.add_fails = Some(-1);
+        assert_eq!(life.bfe_running(&mut k), Err(-1));
+        assert!(k.open_engines().is_empty());
+        k.add_fails = None;
+        assert_eq!(life.bfe_running(&mut k), Ok(Some([7, 8])));
+        assert_eq!(k.open_engines(), [0x102]);
+    }
+
+    #[test]
+    fn bfe_restart_closes_then_reopens() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        assert!(life.bfe_running(&mut k).is_ok());
+        life.bfe_stopping(&mut k);
+        assert!(!life.filters_added());
+        assert!(k.open_engines().is_empty());
+        assert_eq!(life.bfe_running(&mut k), Ok(Some([7, 8])));
+        assert_eq!(k.open_engines(), [0x102]);
+    }
+
+    #[test]
+    fn unload_removes_filters_before_completing_held_classifications() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        assert!(life.bfe_running(&mut k).is_ok());
+        k.calls.clear();
+        let stopped = life.stop(&mut k);
+        assert_eq!(k.calls, [Call::Unsubscribe, Call::Close(0x101), Call::CompleteHeld, Call::Unregister]);
+        assert_eq!(stopped.unregister, Ok(()));
+    }
+
+    #[test]
+    fn unregister_busy_is_reported() {
+        let mut k = Fake::new();
+        k.unregister = Err(STATUS_DEVICE_BUSY);
+        let life = Lifecycle::start(&mut k);
+        assert_eq!(life.stop(&mut k).unregister, Err(STATUS_DEVICE_BUSY));
+    }
+}

@@ -1,0 +1,400 @@
+//! The management side: BFE state, engine sessions, transactions, providers,
+//! sublayers, callouts and filters, callout registration, and the
+//! classification of one layer through the filters in arbitration order.
+//!
+//! Sources (learn.microsoft.com):
+//! - FwpmBfeStateGet0 / FwpmBfeStateSubscribeChanges0: the BFE state
+//!   (`FWPM_SERVICE_STATE`) and a callback on every change; FwpmEngineOpen0
+//!   needs the BFE running (it fails otherwise; the model answers
+//!   `FWP_E_... ` as [`STATUS_BFE_NOT_RUNNING`]).
+//! - FwpmTransactionBegin0 / Commit0 / Abort0: objects added in a
+//!   transaction exist only once it commits; an abort drops them.
+//! - FwpmFilterAdd0: "adding filters reauthorizes existing flows" is the
+//!   model's reading of the ALE pages ("ALE Stateful Filtering": changes of
+//!   policy cause reauthorization of existing connections); the model counts
+//!   a reauthorization of every live flow at each commit that adds filters.
+//! - FwpsCalloutUnregisterById0, Remarks: it "will succeed even if there are
+//!   filters in the filter engine that specify the callout"; then filters
+//!   "with an action type of FWP_ACTION_CALLOUT_TERMINATING or
+//!   FWP_ACTION_CALLOUT_UNKNOWN are treated as FWP_ACTION_BLOCK, and filters
+//!   with an action type of FWP_ACTION_CALLOUT_INSPECTION are ignored".
+//!   `STATUS_DEVICE_BUSY`: "There are one or more data flows being processed
+//!   by the callout that have an outstanding context associated with the
+//!   data flow."
+//! - Every management call is PASSIVE_LEVEL only ([`crate::Routine`]).
+
+use std::collections::BTreeMap;
+
+use wfp_ffi::{
+    FWP_ACTION_BLOCK, FWP_ACTION_CALLOUT_INSPECTION, FWP_ACTION_FLAG_CALLOUT, FWP_ACTION_TYPE, FWPM_SERVICE_RUNNING,
+    FWPM_SERVICE_STATE, FWPM_SERVICE_STOPPED, FWPS_CLASSIFY_OUT0, NTSTATUS, STATUS_SUCCESS,
+};
+
+use crate::arbitration::{LayerArbiter, Outcome};
+use crate::kernel::Routine;
+use crate::layer_data::Runtime;
+use crate::readings::{HardBlock, Readings};
+use arbiter_callout::filters::FilterLayer;
+
+/// `STATUS_DEVICE_BUSY`.
+pub const STATUS_DEVICE_BUSY: NTSTATUS = 0x8000_0011_u32 as i32;
+/// `FWP_E_CALLOUT_NOT_FOUND` as an NTSTATUS (`STATUS_FWP_CALLOUT_NOT_FOUND`).
+pub const STATUS_FWP_CALLOUT_NOT_FOUND: NTSTATUS = 0xC022_0001_u32 as i32;
+/// The BFE is not running (`EPT_S_NOT_REGISTERED`, what FwpmEngineOpen0 returns then).
+pub const STATUS_BFE_NOT_RUNNING: NTSTATUS = 0xC002_0044_u32 as i32;
+/// `STATUS_FWP_ALREADY_EXISTS`.
+pub const STATUS_FWP_ALREADY_EXISTS: NTSTATUS = 0xC022_0009_u32 as i32;
+/// `STATUS_FWP_NOT_FOUND`.
+pub const STATUS_FWP_NOT_FOUND: NTSTATUS = 0xC022_0008_u32 as i32;
+/// `STATUS_INVALID_HANDLE`.
+pub const STATUS_INVALID_HANDLE: NTSTATUS = 0xC000_0008_u32 as i32;
+
+/// An object key (a GUID as 128 bits).
+pub type Key = u128;
+
+/// A filter as added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// Layer.
+    pub layer: FilterLayer,
+    /// Sublayer key.
+    pub sublayer: Key,
+    /// Weight within the sublayer (higher first).
+    pub weight: u64,
+    /// `FWPM_ACTION0.type`.
+    pub action_type: FWP_ACTION_TYPE,
+    /// Callout key (for callout actions).
+    pub callout: Key,
+    /// `FWPM_FILTER_FLAG_*`.
+    pub flags: u32,
+}
+
+/// A classifyFn as the model calls it: the runtime (the Fwps calls go
+/// there), the filter id, and the indication's raw arguments.
+pub type ClassifyFn = Box<dyn FnMut(&mut Runtime, u64, &mut FWPS_CLASSIFY_OUT0)>;
+
+enum Op {
+    Provider(Key),
+    Sublayer(Key, u16),
+    Callout(Key, FilterLayer),
+    Filter(u64, Filter),
+}
+
+/// The simulated filter engine (management and classification).
+pub struct Wfp {
+    /// The runtime: handles, layer data, kernel.
+    pub rt: Runtime,
+    bfe: FWPM_SERVICE_STATE,
+    subscribers: BTreeMap<u64, Box<dyn FnMut(FWPM_SERVICE_STATE)>>,
+    sessions: BTreeMap<u64, Option<Vec<Op>>>,
+    next_id: u64,
+    providers: Vec<Key>,
+    sublayers: BTreeMap<Key, u16>,
+    callouts: BTreeMap<Key, FilterLayer>,
+    filters: BTreeMap<u64, Filter>,
+    /// Registered callouts: key -> (run-time id, classifyFn).
+    registered: BTreeMap<Key, (u32, Option<ClassifyFn>)>,
+    /// Flow contexts associated per run-time callout id (STATUS_DEVICE_BUSY).
+    pub flow_contexts: BTreeMap<u32, u32>,
+    /// Live flows reauthorized by filter changes, counted.
+    pub reauthorizations: u64,
+    /// Live flows (for reauthorization counting).
+    pub live_flows: u64,
+}
+
+impl core::fmt::Debug for Wfp {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Wfp").field("bfe", &self.bfe).field("filters", &self.filters).finish_non_exhaustive()
+    }
+}
+
+impl Wfp {
+    /// A machine with the BFE running, under `readings`.
+    pub fn new(readings: Readings) -> Self {
+        Self {
+            rt: Runtime::new(readings),
+            bfe: FWPM_SERVICE_RUNNING,
+            subscribers: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_id: 0x100,
+            providers: Vec::new(),
+            sublayers: BTreeMap::new(),
+            callouts: BTreeMap::new(),
+            filters: BTreeMap::new(),
+            registered: BTreeMap::new(),
+            flow_contexts: BTreeMap::new(),
+            reauthorizations: 0,
+            live_flows: 0,
+        }
+    }
+
+    const fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    // ---- BFE -------------------------------------------------------------------
+
+    /// FwpmBfeStateGet0.
+    pub fn bfe_state(&mut self) -> FWPM_SERVICE_STATE {
+        self.rt.kernel.call(Routine::FwpmBfeStateGet);
+        self.bfe
+    }
+
+    /// The BFE changes state (the service starts or stops): every subscriber
+    /// is called. Stopping it closes every engine session and drops every
+    /// management object (they live in the BFE; a driver adds them again).
+    pub fn set_bfe_state(&mut self, state: FWPM_SERVICE_STATE) {
+        self.bfe = state;
+        if state == FWPM_SERVICE_STOPPED {
+            self.sessions.clear();
+            self.providers.clear();
+            self.sublayers.clear();
+            self.callouts.clear();
+            self.filters.clear();
+        }
+        for cb in self.subscribers.values_mut() {
+            cb(state);
+        }
+    }
+
+    /// FwpmBfeStateSubscribeChanges0: returns the subscription handle.
+    pub fn bfe_subscribe(&mut self, callback: Box<dyn FnMut(FWPM_SERVICE_STATE)>) -> u64 {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        let id = self.id();
+        self.subscribers.insert(id, callback);
+        id
+    }
+
+    /// FwpmBfeStateUnsubscribeChanges0.
+    pub fn bfe_unsubscribe(&mut self, subscription: u64) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if self.subscribers.remove(&subscription).is_some() { STATUS_SUCCESS } else { STATUS_INVALID_HANDLE }
+    }
+
+    // ---- engine sessions and transactions ----------------------------------------
+
+    /// FwpmEngineOpen0.
+    pub fn engine_open(&mut self) -> Result<u64, NTSTATUS> {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if self.bfe != FWPM_SERVICE_RUNNING {
+            return Err(STATUS_BFE_NOT_RUNNING);
+        }
+        let id = self.id();
+        self.sessions.insert(id, None);
+        Ok(id)
+    }
+
+    /// FwpmEngineClose0. Panics on a handle that is not open (a double close).
+    pub fn engine_close(&mut self, engine: u64) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        assert!(
+            self.sessions.remove(&engine).is_some(),
+            "FwpmEngineClose0 on engine handle {engine:#x}, which is not open"
+        );
+        STATUS_SUCCESS
+    }
+
+    /// Open engine sessions.
+    pub fn open_engines(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// FwpmTransactionBegin0.
+    pub fn transaction_begin(&mut self, engine: u64) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        match self.sessions.get_mut(&engine) {
+            Some(t @ None) => {
+                *t = Some(Vec::new());
+                STATUS_SUCCESS
+            }
+            Some(Some(_)) => STATUS_FWP_ALREADY_EXISTS,
+            None => STATUS_INVALID_HANDLE,
+        }
+    }
+
+    /// FwpmTransactionCommit0: the transaction's objects come into being.
+    /// A commit that adds filters reauthorizes every live flow.
+    pub fn transaction_commit(&mut self, engine: u64) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        let Some(Some(ops)) = self.sessions.get_mut(&engine).map(Option::take) else { return STATUS_INVALID_HANDLE };
+        let mut added_filters = false;
+        for op in ops {
+            match op {
+                Op::Provider(k) => self.providers.push(k),
+                Op::Sublayer(k, w) => {
+                    self.sublayers.insert(k, w);
+                }
+                Op::Callout(k, l) => {
+                    self.callouts.insert(k, l);
+                }
+                Op::Filter(id, f) => {
+                    self.filters.insert(id, f);
+                    added_filters = true;
+                }
+            }
+        }
+        if added_filters {
+            self.reauthorizations += self.live_flows;
+        }
+        STATUS_SUCCESS
+    }
+
+    /// FwpmTransactionAbort0: drops the transaction's objects.
+    pub fn transaction_abort(&mut self, engine: u64) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        match self.sessions.get_mut(&engine) {
+            Some(t @ Some(_)) => {
+                *t = None;
+                STATUS_SUCCESS
+            }
+            _ => STATUS_INVALID_HANDLE,
+        }
+    }
+
+    fn stage(&mut self, engine: u64, op: Op) -> NTSTATUS {
+        match self.sessions.get_mut(&engine) {
+            Some(Some(ops)) => {
+                ops.push(op);
+                STATUS_SUCCESS
+            }
+            // Outside a transaction the object is added at once.
+            Some(None) => {
+                let _ = self.transaction_begin(engine);
+                if let Some(Some(ops)) = self.sessions.get_mut(&engine) {
+                    ops.push(op);
+                }
+                self.transaction_commit(engine)
+            }
+            None => STATUS_INVALID_HANDLE,
+        }
+    }
+
+    /// FwpmProviderAdd0.
+    pub fn provider_add(&mut self, engine: u64, key: Key) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if self.providers.contains(&key) {
+            return STATUS_FWP_ALREADY_EXISTS;
+        }
+        self.stage(engine, Op::Provider(key))
+    }
+
+    /// FwpmSubLayerAdd0.
+    pub fn sublayer_add(&mut self, engine: u64, key: Key, weight: u16) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if self.sublayers.contains_key(&key) {
+            return STATUS_FWP_ALREADY_EXISTS;
+        }
+        self.stage(engine, Op::Sublayer(key, weight))
+    }
+
+    /// FwpmCalloutAdd0.
+    pub fn callout_add(&mut self, engine: u64, key: Key, layer: FilterLayer) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if self.callouts.contains_key(&key) {
+            return STATUS_FWP_ALREADY_EXISTS;
+        }
+        self.stage(engine, Op::Callout(key, layer))
+    }
+
+    /// FwpmFilterAdd0: returns the run-time filter id (assigned at once,
+    /// usable after commit).
+    pub fn filter_add(&mut self, engine: u64, filter: Filter) -> Result<u64, NTSTATUS> {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        let id = self.id();
+        let s = self.stage(engine, Op::Filter(id, filter));
+        if s == STATUS_SUCCESS { Ok(id) } else { Err(s) }
+    }
+
+    /// FwpmFilterDeleteById0.
+    pub fn filter_delete(&mut self, engine: u64, id: u64) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if !self.sessions.contains_key(&engine) {
+            return STATUS_INVALID_HANDLE;
+        }
+        if self.filters.remove(&id).is_some() { STATUS_SUCCESS } else { STATUS_FWP_NOT_FOUND }
+    }
+
+    /// The filters in force.
+    pub const fn filters(&self) -> &BTreeMap<u64, Filter> {
+        &self.filters
+    }
+
+    // ---- callout registration ---------------------------------------------------------
+
+    /// FwpsCalloutRegister: returns the run-time callout id.
+    pub fn callout_register(&mut self, key: Key, classify: ClassifyFn) -> Result<u32, NTSTATUS> {
+        self.rt.kernel.call(Routine::FwpsCalloutRegister);
+        if self.registered.contains_key(&key) {
+            return Err(STATUS_FWP_ALREADY_EXISTS);
+        }
+        let id = u32::try_from(self.id()).unwrap_or(u32::MAX);
+        self.registered.insert(key, (id, Some(classify)));
+        Ok(id)
+    }
+
+    /// FwpsCalloutUnregisterById0.
+    pub fn callout_unregister_by_id(&mut self, id: u32) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpsCalloutUnregister);
+        if self.flow_contexts.get(&id).copied().unwrap_or(0) > 0 {
+            return STATUS_DEVICE_BUSY;
+        }
+        let before = self.registered.len();
+        self.registered.retain(|_, (i, _)| *i != id);
+        if self.registered.len() < before { STATUS_SUCCESS } else { STATUS_FWP_CALLOUT_NOT_FOUND }
+    }
+
+    // ---- classification ---------------------------------------------------------------
+
+    /// Classifies at `layer`: sublayers by weight, filters by weight within,
+    /// each callout filter's classifyFn called with the rights arbitration
+    /// leaves it, its classifyOut resolved under its action type. A filter
+    /// whose callout is not registered acts as BLOCK (TERMINATING, UNKNOWN)
+    /// or is skipped (INSPECTION). Returns the layer's outcome.
+    pub fn classify(&mut self, layer: FilterLayer) -> Outcome {
+        let readings = self.rt.readings;
+        let mut order: Vec<(u16, u64, u64, Filter)> = self
+            .filters
+            .iter()
+            .filter(|(_, f)| f.layer == layer)
+            .map(|(id, f)| (self.sublayers.get(&f.sublayer).copied().unwrap_or(0), f.weight, *id, *f))
+            .collect();
+        order.sort_by_key(|a| std::cmp::Reverse((a.0, f_key(&a.3), a.1)));
+        let mut arb = LayerArbiter::new();
+        let mut current_sublayer: Option<Key> = None;
+        let mut sublayer_done = false;
+        for (_, _, id, f) in order {
+            if current_sublayer != Some(f.sublayer) {
+                current_sublayer = Some(f.sublayer);
+                sublayer_done = false;
+                arb.next_sublayer();
+            }
+            if sublayer_done || (arb.hard_blocked() && readings.hard_block == HardBlock::Stops) {
+                continue;
+            }
+            let mut out = FWPS_CLASSIFY_OUT0 {
+                actionType: readings.entry_action_type(),
+                rights: arb.rights(),
+                ..Default::default()
+            };
+            if f.action_type & FWP_ACTION_FLAG_CALLOUT != 0 {
+                match self.registered.get_mut(&f.callout).and_then(|(_, c)| c.as_mut()) {
+                    Some(classify) => classify(&mut self.rt, id, &mut out),
+                    None if f.action_type == FWP_ACTION_CALLOUT_INSPECTION => continue,
+                    None => {
+                        out.actionType = FWP_ACTION_BLOCK;
+                        sublayer_done = arb.take(FWP_ACTION_BLOCK, &out, &readings);
+                        continue;
+                    }
+                }
+            }
+            sublayer_done = arb.take(f.action_type, &out, &readings);
+        }
+        arb.result()
+    }
+}
+
+/// Sublayer identity as a sort key (after its weight).
+const fn f_key(f: &Filter) -> Key {
+    f.sublayer
+}
