@@ -9,8 +9,7 @@
 use std::path::Path;
 
 use arbiter::Protocol;
-use arbiter_lab::audit_log::decode;
-use arbiter_lab::ours::OWN_FILTER;
+use arbiter_lab::audit_log::{decode, log_bytes};
 use arbiter_lab::profiles::{PEER_FILTER, Profile};
 use arbiter_lab::scenario::{LabRules, Ours, Outcome, Position, Scenario, run};
 use arbiter_wfpdiag::Machine;
@@ -61,9 +60,11 @@ const PEER_FILTER_XML: &str = "<item><filterKey>{00000000-0000-0000-0000-0000000
 fn a_peer_blocking_our_proxy_is_named_as_the_decider() {
     let (outcome, log) = lab_log(Profile::AuthBlocker, "default", Protocol::TCP);
     assert!(matches!(&outcome, Outcome::Blocked { by, .. } if by == "auth-blocker"), "{outcome:?}");
-    let records = decode(&log).unwrap();
+    let log = log_bytes(log);
+    let records = decode(&log).records;
     let ours = our_decisions(&records);
-    assert_eq!(own_filter_ids(&ours), [OWN_FILTER]);
+    // The log states our filter id (the core's configured own filter).
+    assert_eq!(own_filter_ids(&ours).len(), 1);
     // The blocked connection is our proxy's outbound: our last auth-connect record.
     let last = ours.iter().rev().find(|d| d.layer == "auth-connect").unwrap().clone();
     let mut m = Machine::default();
@@ -88,12 +89,14 @@ fn a_peer_blocking_our_proxy_is_named_as_the_decider() {
 fn our_own_block_is_attributed_to_us_by_our_filter_id() {
     let (outcome, log) = lab_log(Profile::Compliant, "strict", Protocol::UDP);
     assert!(matches!(&outcome, Outcome::Blocked { by, .. } if by == "arbiter"), "{outcome:?}");
-    let records = decode(&log).unwrap();
+    let log = log_bytes(log);
+    let records = decode(&log).records;
     let ours = our_decisions(&records);
     let blocked = ours.iter().find(|d| d.verdict == "block").unwrap().clone();
+    let own = own_filter_ids(&ours)[0];
     let mut m = Machine::default();
     // Our filter is not in the capture's filter list: the audit log says the id is ours.
-    m.read(capture(&blocked, OWN_FILTER, "").as_bytes(), "capture.xml").unwrap();
+    m.read(capture(&blocked, own, "").as_bytes(), "capture.xml").unwrap();
     let inv = Inventory::of(&m);
     let a = attribute(&m, &inv, &own_filter_ids(&ours));
     assert!(a[0].decided_by.as_ref().unwrap().ours);
@@ -105,7 +108,8 @@ fn our_own_block_is_attributed_to_us_by_our_filter_id() {
 #[test]
 fn a_record_outside_the_time_window_is_not_joined() {
     let (_, log) = lab_log(Profile::AuthBlocker, "default", Protocol::TCP);
-    let records = decode(&log).unwrap();
+    let log = log_bytes(log);
+    let records = decode(&log).records;
     let ours = our_decisions(&records);
     let last = ours.iter().rev().find(|d| d.layer == "auth-connect").unwrap().clone();
     let mut m = Machine::default();
