@@ -366,6 +366,8 @@ impl LogJoiner {
                 Event::ConnectRedirect(c) => shift(&mut c.input.flow.endpoint),
                 Event::AuthConnect(a) => shift(&mut a.input.flow.endpoint),
                 Event::Fallback(f) => shift(&mut f.input.flow.endpoint),
+                // Neither names an endpoint handle.
+                Event::Rebind(_) | Event::Guard(_) => {}
                 Event::Departure(d) => {
                     d.seq = d.seq.saturating_add(seq_base);
                     d.at = arbiter::Instant::from_millis(d.at.as_millis().saturating_add(at_base));

@@ -30,6 +30,9 @@ use crate::fixture::{Expect, Step};
 
 /// Our filter id in the lab (both families).
 pub const OWN_FILTER: u64 = 100;
+/// The fixed value the adapter hands the core for its own filters' run-time
+/// ids (what audit records from the adapter carry as `own_filter`).
+pub const ADAPTER_OWN_FILTER: u64 = arbiter_callout::OWN_FILTER;
 /// Our redirect handle in the lab.
 pub const OWN_HANDLE: u64 = 1;
 /// Our proxy's PID in the lab.
