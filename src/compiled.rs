@@ -54,8 +54,6 @@ use postings::{NONE, Pool, Posting, for_each_group, to_u32, to_usize};
 use prefix::{Addr, PrefixTable};
 use rules::{APP, ORIGINAL_APP, PACKAGE, PORTS, Query, REMOTE, RuleTable};
 
-#[cfg(any(test, feature = "fuzzing"))]
-pub use blob::fuzz_decode;
 pub use blob::{BlobError, decode, decode_rule_set, decode_seeded, encode, swap_blob};
 
 /// Rule sets smaller than this are checked rule by rule (over the flattened

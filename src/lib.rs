@@ -16,6 +16,8 @@
 //! - [`audit`]: self-contained, replayable audit records.
 //! - [`policy`]: the rules seam and the reference rule set.
 //! - [`context`]: the redirect context our proxy reads back.
+//! - [`control`]: the control device's protocol and its handler.
+//! - [`validate`]: the one validator for rules and registrations, whichever way they come in.
 
 #![no_std]
 #![cfg_attr(
@@ -41,11 +43,14 @@ pub mod context;
 pub mod control;
 pub mod decide;
 pub mod flow;
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
+pub mod fuzzing;
 mod packed;
 pub mod policy;
 pub mod reason;
 pub mod table;
 pub mod time;
+pub mod validate;
 pub mod wide;
 pub mod wire;
 

@@ -130,7 +130,7 @@ fn rule_swap_in_the_middle_of_a_chain() {
 
 #[test]
 fn an_audit_consumer_that_stops_reading() {
-    use arbiter::control::AuditRing;
+    use arbiter::audit::ring::AuditRing;
     let mut a = arbiter_with(web_rules());
     let mut ring = AuditRing::new(if cfg!(miri) { 4 * 1024 } else { 64 * 1024 }).unwrap();
     let capacity = ring.capacity();

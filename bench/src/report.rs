@@ -116,14 +116,23 @@ pub fn to_table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>6} {:>9} | {:>20} | {:>26} | {:>16} | {:>7} | {:>6} | {:>22}",
-        "rules", "endpoints", "arbiter", "naive", "sampler", "ratio", "allocs", "B/endpoint (table)"
+        "{:>6} {:>9} | {:>20} | {:>26} | {:>16} | {:>7} | {:>6} | {:>9} | {:>9} | {:>10}",
+        "rules",
+        "endpoints",
+        "arbiter ns",
+        "naive ns",
+        "sampler ns",
+        "ratio",
+        "allocs",
+        "B/ep all",
+        "B/ep tbl",
+        "naive B/ep"
     );
     for r in &report.runs {
         let triple = |f: &Figures| format!("{:.0}/{:.0}/{:.0}", f.connect_ns, f.auth_ns, f.combined_ns);
         let _ = writeln!(
             out,
-            "{:>6} {:>9} | {:>20} | {:>26} | {:>16} | {:>6.1}x | {:>6.2} | {:>6.1} ({:>5.1}) n {:>5.0}",
+            "{:>6} {:>9} | {:>20} | {:>26} | {:>16} | {:>6.1}x | {:>6.2} | {:>9.1} | {:>9.1} | {:>10.0}",
             r.rules,
             r.endpoints,
             triple(&r.arbiter),
@@ -141,9 +150,9 @@ pub fn to_table(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "ratio: naive / arbiter (both layers); allocs: arbiter allocations per decision{}; \
-         B/endpoint: arbiter reserved bytes of all tables per live endpoint, \
-         (the endpoint table alone), n naive's all tables",
+        "ns: median per decision, connect-redirect/auth-connect/both; ratio: naive / arbiter (both layers); \
+         allocs: arbiter allocations per decision{}; B/ep all: arbiter reserved bytes of all tables per live \
+         endpoint; B/ep tbl: the endpoint table alone; naive B/ep: naive's tables per live endpoint",
         if report.counting_allocator { "" } else { " (NOT counted: no counting allocator)" }
     );
     let [c, p, b, x] = report.verdict_mix;

@@ -25,8 +25,8 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
+use arbiter::audit::ring::AuditRing;
 use arbiter::context::CONTEXT_LEN;
-use arbiter::control::AuditRing;
 use arbiter::flow::{AuthConnectInput, ConnectRedirectInput, PreviousChain, RedirectState};
 use arbiter::{Action, Arbiter, Decision, Instant, OutOfMemory, Policy, Reason, RedirectTarget, Verdict};
 use wfp_ffi::{

@@ -1,20 +1,27 @@
-//! The control device's side of the adapter.
+//! The control device's side of the adapter: the one [`ControlTarget`].
 //!
-//! The wire protocol (decode, validate, apply all-or-nothing, encode) is the
-//! core's [`arbiter::control::handle`]; this module only supplies its
-//! [`ControlTarget`] over a [`Callout`], so that registering our proxy also
-//! completes the classifications held for it.
+//! The wire protocol, the access checks and the handles' roles are the
+//! core's ([`arbiter::control::handle`], [`arbiter::control::open_handle`],
+//! [`arbiter::control::close_handle`]);
+//! this module supplies the target they act on: the [`Callout`] and the
+//! [`Handles`] the driver keeps beside it. Registering our proxy completes
+//! the classifications held for it; closing the handle that registered it
+//! unregisters it at once, so from that moment flows that would go to it
+//! take the no-proxy path (held, then the fallback) instead.
 
-use arbiter::control::{AuditRing, ControlTarget, RulesRejected};
+use arbiter::audit::ring::AuditRing;
+use arbiter::control::{Caller, ControlTarget, HandleId, Handles, RulesRejected, Status};
 use arbiter::{Counters, Instant, Policy, ProxyRegistration};
 
 use crate::adapter::Callout;
 use crate::fwps::Fwps;
 
 /// One control request's view of the driver state (built under its lock).
-pub struct Session<'a, P, D, F> {
+pub struct Device<'a, P, D, F> {
     /// The callout state.
     pub callout: &'a mut Callout<P>,
+    /// The open handles' roles (kept by the driver beside the callout).
+    pub handles: &'a mut Handles,
     /// Decodes a rules blob into a policy.
     pub decode_rules: D,
     /// This driver load's id.
@@ -25,7 +32,7 @@ pub struct Session<'a, P, D, F> {
     pub now: Instant,
 }
 
-impl<P, D, F> ControlTarget for Session<'_, P, D, F>
+impl<P, D, F> ControlTarget for Device<'_, P, D, F>
 where
     P: Policy,
     D: FnMut(&[u8]) -> Result<P, RulesRejected>,
@@ -60,17 +67,46 @@ where
     fn ring(&mut self) -> &mut AuditRing {
         self.callout.parts_mut().1
     }
+    fn handles(&mut self) -> &mut Handles {
+        self.handles
+    }
 }
 
-/// One IOCTL_CONTROL: the request and reply buffers as the I/O manager gave
-/// them (METHOD_BUFFERED: the same system buffer, so the request is copied
-/// first by the caller). Returns the reply length (0: reply buffer too small
-/// for a header).
-pub fn dispatch<P, D, F>(session: &mut Session<'_, P, D, F>, request: &[u8], reply: &mut [u8]) -> usize
+/// `IRP_MJ_CREATE`: admits a handle (see [`arbiter::control::open_handle`]).
+pub fn open<P, D, F>(device: &mut Device<'_, P, D, F>, caller: &Caller) -> Status
 where
     P: Policy,
     D: FnMut(&[u8]) -> Result<P, RulesRejected>,
     F: Fwps,
 {
-    arbiter::control::handle(request, session, reply)
+    arbiter::control::open_handle(device, caller)
+}
+
+/// `IRP_MJ_DEVICE_CONTROL`: one request with its IOCTL code, as the I/O
+/// manager gave it (METHOD_BUFFERED: one system buffer, so the caller
+/// copies the request out first). Returns the reply length (0: reply buffer
+/// too small for a header).
+pub fn dispatch<P, D, F>(
+    device: &mut Device<'_, P, D, F>,
+    ioctl: u32,
+    caller: &Caller,
+    request: &[u8],
+    reply: &mut [u8],
+) -> usize
+where
+    P: Policy,
+    D: FnMut(&[u8]) -> Result<P, RulesRejected>,
+    F: Fwps,
+{
+    arbiter::control::handle(ioctl, caller, request, device, reply)
+}
+
+/// `IRP_MJ_CLEANUP`: the handle is gone (closed, or its process died).
+pub fn cleanup<P, D, F>(device: &mut Device<'_, P, D, F>, handle: HandleId)
+where
+    P: Policy,
+    D: FnMut(&[u8]) -> Result<P, RulesRejected>,
+    F: Fwps,
+{
+    arbiter::control::close_handle(device, handle);
 }

@@ -22,14 +22,14 @@ use core::ptr::NonNull;
 
 use arbiter::audit::AuditRecord;
 use arbiter::context::{CONTEXT_LEN, RedirectContext};
-use arbiter::control::{Reply, Request, Status};
+use arbiter::control::{Access, Caller, HandleId, Handles, Op, Reply, Request, Status};
 use arbiter::policy::Rule;
 use arbiter::{Action, Arbiter, Capacities, Config, Duration, Instant, ProxyRegistration, Reason, RuleSet, Verdict};
 use wfp_ffi::fields::{ALE_AUTH_CONNECT_V4, ALE_CONNECT_REDIRECT_V4, ALE_CONNECT_REDIRECT_V6, ALE_ENDPOINT_CLOSURE_V4};
 use wfp_ffi::*;
 
 use crate::adapter::{Callout, CalloutConfig, Family, OWN_FILTER, RawClassify};
-use crate::control::{Session, dispatch};
+use crate::control::{Device, cleanup, dispatch, open};
 use crate::fwps::Fwps;
 use crate::pend::{Fallback, PendConfig};
 use crate::sockaddr::{from_storage, to_storage};
@@ -656,14 +656,16 @@ fn held_while_no_proxy_then_proxied_when_it_registers() {
     let request = Request::RegisterProxy(reg).to_vec();
     let mut reply = vec![0u8; 256];
     let mut decode = |_: &[u8]| Err(arbiter::control::RulesRejected { code: 1, offset: 0 });
-    let mut session = Session {
+    let mut handles = Handles::new();
+    let mut device = Device {
         callout: &mut c,
+        handles: &mut handles,
         decode_rules: &mut decode,
         instance: 7,
         fwps: &mut fw,
         now: T0.saturating_add(Duration::from_millis(100)),
     };
-    let n = dispatch(&mut session, &request, &mut reply);
+    let n = dispatch(&mut device, Op::RegisterProxy.ioctl(), &PROXY_CALLER, &request, &mut reply);
     assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
 
     assert_eq!(c.held(), 0);
@@ -674,6 +676,72 @@ fn held_while_no_proxy_then_proxied_when_it_registers() {
     assert!(matches!(tail[1], Call::Complete { out } if out.actionType == FWP_ACTION_PERMIT));
     assert_eq!(tail[0], &Call::Release);
     assert_eq!(records(&c), vec![(Verdict::Proxy, Reason::RuleProxy)]);
+}
+
+/// The proxy service's handle: its own process, read and write.
+const PROXY_CALLER: Caller = Caller { pid: PROXY_PID as u32, handle: HandleId(0xF11E), access: Access::READ_WRITE };
+
+/// Issue 12: a registration outlived the handle it came through, so a
+/// crashed proxy kept receiving flows. Now `IRP_MJ_CLEANUP` of that handle
+/// unregisters it at once: the next flow a rule proxies is not sent to the
+/// dead proxy but held (the failure path), and times out to the fallback.
+#[test]
+fn closing_the_proxys_handle_stops_redirecting_at_once() {
+    let mut c = callout(Some(Action::Proxy), Some(pend_config(Fallback::Block, 4)));
+    let f = tcp("0.0.0.0:50000", "93.184.216.34:443");
+    let mut fw = FakeFwps::new(f.remote, f.local, &[]);
+    let mut decode = |_: &[u8]| Err(arbiter::control::RulesRejected { code: 1, offset: 0 });
+    let mut handles = Handles::new();
+    let reg = ProxyRegistration { pid: PROXY_PID, v4: Some("127.0.0.1:8080".parse().unwrap()), v6: None };
+    let mut device = Device {
+        callout: &mut c,
+        handles: &mut handles,
+        decode_rules: &mut decode,
+        instance: 7,
+        fwps: &mut fw,
+        now: T0,
+    };
+    assert_eq!(open(&mut device, &PROXY_CALLER), Status::Ok);
+    let mut reply = vec![0u8; 256];
+    let n = dispatch(
+        &mut device,
+        Op::RegisterProxy.ioctl(),
+        &PROXY_CALLER,
+        &Request::RegisterProxy(reg).to_vec(),
+        &mut reply,
+    );
+    assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
+
+    // While the handle is open, flows go to the proxy.
+    let mut ind = connect_redirect_v4(&f, false);
+    cr(&mut c, &mut fw, Family::V4, &mut ind);
+    assert_eq!(from_storage(&fw.request.remoteAddressAndPort), Some("127.0.0.1:8080".parse().unwrap()));
+    assert_eq!(c.held(), 0);
+
+    // The proxy dies: the I/O manager sends IRP_MJ_CLEANUP for its handle.
+    let mut device = Device {
+        callout: &mut c,
+        handles: &mut handles,
+        decode_rules: &mut decode,
+        instance: 7,
+        fwps: &mut fw,
+        now: T0,
+    };
+    cleanup(&mut device, PROXY_CALLER.handle);
+    assert_eq!(c.arbiter().proxy(), None);
+    assert_eq!(handles.writer(), None);
+
+    // The very next flow is not redirected: it is held for a proxy.
+    let g = tcp("0.0.0.0:50001", "93.184.216.34:443");
+    let mut fw2 = FakeFwps::new(g.remote, g.local, &[]);
+    let mut ind = connect_redirect_v4(&g, false);
+    cr(&mut c, &mut fw2, Family::V4, &mut ind);
+    assert_eq!(c.held(), 1);
+    assert_eq!(from_storage(&fw2.request.remoteAddressAndPort), Some(g.remote), "not sent to the dead proxy");
+    // And it gets the fallback when no proxy comes back.
+    c.complete_pended(&mut fw2, T0.saturating_add(Duration::from_millis(500)));
+    assert_eq!(c.held(), 0);
+    assert_eq!(c.counters().pend_timed_out, 1);
 }
 
 #[test]

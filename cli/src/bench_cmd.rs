@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use arbiter_bench::{CountingAllocator, Plan, Rules};
 
+use crate::out::out;
 use crate::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json, shown};
 
 #[global_allocator]
@@ -55,7 +56,7 @@ pub(crate) fn run(args: &Args) -> u8 {
             if args.json {
                 print_json(&arbiter_bench::report::to_json(&report));
             } else {
-                print!("{}", arbiter_bench::report::to_table(&report));
+                out!("{}", arbiter_bench::report::to_table(&report));
             }
             // A benchmark whose two implementations disagree measured nothing.
             if report.agree() { EXIT_OK } else { EXIT_FAILED }

@@ -10,18 +10,21 @@ use arbiter_lab::profiles::Profile;
 use arbiter_lab::scenario::Ours;
 use serde_json::{Value, json};
 
-use crate::{EXIT_FAILED, EXIT_OK, print_json};
+use crate::out::outln;
+use crate::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json};
 
 /// `arbiter explore` options.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Explore setups of up to this many vendors (ours plus 1 or 2 peers).
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
-    vendors: u8,
-    /// Concurrent application connections per setup.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
-    connections: u8,
-    /// A bounded exploration that finishes in seconds (two connection sets instead of eight).
+    /// Explore setups of up to this many vendors (ours plus 1 or 2 peers) [default: 3; 2 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(2..=3))]
+    vendors: Option<u8>,
+    /// Concurrent application connections per setup [default: 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(2..=3))]
+    connections: Option<u8>,
+    /// A few seconds instead of minutes: ours plus one peer (every profile, every weight order,
+    /// trust and record setting), two concurrent connections, two connection sets (TCP/IPv4 to
+    /// one destination, UDP/IPv6 to two) instead of eight. Not with --vendors 3 or --connections 3.
     #[arg(long)]
     quick: bool,
     /// Draw peers only from these profiles (repeatable; default: all).
@@ -89,42 +92,58 @@ fn findings_json(f: &Findings, show: usize) -> Value {
     })
 }
 
-/// Executions can outgrow any integer: shown in scientific notation, `>=` when saturated.
+/// Executions as a whole number; `>=` when the count saturated.
 fn executions(n: u128) -> String {
-    #[expect(clippy::cast_precision_loss, reason = "an order of magnitude for humans")]
-    let x = n as f64;
-    let shown = if n < 1_000_000 { n.to_string() } else { format!("{x:.3e}") };
-    if n == u128::MAX { format!(">={shown}") } else { shown }
+    if n == u128::MAX { format!(">={n}") } else { n.to_string() }
 }
 
-fn row(name: &str, t: &Tally) -> String {
+/// The width of the executions column: the longest count shown.
+fn executions_width(x: &Exploration, baseline: bool) -> usize {
+    let mut w = executions(x.arbiter.tally.executions).len();
+    if baseline {
+        w = w.max(executions(x.baseline.tally.executions).len());
+    }
+    w.max("executions".len())
+}
+
+/// One row of the table. Loops and unexplained ends the peers cause among
+/// themselves are not counted here but in their own row ([`peer_row`]).
+fn row(name: &str, t: &Tally, width: usize) -> String {
     format!(
-        "{name:<9} {:>7} {:>9} {:>11} {:>12} {:>9} {:>9} {:>7} {:>11}",
+        "{name:<20} {:>7} {:>9} {:>11} {:>width$} {:>9} {:>9} {:>7} {:>11}",
         t.configurations,
         t.states,
         t.transitions,
         executions(t.executions),
         t.delivered,
         t.blocked,
-        t.loops,
-        t.unexplained
+        t.loops - t.peer_loops,
+        t.unexplained - t.peer_unexplained
+    )
+}
+
+/// The loops and unexplained ends that happen with our driver uninstalled too.
+fn peer_row(t: &Tally, width: usize) -> String {
+    format!(
+        "{:<20} {:>7} {:>9} {:>11} {:>width$} {:>9} {:>9} {:>7} {:>11}",
+        "  peers among selves", "", "", "", "", "", "", t.peer_loops, t.peer_unexplained
     )
 }
 
 fn print_list(list: &[Counterexample], show: usize) {
     for (i, c) in list.iter().take(show).enumerate() {
-        println!("  {:>2}. {}", i + 1, c.describe());
+        outln!("  {:>2}. {}", i + 1, c.describe());
         if c.other_moves > 0 {
-            println!("      interleaving: {}", c.moves.join(" "));
+            outln!("      interleaving: {}", c.moves.join(" "));
         }
     }
 }
 
 fn print_findings(label: &str, f: &Findings, show: usize) {
     if f.counterexamples.is_empty() {
-        println!("{label}: no loop or unexplained end that our place causes");
+        outln!("{label}: no loop or unexplained end that our place causes");
     } else {
-        println!(
+        outln!(
             "{label}: {} failing setups, {} distinct shapes; shortest chains first:",
             f.counterexamples_found,
             f.counterexamples.len()
@@ -132,7 +151,7 @@ fn print_findings(label: &str, f: &Findings, show: usize) {
         print_list(&f.counterexamples, show);
     }
     if !f.peer_only.is_empty() {
-        println!(
+        outln!(
             "{label}: {} setups where peers fail among themselves (the same connection fails alone with our driver \
              uninstalled), {} distinct shapes:",
             f.tally.peer_only_configurations,
@@ -141,27 +160,39 @@ fn print_findings(label: &str, f: &Findings, show: usize) {
         print_list(&f.peer_only, show);
     }
     for (setup, e) in &f.model_errors {
-        println!("  model error [{setup}]: {e}");
+        outln!("  model error [{setup}]: {e}");
     }
 }
 
 fn print_text(x: &Exploration, bounds: &Bounds, show: usize) {
-    println!(
+    outln!(
         "arbiter explore: up to {} vendors, {} concurrent connections{}",
         bounds.max_vendors,
         bounds.connections,
         if bounds.quick { " (quick bounds)" } else { "" }
     );
-    println!(
-        "{:<9} {:>7} {:>9} {:>11} {:>12} {:>9} {:>9} {:>7} {:>11}",
-        "ours", "setups", "states", "transitions", "executions", "delivered", "blocked", "loops", "unexplained"
+    let w = executions_width(x, bounds.baseline);
+    outln!(
+        "{:<20} {:>7} {:>9} {:>11} {:>w$} {:>9} {:>9} {:>7} {:>11}",
+        "ours",
+        "setups",
+        "states",
+        "transitions",
+        "executions",
+        "delivered",
+        "blocked",
+        "loops",
+        "unexplained"
     );
-    println!("{}", row("arbiter", &x.arbiter.tally));
-    if bounds.baseline {
-        println!("{}", row("baseline", &x.baseline.tally));
+    outln!("{}", row("arbiter", &x.arbiter.tally, w));
+    if x.arbiter.tally.peer_loops + x.arbiter.tally.peer_unexplained > 0 {
+        outln!("{}", peer_row(&x.arbiter.tally, w));
     }
-    println!();
-    println!(
+    if bounds.baseline {
+        outln!("{}", row("baseline", &x.baseline.tally, w));
+    }
+    outln!();
+    outln!(
         "arbiter failures: {} ({} setups with a loop or unexplained end our arbiter may cause, {} model errors, {} audit failures)",
         x.arbiter_failures(),
         x.arbiter.tally.failing_configurations,
@@ -172,14 +203,18 @@ fn print_text(x: &Exploration, bounds: &Bounds, show: usize) {
     if bounds.baseline {
         print_findings("baseline", &x.baseline, show);
     }
-    println!("explored in {:.1} s on {} threads", x.seconds, bounds.threads);
+    outln!("explored in {:.1} s on {} threads", x.seconds, bounds.threads);
 }
 
 /// Runs `arbiter explore`.
 pub(crate) fn run_cmd(args: &Args) -> u8 {
-    let mut bounds =
-        if args.quick { Bounds::quick(usize::from(args.vendors)) } else { Bounds::full(usize::from(args.vendors)) };
-    bounds.connections = usize::from(args.connections);
+    if args.quick && (args.vendors == Some(3) || args.connections == Some(3)) {
+        eprintln!("arbiter explore: --quick explores two vendors and two connections; drop --quick to explore three");
+        return EXIT_BAD_INPUT;
+    }
+    let vendors = usize::from(args.vendors.unwrap_or(if args.quick { 2 } else { 3 }));
+    let mut bounds = if args.quick { Bounds::quick(vendors) } else { Bounds::full(vendors) };
+    bounds.connections = usize::from(args.connections.unwrap_or(2));
     bounds.baseline = !args.no_baseline;
     if args.strict {
         bounds.loop_settings.push(LoopSettings::Strict);
@@ -190,20 +225,26 @@ pub(crate) fn run_cmd(args: &Args) -> u8 {
     if let Some(t) = args.threads {
         bounds.threads = t.max(1);
     }
+    // A progress bar per occupant of our place, on a terminal only.
     let tty = !args.json && std::io::stderr().is_terminal();
-    let last = std::sync::atomic::AtomicUsize::new(0);
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} setups, {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
     let progress = |ours: Ours, i: usize, total: usize| {
-        if !tty {
-            return;
-        }
-        let percent = (i + 1) * 100 / total.max(1);
-        if last.swap(percent, std::sync::atomic::Ordering::Relaxed) != percent {
-            eprint!("\r{}: {percent:>3}% of {total} setups ", ours.name());
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_message(ours.name());
+            b.set_position((i + 1) as u64);
         }
     };
     let x = run(&bounds, &progress);
-    if tty {
-        eprint!("\r{:60}\r", "");
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     if args.json {
         print_json(&json!({

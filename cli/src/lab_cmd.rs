@@ -5,11 +5,13 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use arbiter_lab::audit_log::LogJoiner;
 use arbiter_lab::dot::chain_dot;
 use arbiter_lab::profiles::Profile;
 use arbiter_lab::scenario::{LabRules, Ours, Outcome, Report, file_stem, matrix, run as run_scenario};
 use serde_json::{Value, json};
 
+use crate::out::{out, outln};
 use crate::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json};
 
 /// `arbiter lab` options.
@@ -27,9 +29,20 @@ pub(crate) struct Args {
     /// Write one Graphviz picture per redirect chain into DIR (and SVG when `dot` is installed).
     #[arg(long, value_name = "DIR")]
     dot: Option<PathBuf>,
+    /// Write the audit log our driver would have written for the run (binary, as the driver
+    /// hands it out) to FILE: every arbiter scenario one after another. Try `arbiter audit FILE`.
+    #[arg(long, value_name = "FILE")]
+    audit: Option<PathBuf>,
     /// Skip the baseline (the WFP sample's logic in our place).
     #[arg(long)]
     no_baseline: bool,
+    /// Run a machine's vendor set instead of the matrix (a file `arbiter wfpdiag --lab-setup` writes).
+    #[arg(long, value_name = "FILE")]
+    setup: Option<PathBuf>,
+    /// Print every column in full (path, who inspected the flow, blocking reason); the
+    /// default table fits 120 columns.
+    #[arg(long)]
+    wide: bool,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -37,6 +50,9 @@ pub(crate) struct Args {
     #[arg(long)]
     boot: bool,
 }
+
+/// The default table's width.
+const NARROW: usize = 120;
 
 /// Counts per (ours, peer).
 #[derive(Default, Clone, Copy)]
@@ -85,6 +101,107 @@ fn repo_root() -> PathBuf {
     if built.join("rules").is_dir() { built } else { cwd }
 }
 
+/// What happened, in a few words: the vendors whose proxies a delivered flow went
+/// through (in order of first visit, with a count when more than once), or
+/// why it ended.
+fn what_happened(r: &Report) -> String {
+    match &r.outcome {
+        Outcome::Delivered => {
+            let proxies = r.path.get(1..r.path.len().saturating_sub(1)).unwrap_or_default();
+            let mut seen: Vec<(&str, usize)> = Vec::new();
+            for p in proxies {
+                // `<vendor>-proxy` on this machine, `<vendor>@<address>` off it.
+                let vendor = p.split_once('@').map_or_else(|| p.strip_suffix("-proxy").unwrap_or(p), |(v, _)| v);
+                match seen.iter_mut().find(|(v, _)| *v == vendor) {
+                    Some((_, n)) => *n += 1,
+                    None => seen.push((vendor, 1)),
+                }
+            }
+            let shown: Vec<String> =
+                seen.iter().map(|&(v, n)| if n > 1 { format!("{v} x{n}") } else { v.to_owned() }).collect();
+            if shown.is_empty() { "direct".to_owned() } else { format!("via {}", shown.join(", ")) }
+        }
+        // The layer is in the wide table and the JSON.
+        Outcome::Blocked { by, reason, .. } => format!("{by}: {reason}"),
+        other => other.detail(),
+    }
+}
+
+/// `s` cut to `width` characters, with `...` when cut.
+fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_owned();
+    }
+    let kept: String = s.chars().take(width.saturating_sub(3)).collect();
+    format!("{kept}...")
+}
+
+/// Rows padded to their columns' widest cell; the last column is not padded.
+/// Columns listed in `right` are right-aligned.
+fn table(rows: &[Vec<String>], right: &[usize]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|x| x.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            let w = widths.get(c).copied().unwrap_or(0);
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else if right.contains(&c) {
+                line.push_str(&format!("{cell:>w$}  "));
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The scenario table: 120 columns, or every column in full with `wide`.
+fn scenario_table(reports: &[Report], wide: bool) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::with_capacity(reports.len() + 1);
+    if wide {
+        rows.push(
+            ["SCENARIO", "OUTCOME", "HOPS", "PATH", "INSPECTED BY", "BLOCKING REASON"].map(String::from).to_vec(),
+        );
+        for r in reports {
+            let reason = match &r.outcome {
+                Outcome::Delivered => "-".to_owned(),
+                other => other.detail(),
+            };
+            let inspected = if r.inspected.is_empty() { "-".to_owned() } else { r.inspected.join(",") };
+            rows.push(vec![
+                r.name.clone(),
+                r.outcome.kind().to_owned(),
+                r.hops.to_string(),
+                short_path(&r.path),
+                inspected,
+                reason,
+            ]);
+        }
+        return table(&rows, &[2]);
+    }
+    rows.push(["SCENARIO", "OUTCOME", "HOPS", "WHAT HAPPENED"].map(String::from).to_vec());
+    for r in reports {
+        rows.push(vec![r.name.clone(), r.outcome.kind().to_owned(), r.hops.to_string(), what_happened(r)]);
+    }
+    // The first three columns' widths, then what is left of 120 for the last.
+    let used: usize =
+        (0..3).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|x| x.chars().count()).max().unwrap_or(0) + 2).sum();
+    let room = NARROW.saturating_sub(used).max(20);
+    for r in &mut rows {
+        if let Some(last) = r.last_mut() {
+            *last = fit(last, room);
+        }
+    }
+    table(&rows, &[2])
+}
+
 /// Shortens long (looping) paths for the table; JSON keeps them whole.
 fn short_path(path: &[String]) -> String {
     if path.len() <= 7 {
@@ -114,10 +231,24 @@ fn write_outputs(args: &Args, r: &Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Joins every arbiter scenario's audit log into one and writes it.
+fn write_audit(file: &Path, reports: &[Report]) -> Result<(), String> {
+    let mut joined = LogJoiner::default();
+    for r in reports.iter().filter(|r| r.scenario.ours == Ours::Arbiter) {
+        joined.push(&r.audit_log).map_err(|e| format!("{}: {e}", r.name))?;
+    }
+    std::fs::write(file, &joined.bytes).map_err(|e| e.to_string())
+}
+
 /// Renders every `.dot` in `dir` to SVG when Graphviz is installed.
 fn render_svgs(dir: &Path) -> usize {
     let has_dot = std::process::Command::new("dot").arg("-V").output().is_ok_and(|o| o.status.success());
     if !has_dot {
+        eprintln!(
+            "note: Graphviz `dot` is not installed: wrote the .dot files in {} without SVG \
+             (install graphviz, or render them with `dot -Tsvg FILE.dot -o FILE.svg`)",
+            dir.display()
+        );
         return 0;
     }
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
@@ -155,6 +286,9 @@ pub(crate) fn run(args: &Args) -> u8 {
             return EXIT_BAD_INPUT;
         }
     };
+    if let Some(setup) = &args.setup {
+        return crate::lab_setup_cmd::run(setup, &rule_sets, args.json);
+    }
     for dir in [&args.record, &args.dot].into_iter().flatten() {
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("{}: {e}", dir.display());
@@ -200,6 +334,12 @@ pub(crate) fn run(args: &Args) -> u8 {
         }
     }
     let svgs = args.dot.as_deref().map_or(0, render_svgs);
+    if let Some(file) = &args.audit
+        && let Err(e) = write_audit(file, &reports)
+    {
+        eprintln!("{}: {e}", file.display());
+        return EXIT_BAD_INPUT;
+    }
 
     let mut tallies: BTreeMap<(Ours, Profile), Tally> = BTreeMap::new();
     let mut totals: BTreeMap<Ours, Tally> = BTreeMap::new();
@@ -248,32 +388,21 @@ pub(crate) fn run(args: &Args) -> u8 {
             "svg_rendered": svgs,
         }));
     } else {
-        println!(
-            "{:<52} {:<11} {:>4}  {:<70} {:<26} BLOCKING REASON",
-            "SCENARIO", "OUTCOME", "HOPS", "PATH", "INSPECTED BY"
-        );
-        for r in &reports {
-            let reason = match &r.outcome {
-                Outcome::Delivered => "-".to_owned(),
-                other => other.detail(),
-            };
-            println!(
-                "{:<52} {:<11} {:>4}  {:<70} {:<26} {}",
-                r.name,
-                r.outcome.kind(),
-                r.hops,
-                short_path(&r.path),
-                r.inspected.join(","),
-                reason
-            );
-        }
-        println!();
-        println!(
+        out!("{}", scenario_table(&reports, args.wide));
+        outln!();
+        outln!(
             "{:<10} {:<15} {:>9} {:>9} {:>7} {:>6} {:>11} {:>9}",
-            "OURS", "PEER", "SCENARIOS", "DELIVERED", "BLOCKED", "LOOPS", "UNEXPLAINED", "MEAN HOPS"
+            "OURS",
+            "PEER",
+            "SCENARIOS",
+            "DELIVERED",
+            "BLOCKED",
+            "LOOPS",
+            "UNEXPLAINED",
+            "MEAN HOPS"
         );
         for ((o, p), t) in &tallies {
-            println!(
+            outln!(
                 "{:<10} {:<15} {:>9} {:>9} {:>7} {:>6} {:>11} {:>9.2}",
                 o.name(),
                 p.name(),
@@ -285,9 +414,9 @@ pub(crate) fn run(args: &Args) -> u8 {
                 t.mean_hops()
             );
         }
-        println!();
+        outln!();
         for (o, t) in &totals {
-            println!(
+            outln!(
                 "{}: {} scenarios, {} delivered, {} blocked, {} loops, {} unexplained",
                 o.name(),
                 t.scenarios,
@@ -297,12 +426,12 @@ pub(crate) fn run(args: &Args) -> u8 {
                 t.unexplained
             );
         }
-        println!("{} scenarios in {:.3} s ({:.0} scenarios/s)", reports.len(), elapsed, rate);
+        outln!("{} scenarios in {:.3} s ({:.0} scenarios/s)", reports.len(), elapsed, rate);
         if svgs > 0 {
-            println!("rendered {svgs} SVG pictures");
+            outln!("rendered {svgs} SVG pictures");
         }
         for r in &failures {
-            println!("FAILURE {}: {} ({})", r.name, r.outcome.kind(), r.outcome.detail());
+            outln!("FAILURE {}: {} ({})", r.name, r.outcome.kind(), r.outcome.detail());
         }
     }
     if failures.is_empty() { EXIT_OK } else { EXIT_FAILED }

@@ -7,13 +7,18 @@
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
+mod out;
+
 mod audit_cmd;
 mod bench_cmd;
 mod boot_cmd;
 mod explore_cmd;
 mod lab_cmd;
+mod lab_setup_cmd;
+mod reasons_cmd;
 mod replay_cmd;
 mod rules_cmd;
+mod wfpdiag_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,10 +81,26 @@ enum Command {
     /// generated rules (or --rules FILE) and 1,000, 65,536 and 1,000,000 live
     /// endpoints. Exit 1 if the arbiter and the naive implementation disagree.
     Bench(bench_cmd::Args),
+    /// List every reason code with its decision-table row, or explain one.
+    ///
+    /// Without NAME: one line per reason (name, code, row, verdict, description).
+    /// With NAME (or a numeric code): when the core gives it and what follows.
+    Reasons(reasons_cmd::Args),
+    /// Read a machine's WFP state from netsh's XML: the vendors at the redirect
+    /// and auth-connect layers, their classification order, who acts before us,
+    /// and who decided each drop and allow.
+    ///
+    /// Exit 1 if a vendor classifying before us at connect-redirect can take our
+    /// write right, or (with --audit) another vendor dropped a connection we handled.
+    Wfpdiag(wfpdiag_cmd::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    out::install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(usage(&e)),
+    };
     let code = match cli.command {
         Command::Replay(a) => replay_cmd::run(&a),
         Command::Lab(a) => lab_cmd::run(&a),
@@ -87,13 +108,31 @@ fn main() -> ExitCode {
         Command::Audit(a) => audit_cmd::run(&a),
         Command::Rules(c) => rules_cmd::run(c),
         Command::Bench(a) => bench_cmd::run(&a),
+        Command::Reasons(a) => reasons_cmd::run(&a),
+        Command::Wfpdiag(a) => wfpdiag_cmd::run(&a),
     };
+    out::flush();
     ExitCode::from(code)
+}
+
+/// Prints `--help`, `--version` or a usage error as clap would, through
+/// [`out`] for stdout, and returns clap's exit status.
+fn usage(e: &clap::Error) -> u8 {
+    if e.use_stderr() {
+        // clap picks colours for a terminal and ignores a closed stderr.
+        let _ = e.print();
+    } else {
+        use std::io::IsTerminal as _;
+        let styled = e.render();
+        let text = if std::io::stdout().is_terminal() { styled.ansi().to_string() } else { styled.to_string() };
+        out::bytes(text.as_bytes());
+    }
+    u8::try_from(e.exit_code()).unwrap_or(EXIT_BAD_INPUT)
 }
 
 /// Prints JSON to stdout.
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    out::outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// A path for display, relative to the current folder when possible.

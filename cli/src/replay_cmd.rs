@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use arbiter_lab::replay::{collect_fixture_paths, replay_file};
+use arbiter_lab::replay::replay_file;
 use serde_json::{Value, json};
 
+use crate::out::outln;
 use crate::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json, shown};
 
 /// `arbiter replay` options.
@@ -20,16 +21,24 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> u8 {
-    let paths = match collect_fixture_paths(&args.paths) {
-        Ok(p) => p,
-        Err(d) => {
-            eprintln!("{d}");
-            return EXIT_BAD_INPUT;
-        }
-    };
+    // Each file once, even through a symlink loop; inputs that are missing
+    // (or folders without fixtures) are failures, and the summary still comes.
+    let (paths, unreadable) = arbiter_ruleset::input::collect_files(&args.paths, "toml");
     let (mut passed, mut failed, mut bad_input, mut steps) = (0usize, 0usize, false, 0usize);
     let mut elapsed = Duration::ZERO;
     let mut results: Vec<Value> = Vec::new();
+    for (path, why) in &unreadable {
+        failed += 1;
+        bad_input = true;
+        let name = shown(path);
+        let error = format!("{name}: error[unreadable]: {why}");
+        if args.json {
+            results.push(json!({"path": name, "passed": false, "errors": [error]}));
+        } else {
+            outln!("ERROR {name}");
+            outln!("      {error}");
+        }
+    }
     for path in &paths {
         let name = shown(path);
         match replay_file(path) {
@@ -53,16 +62,16 @@ pub(crate) fn run(args: &Args) -> u8 {
                         .collect();
                     results.push(json!({"path": name, "name": fixture.name, "steps": run.steps.len(), "passed": ok, "failures": failures}));
                 } else if ok {
-                    println!("ok    {name}  {} ({} steps)", fixture.name, run.steps.len());
+                    outln!("ok    {name}  {} ({} steps)", fixture.name, run.steps.len());
                 } else {
-                    println!("FAIL  {name}  {}", fixture.name);
+                    outln!("FAIL  {name}  {}", fixture.name);
                     for s in run.failures() {
                         let what: Vec<String> = s
                             .mismatches
                             .iter()
                             .map(|m| format!("{}: expected {}, got {}", m.field, m.expected, m.actual))
                             .collect();
-                        println!("      step {} (line {}, {}): {}", s.index, s.line, s.layer.name(), what.join("; "));
+                        outln!("      step {} (line {}, {}): {}", s.index, s.line, s.layer.name(), what.join("; "));
                     }
                 }
             }
@@ -73,9 +82,9 @@ pub(crate) fn run(args: &Args) -> u8 {
                     let errors: Vec<String> = diags.iter().map(ToString::to_string).collect();
                     results.push(json!({"path": name, "passed": false, "errors": errors}));
                 } else {
-                    println!("ERROR {name}");
+                    outln!("ERROR {name}");
                     for d in &diags {
-                        println!("      {d}");
+                        outln!("      {d}");
                     }
                 }
             }
@@ -94,10 +103,10 @@ pub(crate) fn run(args: &Args) -> u8 {
             "steps_per_second": rate.round(),
         }));
     } else {
-        println!("{passed} passed, {failed} failed");
+        outln!("{passed} passed, {failed} failed");
     }
     if bad_input || paths.is_empty() {
-        if paths.is_empty() {
+        if paths.is_empty() && unreadable.is_empty() {
             eprintln!("no fixtures found");
         }
         EXIT_BAD_INPUT

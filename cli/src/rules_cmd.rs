@@ -31,12 +31,14 @@ pub(crate) enum RulesCommand {
 }
 
 pub(crate) fn run(c: RulesCommand) -> u8 {
-    let mut out = std::io::stdout();
+    // Buffered, then written in one go: a closed stdout ends the process quietly.
+    let mut out = Vec::new();
     let code = match c {
         RulesCommand::Check { paths, json } => arbiter_ruleset::check_command(&paths, json, &mut out),
         RulesCommand::Compile { path, output, json } => {
             arbiter_ruleset::compile_command(&path, &output, json, &mut out)
         }
     };
+    crate::out::bytes(&out);
     u8::try_from(code).unwrap_or(EXIT_BAD_INPUT)
 }

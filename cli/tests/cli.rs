@@ -98,7 +98,7 @@ fn lab_writes_pictures_and_fixtures() {
     let dots =
         std::fs::read_dir(&dot).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "dot").count();
     assert_eq!(dots, 16);
-    let pic = std::fs::read_to_string(dot.join("arbiter_compliant_above_tcp_v4_default.dot")).unwrap();
+    let pic = std::fs::read_to_string(dot.join("arbiter_compliant_ours-above_tcp_v4_default.dot")).unwrap();
     assert!(pic.starts_with("digraph") && pic.contains("redirect rule-proxy"), "{pic}");
     let o = arbiter(&["replay", rec.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));

@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    arbiter::audit::fuzz_decode(data);
+    arbiter::fuzzing::audit_decode(data);
 });

@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    arbiter::control::fuzz_decode(data);
+    arbiter::fuzzing::control(data);
 });

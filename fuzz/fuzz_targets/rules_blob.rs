@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    arbiter::compiled::fuzz_decode(data);
+    arbiter::fuzzing::rules_blob(data);
 });

@@ -1,8 +1,11 @@
 //! Graphviz pictures of redirect chains (`arbiter lab --dot DIR`).
 //!
 //! One node per stop on the path (app, each proxy, the destination or the
-//! end), one edge per connection, labelled with every callout that acted on
-//! it: vendor, verdict, reason (and the reauthorization round, if any).
+//! end), top to bottom so that a page can show a long chain, one edge per
+//! connection, labelled with every decision of the callout in our place
+//! (its `continue`s too: C2 and A6 are what make a chain end) and every
+//! other callout that acted: vendor, verdict, reason (and the
+//! reauthorization round, if any). The title counts hops as the table does.
 
 use std::fmt::Write as _;
 
@@ -13,12 +16,12 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// The edge label for one connection.
-fn label(t: &HopTrace) -> String {
+/// The edge label for one connection; `ours` names the callout in our place.
+fn label(t: &HopTrace, ours: &str) -> String {
     let mut lines: Vec<String> = t
         .decisions
         .iter()
-        .filter(|d| d.action != "continue" || d.refused)
+        .filter(|d| d.action != "continue" || d.refused || d.name == ours)
         .map(|d| {
             let round = if d.round > 0 { format!(" (reauth {})", d.round) } else { String::new() };
             let refused = if d.refused { " [refused: no write right]" } else { "" };
@@ -37,14 +40,15 @@ pub fn chain_dot(r: &Report) -> String {
     let _ = writeln!(out, "digraph \"{}\" {{", escape(&r.name));
     let _ = writeln!(
         out,
-        "  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n  edge [fontname=\"Helvetica\", fontsize=10];"
+        "  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\"];\n  edge [fontname=\"Helvetica\", fontsize=10];"
     );
     let _ = writeln!(
         out,
-        "  labelloc=t;\n  label=\"{}: {} after {} hop(s){}\";",
+        "  labelloc=t;\n  label=\"{}: {} after {} {}{}\";",
         escape(&r.name),
         r.outcome.kind(),
         r.hops,
+        if r.hops == 1 { "hop" } else { "hops" },
         if r.outcome.is_explained() && r.outcome.kind() == "delivered" {
             String::new()
         } else {
@@ -62,7 +66,8 @@ pub fn chain_dot(r: &Report) -> String {
         let _ = writeln!(out, "  n{i} [label=\"{}\"{style}];", escape(stop));
     }
     for i in 0..r.path.len().saturating_sub(1) {
-        let l = r.traces.get(i).map_or_else(|| "chain cap reached".to_owned(), label);
+        let ours = r.scenario.ours.name();
+        let l = r.traces.get(i).map_or_else(|| "chain cap reached".to_owned(), |t| label(t, ours));
         let _ = writeln!(out, "  n{i} -> n{} [label=\"{}\"];", i + 1, escape(&l).replace("\\\\n", "\\n"));
     }
     // Another vendor's bind redirect, as our inspection audited it.

@@ -313,6 +313,10 @@ pub trait Callout: fmt::Debug {
     fn as_arbiter(&self) -> Option<&crate::ours::ArbiterCallout> {
         None
     }
+    /// The same, mutably (to take its recording at the end of a scenario).
+    fn as_arbiter_mut(&mut self) -> Option<&mut crate::ours::ArbiterCallout> {
+        None
+    }
     /// Its classify function at ALE_BIND_REDIRECT, if it has a filter there.
     fn as_bind(&mut self) -> Option<&mut dyn crate::bind::BindCallout> {
         None

@@ -1013,6 +1013,11 @@ pub struct Tally {
     pub loops: u64,
     /// Connections ended unexplained over the end states.
     pub unexplained: u64,
+    /// Of `loops`, those the peers cause among themselves (the connection
+    /// loops alone with our driver uninstalled too).
+    pub peer_loops: u64,
+    /// Of `unexplained`, those the peers cause among themselves.
+    pub peer_unexplained: u64,
     /// Setups with a loop or unexplained end that our presence may have
     /// caused (for the baseline: any loop or unexplained end).
     pub failing_configurations: u64,
@@ -1040,6 +1045,8 @@ impl Tally {
         self.blocked += o.blocked;
         self.loops += o.loops;
         self.unexplained += o.unexplained;
+        self.peer_loops += o.peer_loops;
+        self.peer_unexplained += o.peer_unexplained;
         self.failing_configurations += o.failing_configurations;
         self.peer_only_configurations += o.peer_only_configurations;
         self.failing_end_states += o.failing_end_states;
@@ -1161,16 +1168,22 @@ impl Search<'_> {
         };
         // Only our arbiter's failures need telling apart: the baseline's are
         // all shown, as what the arbiter fixes.
-        let (setup, rules) = (self.setup, self.rules);
-        let peer_only = setup.ours == Ours::Arbiter
-            && *self
-                .fails_without_us
-                .entry(i)
-                .or_insert_with(|| run_alone(setup, rules, i, true).is_some_and(|o| !o.is_explained()));
+        let peer_only = self.peer_only(i);
         let slot = if peer_only { &mut self.result.peer_only } else { &mut self.result.counterexample };
         if slot.as_ref().is_none_or(|best| cx.rank() < best.rank()) {
             *slot = Some(cx);
         }
+    }
+
+    /// With our arbiter in place: does connection `i` fail alone with our
+    /// driver uninstalled (so the peers cause it among themselves)?
+    fn peer_only(&mut self, i: usize) -> bool {
+        let (setup, rules) = (self.setup, self.rules);
+        setup.ours == Ours::Arbiter
+            && *self
+                .fails_without_us
+                .entry(i)
+                .or_insert_with(|| run_alone(setup, rules, i, true).is_some_and(|o| !o.is_explained()))
     }
 
     /// Explores from the live machine `w` (at the end of `self.moves`);
@@ -1187,21 +1200,24 @@ impl Search<'_> {
         self.result.tally.states += 1;
         let enabled = w.enabled();
         if enabled.is_empty() {
-            let t = &mut self.result.tally;
-            t.end_states += 1;
+            self.result.tally.end_states += 1;
             let mut failing = false;
-            for c in &w.chains {
+            for (i, c) in w.chains.iter().enumerate() {
                 if let Phase::Done(o) = &c.phase {
+                    let by_peers = !o.is_explained() && self.peer_only(i);
+                    let t = &mut self.result.tally;
                     match o {
                         Outcome::Delivered => t.delivered += 1,
                         Outcome::Blocked { .. } => t.blocked += 1,
                         Outcome::Loop(_) => t.loops += 1,
                         Outcome::Unexplained(_) => t.unexplained += 1,
                     }
+                    t.peer_loops += u64::from(by_peers && matches!(o, Outcome::Loop(_)));
+                    t.peer_unexplained += u64::from(by_peers && matches!(o, Outcome::Unexplained(_)));
                     failing |= !o.is_explained();
                 }
             }
-            t.failing_end_states += u64::from(failing);
+            self.result.tally.failing_end_states += u64::from(failing);
             self.done.insert(key, 1);
             return 1;
         }

@@ -7,6 +7,12 @@
 //! that parses back to the same fixture; the lab's `--record` and
 //! `arbiter audit --fixture` use it.
 //!
+//! Handles and filter ids are u64, but TOML integers stop at `i64::MAX`:
+//! `endpoint`, `own_filter` and `previous[].filter` also take a string,
+//! decimal (`"18446744073709551615"`) or hex (`"0xffffffffffffffff"`), and
+//! the writer uses the hex string for values above `i64::MAX`, so every
+//! handle survives a round trip exactly.
+//!
 //! Extensions beyond formats.md, all optional: `[environment]` may also set
 //! `endpoints`, `destinations`, `known_proxies` (table capacities) and
 //! `endpoint_ttl_ms`, `known_proxy_ttl_ms`, so eviction and expiry fixtures
@@ -23,6 +29,7 @@ use arbiter::{
     AuthConnectInput, Capacities, Config, ConnectRedirectInput, Duration, Flow, Layer, Protocol, Reason, RedirectState,
     Verdict,
 };
+use arbiter_ruleset::LineIndex;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -51,13 +58,15 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// 1-based line and column of a byte offset.
+/// 1-based line and column of a byte offset. Scans `source` once: for many
+/// positions in one text, make one [`LineIndex`] and ask it.
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let before = source.get(..offset.min(source.len())).unwrap_or("");
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
+    LineIndex::new(source).line_col(source, offset)
 }
+
+/// The largest app id a step may carry, in UTF-16 code units: an audit
+/// record stores it with a 16-bit byte length.
+pub const MAX_APP_UNITS: usize = 32_767;
 
 /// Where a fixture's rules come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,8 +75,9 @@ pub enum RulesSource {
     None,
     /// `rules = "path"`, resolved against the fixture's folder.
     File(PathBuf),
-    /// An inline `[rules]` table.
-    Inline(toml::Table),
+    /// An inline `[rules]` table (shared: the lab hands the same table to
+    /// every scenario it records).
+    Inline(std::sync::Arc<toml::Table>),
 }
 
 /// `[environment]`.
@@ -290,9 +300,9 @@ struct RawFixture {
 #[serde(deny_unknown_fields)]
 struct RawEnvironment {
     #[serde(skip_serializing_if = "Option::is_none")]
-    own_filter: Option<u64>,
+    own_filter: Option<Spanned<RawU64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    proxy_pid: Option<u64>,
+    proxy_pid: Option<Spanned<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     endpoints: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -305,6 +315,35 @@ struct RawEnvironment {
     known_proxy_ttl_ms: Option<u64>,
 }
 
+/// A u64 given as a TOML integer, or as a decimal or `0x` hex string (for
+/// values above `i64::MAX`).
+#[derive(Deserialize, Serialize, Clone)]
+#[serde(untagged)]
+enum RawU64 {
+    Number(i64),
+    Text(String),
+}
+
+impl RawU64 {
+    fn value(&self) -> Option<u64> {
+        match self {
+            Self::Number(n) => u64::try_from(*n).ok(),
+            Self::Text(t) => {
+                let t = t.trim();
+                match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => t.parse().ok(),
+                }
+            }
+        }
+    }
+
+    /// An integer when TOML can hold it, else the hex string.
+    fn of(v: u64) -> Self {
+        i64::try_from(v).map_or_else(|_| Self::Text(format!("{v:#x}")), Self::Number)
+    }
+}
+
 /// A protocol given as a name or a number.
 #[derive(Deserialize, Serialize, Clone)]
 #[serde(untagged)]
@@ -313,10 +352,10 @@ enum RawProtocol {
     Name(String),
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawPrevious {
-    filter: u64,
+    filter: Spanned<RawU64>,
     #[serde(default)]
     local_redirect_handle: bool,
 }
@@ -326,13 +365,13 @@ struct RawPrevious {
 struct RawStep {
     at_ms: Option<u64>,
     layer: Spanned<String>,
-    endpoint: u64,
+    endpoint: Spanned<RawU64>,
     protocol: Spanned<RawProtocol>,
     local: Spanned<String>,
     remote: Spanned<String>,
-    pid: u64,
-    app: String,
-    original_app: Option<String>,
+    pid: Spanned<u64>,
+    app: Spanned<String>,
+    original_app: Option<Spanned<String>>,
     package: Option<Spanned<String>>,
     state: Option<Spanned<String>>,
     write_right: Option<Spanned<bool>>,
@@ -355,20 +394,56 @@ struct RawExpect {
     #[serde(skip_serializing_if = "Option::is_none")]
     redirect_to: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    target_pid: Option<u64>,
+    target_pid: Option<Spanned<u64>>,
 }
 
 /// Collects diagnostics against one source text.
 struct Diags<'s> {
     file: &'s Path,
     source: &'s str,
+    lines: LineIndex,
     list: Vec<Diagnostic>,
 }
 
 impl Diags<'_> {
     fn at(&mut self, offset: usize, code: &'static str, message: String) {
-        let (line, col) = line_col(self.source, offset);
+        let (line, col) = self.lines.line_col(self.source, offset);
         self.list.push(Diagnostic { file: self.file.to_path_buf(), line, col, code, message });
+    }
+
+    /// A process id: a DWORD in WFP (and not 0 for our proxy).
+    fn pid(&mut self, v: &Spanned<u64>, what: &str, zero_ok: bool) {
+        let p = *v.get_ref();
+        if p > u64::from(u32::MAX) {
+            self.at(v.span().start, "bad-pid", format!("{what}: {p} is above the largest process id, {}", u32::MAX));
+        } else if p == 0 && !zero_ok {
+            self.at(v.span().start, "bad-pid", format!("{what}: 0 is not a process id a proxy can have"));
+        }
+    }
+
+    /// An app id that fits an audit record.
+    fn app(&mut self, v: &Spanned<String>, what: &str) {
+        let units = v.get_ref().encode_utf16().count();
+        if units > MAX_APP_UNITS {
+            self.at(
+                v.span().start,
+                "app-too-long",
+                format!("{what}: {units} UTF-16 units, more than the {MAX_APP_UNITS} an app id may have"),
+            );
+        }
+    }
+
+    /// A u64 given as an integer or a string.
+    fn u64(&mut self, v: &Spanned<RawU64>, what: &str) -> Option<u64> {
+        let r = v.get_ref().value();
+        if r.is_none() {
+            self.at(
+                v.span().start,
+                "out-of-range",
+                format!("{what}: not a u64 (an integer 0 or more, or a decimal or \"0x\" hex string)"),
+            );
+        }
+        r
     }
 
     fn parse<T>(
@@ -391,6 +466,9 @@ fn serde_code(message: &str) -> &'static str {
         "unknown-key"
     } else if message.contains("missing field") {
         "missing-key"
+    } else if message.contains("invalid value") {
+        // A negative number or one too large for its field.
+        "out-of-range"
     } else if message.contains("invalid type") || message.contains("did not match any variant") {
         "wrong-type"
     } else {
@@ -400,8 +478,12 @@ fn serde_code(message: &str) -> &'static str {
 
 impl Fixture {
     /// Reads and validates a fixture file.
+    ///
+    /// Only a regular file of at most [`arbiter_ruleset::input::FIXTURE_CAP`]
+    /// bytes is read.
     pub fn load(path: &Path) -> Result<Self, Vec<Diagnostic>> {
-        match std::fs::read_to_string(path) {
+        use arbiter_ruleset::input::{FIXTURE_CAP, read_text_capped};
+        match read_text_capped(path, FIXTURE_CAP) {
             Ok(s) => Self::parse(&s, path),
             Err(e) => Err(vec![Diagnostic {
                 file: path.to_path_buf(),
@@ -415,7 +497,7 @@ impl Fixture {
 
     /// Validates fixture text; `path` names it and anchors a relative `rules` path.
     pub fn parse(source: &str, path: &Path) -> Result<Self, Vec<Diagnostic>> {
-        let mut d = Diags { file: path, source, list: Vec::new() };
+        let mut d = Diags { file: path, source, lines: LineIndex::new(source), list: Vec::new() };
         let raw: RawFixture = match toml::from_str(source) {
             Ok(r) => r,
             Err(e) => {
@@ -427,7 +509,7 @@ impl Fixture {
             None => RulesSource::None,
             Some(v) => match v.get_ref() {
                 toml::Value::String(p) => RulesSource::File(path.parent().unwrap_or_else(|| Path::new("")).join(p)),
-                toml::Value::Table(t) => RulesSource::Inline(t.clone()),
+                toml::Value::Table(t) => RulesSource::Inline(std::sync::Arc::new(t.clone())),
                 _ => {
                     d.at(v.span().start, "wrong-type", "rules: expected a file path or a [rules] table".to_owned());
                     RulesSource::None
@@ -437,9 +519,16 @@ impl Fixture {
         let e = raw.environment.unwrap_or_default();
         let defaults = Environment::default();
         let caps = Capacities::default();
+        let own_filter = match &e.own_filter {
+            Some(v) => d.u64(v, "environment.own_filter").unwrap_or(defaults.own_filter),
+            None => defaults.own_filter,
+        };
+        if let Some(p) = &e.proxy_pid {
+            d.pid(p, "environment.proxy_pid", false);
+        }
         let environment = Environment {
-            own_filter: e.own_filter.unwrap_or(defaults.own_filter),
-            proxy_pid: e.proxy_pid,
+            own_filter,
+            proxy_pid: e.proxy_pid.map(Spanned::into_inner),
             capacities: Capacities {
                 endpoints: e.endpoints.unwrap_or(caps.endpoints),
                 destinations: e.destinations.unwrap_or(caps.destinations),
@@ -474,15 +563,15 @@ impl Fixture {
                 doc.insert("rules".into(), p.display().to_string().into());
             }
             RulesSource::Inline(t) => {
-                doc.insert("rules".into(), toml::Value::Table(t.clone()));
+                doc.insert("rules".into(), toml::Value::Table(toml::Table::clone(t)));
             }
         }
         let d = Environment::default();
         let e = &self.environment;
         let caps = Capacities::default();
         let env = RawEnvironment {
-            own_filter: Some(e.own_filter),
-            proxy_pid: e.proxy_pid,
+            own_filter: Some(Spanned::new(0..0, RawU64::of(e.own_filter))),
+            proxy_pid: e.proxy_pid.map(|p| Spanned::new(0..0, p)),
             endpoints: (e.capacities.endpoints != caps.endpoints).then_some(e.capacities.endpoints),
             destinations: (e.capacities.destinations != caps.destinations).then_some(e.capacities.destinations),
             known_proxies: (e.capacities.known_proxies != caps.known_proxies).then_some(e.capacities.known_proxies),
@@ -503,7 +592,10 @@ fn step_table(s: &Step) -> toml::Table {
     let mut put = |k: &str, v: toml::Value| {
         t.insert(k.to_owned(), v);
     };
-    let int = |v: u64| toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    let int = |v: u64| match RawU64::of(v) {
+        RawU64::Number(n) => toml::Value::Integer(n),
+        RawU64::Text(t) => toml::Value::String(t),
+    };
     put("at_ms", int(s.at_ms));
     put("layer", s.layer.name().into());
     put("endpoint", int(s.endpoint));
@@ -588,6 +680,34 @@ fn validate_step(d: &mut Diags<'_>, s: RawStep, start: usize, last_at: &mut u64)
     };
     let local = addr(d, &s.local, "local");
     let remote = addr(d, &s.remote, "remote");
+    if let (Some(l), Some(r)) = (local, remote)
+        && l.is_ipv4() != r.is_ipv4()
+    {
+        d.at(
+            s.remote.span().start,
+            "family-mismatch",
+            format!("remote {r} and local {l} are of different address families; a connection has one"),
+        );
+    }
+    let endpoint = d.u64(&s.endpoint, "endpoint");
+    d.pid(&s.pid, "pid", true);
+    if let Some(p) = &s.target_pid {
+        d.pid(p, "target_pid", false);
+    }
+    d.app(&s.app, "app");
+    if let Some(o) = &s.original_app {
+        d.app(o, "original_app");
+    }
+    let previous: Vec<PreviousEntry> = s
+        .previous
+        .iter()
+        .filter_map(|p| {
+            Some(PreviousEntry {
+                filter: d.u64(&p.filter, "previous.filter")?,
+                local_redirect_handle: p.local_redirect_handle,
+            })
+        })
+        .collect();
     let state = match &s.state {
         Some(v) => d.parse(v, "bad-state", "state", RedirectState::from_name),
         None => Some(RedirectState::NotRedirected),
@@ -641,7 +761,10 @@ fn validate_step(d: &mut Diags<'_>, s: RawStep, start: usize, last_at: &mut u64)
         if let Some(v) = &e.redirect_to {
             expect.redirect_to = addr(d, v, "expect.redirect_to");
         }
-        expect.target_pid = e.target_pid;
+        if let Some(p) = &e.target_pid {
+            d.pid(p, "expect.target_pid", false);
+            expect.target_pid = Some(*p.get_ref());
+        }
     }
     if d.list.len() != before {
         return None;
@@ -649,27 +772,23 @@ fn validate_step(d: &mut Diags<'_>, s: RawStep, start: usize, last_at: &mut u64)
     Some(Step {
         at_ms,
         layer: layer?,
-        endpoint: s.endpoint,
+        endpoint: endpoint?,
         protocol: protocol?,
         local: local?,
         remote: remote?,
-        pid: s.pid,
-        app: s.app,
-        original_app: s.original_app,
+        pid: s.pid.into_inner(),
+        app: s.app.into_inner(),
+        original_app: s.original_app.map(Spanned::into_inner),
         package: s.package.map(Spanned::into_inner),
         state: state?,
         write_right: s.write_right.is_none_or(Spanned::into_inner),
         reauthorize: s.reauthorize.unwrap_or(false),
-        previous: s
-            .previous
-            .iter()
-            .map(|p| PreviousEntry { filter: p.filter, local_redirect_handle: p.local_redirect_handle })
-            .collect(),
+        previous,
         redirected: s.redirected.is_some_and(Spanned::into_inner),
         target_pid: s.target_pid.map(Spanned::into_inner),
         original_destination,
         expect,
-        line: line_col(d.source, start).0,
+        line: d.lines.line_col(d.source, start).0,
     })
 }
 
@@ -759,5 +878,60 @@ original_destination = "93.184.216.34:443"
         )
         .unwrap_err();
         assert_eq!(errs[0].code, "wrong-layer");
+    }
+
+    #[test]
+    fn handles_above_i64_max_round_trip_exactly() {
+        let mut f = Fixture::parse(SAMPLE, Path::new("x/sample.toml")).unwrap();
+        f.steps[0].endpoint = u64::MAX;
+        f.steps[1].endpoint = u64::MAX - 1;
+        f.steps[0].previous[0].filter = 1 << 63;
+        f.environment.own_filter = u64::MAX - 7;
+        let text = f.to_toml();
+        assert!(text.contains("endpoint = \"0xffffffffffffffff\""), "{text}");
+        let g = Fixture::parse(&text, Path::new("x/sample.toml")).unwrap();
+        assert_eq!(g.steps[0].endpoint, u64::MAX);
+        assert_eq!(g.steps[1].endpoint, u64::MAX - 1);
+        assert_eq!(g.steps[0].previous[0].filter, 1 << 63);
+        assert_eq!(g.environment.own_filter, u64::MAX - 7);
+        let decimal = SAMPLE
+            .replace("endpoint = 1\nprotocol = \"tcp\"", "endpoint = \"18446744073709551615\"\nprotocol = \"tcp\"");
+        assert_eq!(Fixture::parse(&decimal, Path::new("d.toml")).unwrap().steps[0].endpoint, u64::MAX);
+    }
+
+    fn first_error(text: &str) -> Diagnostic {
+        Fixture::parse(text, Path::new("b.toml")).unwrap_err().remove(0)
+    }
+
+    #[test]
+    fn inputs_the_core_cannot_take_are_errors_with_position() {
+        let e = first_error(&SAMPLE.replace("proxy_pid = 5151", "proxy_pid = 0"));
+        assert_eq!((e.code, e.line), ("bad-pid", 14));
+        let e = first_error(&SAMPLE.replace("proxy_pid = 5151", "proxy_pid = 4294967296"));
+        assert_eq!((e.code, e.line), ("bad-pid", 14));
+        assert!(e.to_string().starts_with("b.toml:14:13: error[bad-pid]"), "{e}");
+        let e = first_error(&SAMPLE.replacen("local = \"10.0.0.5:50000\"", "local = \"[fe80::1]:50000\"", 1));
+        assert_eq!((e.code, e.line), ("family-mismatch", 22));
+        let long = format!("app = '\\device\\{}'", "a".repeat(MAX_APP_UNITS));
+        let e = first_error(&SAMPLE.replacen("app = '\\device\\harddiskvolume3\\apps\\browser.exe'", &long, 1));
+        assert_eq!((e.code, e.line), ("app-too-long", 24));
+        let e = first_error(&SAMPLE.replacen("endpoint = 1", "endpoint = -1", 1));
+        assert_eq!((e.code, e.line), ("out-of-range", 19));
+        let e = first_error(&SAMPLE.replacen("pid = 4242", "pid = -4", 1));
+        assert_eq!(e.code, "out-of-range", "{e}");
+    }
+
+    #[test]
+    fn step_lines_are_right_far_into_a_long_fixture() {
+        let step = SAMPLE.split("[[step]]").nth(1).unwrap();
+        let mut text = SAMPLE.split("[[step]]").next().unwrap().to_owned();
+        for _ in 0..2_000 {
+            text.push_str("[[step]]");
+            text.push_str(step);
+        }
+        let f = Fixture::parse(&text, Path::new("big.toml")).unwrap();
+        assert_eq!(f.steps.len(), 2_000);
+        let per_step = step.matches('\n').count();
+        assert_eq!(f.steps[1_999].line, 16 + 1_999 * per_step);
     }
 }

@@ -14,6 +14,7 @@
 //! - [`profiles`]: peer vendor profiles.
 //! - [`ours`]: the real core behind the engine's callout seam.
 //! - [`scenario`]: scenarios, the matrix, and the [`scenario::Lab`] harness.
+//! - [`machine`]: a real machine's vendors, simulated (`arbiter lab --setup`).
 //! - [`explore`]: the exhaustive interop explorer (vendors, weight orders,
 //!   trust, record propagation, interleaved connections).
 
@@ -26,6 +27,7 @@ pub mod dot;
 pub mod engine;
 pub mod explore;
 pub mod fixture;
+pub mod machine;
 pub mod ours;
 pub mod profiles;
 pub mod replay;

@@ -72,7 +72,7 @@ pub fn fixture_rules(f: &Fixture) -> Result<RuleSet, Diagnostic> {
         RulesSource::None => Ok(RuleSet::default()),
         RulesSource::File(p) => crate::rules::load_file(p).map_err(diag),
         RulesSource::Inline(t) => {
-            let text = toml::to_string(t).map_err(|e| diag(e.to_string()))?;
+            let text = toml::to_string(t.as_ref()).map_err(|e| diag(e.to_string()))?;
             crate::rules::parse_str(&text, &f.path.display().to_string()).map_err(diag)
         }
     }

@@ -28,8 +28,9 @@ pub struct LabRules {
     pub name: String,
     /// The parsed rules.
     pub rules: RuleSet,
-    /// The source as a table, inlined into recorded fixtures.
-    pub table: toml::Table,
+    /// The source as a table, inlined into recorded fixtures (shared by all
+    /// their reports, not copied into each).
+    pub table: std::sync::Arc<toml::Table>,
 }
 
 impl LabRules {
@@ -37,12 +38,13 @@ impl LabRules {
     pub fn from_text(name: &str, text: &str, origin: &str) -> Result<Self, String> {
         let rules = crate::rules::parse_str(text, origin)?;
         let table = text.parse::<toml::Table>().map_err(|e| format!("{origin}: {e}"))?;
-        Ok(Self { name: name.to_owned(), rules, table })
+        Ok(Self { name: name.to_owned(), rules, table: std::sync::Arc::new(table) })
     }
 
     /// Loads a rules file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = arbiter_ruleset::input::read_text_capped(path, arbiter_ruleset::input::RULES_CAP)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let name = path.file_stem().map_or_else(|| "rules".to_owned(), |s| s.to_string_lossy().into_owned());
         Self::from_text(&name, &text, &path.display().to_string())
     }
@@ -53,7 +55,7 @@ impl LabRules {
         Self::from_text("builtin", crate::rules::LAB_FALLBACK_RULES, "builtin").unwrap_or_else(|_| Self {
             name: "builtin".into(),
             rules: RuleSet::default(),
-            table: toml::Table::new(),
+            table: std::sync::Arc::default(),
         })
     }
 
@@ -113,8 +115,9 @@ impl Position {
     /// Report name.
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Above => "above",
-            Self::Below => "below",
+            // Read as "ours above": our weight is above the peer's.
+            Self::Above => "ours-above",
+            Self::Below => "ours-below",
         }
     }
 }
@@ -404,18 +407,31 @@ impl Lab {
                 inspected.push(d.name.clone());
             }
         }
-        let ours = self.engine.vendors.get(OURS).and_then(|v| v.callout.as_arbiter());
-        let recorded = ours.map(|a| Fixture {
-            name: self.name.clone(),
-            path: format!("{}.toml", file_stem(&self.name)).into(),
-            rules: RulesSource::Inline(self.rules.table.clone()),
-            environment: Environment {
-                own_filter: OWN_FILTER,
-                proxy_pid: Some(OWN_PROXY_PID),
-                ..Environment::default()
-            },
-            steps: a.steps.clone(),
-        });
+        // The recording is moved out, not copied: the scenario is over.
+        let ours = self
+            .engine
+            .vendors
+            .get_mut(OURS)
+            .and_then(|v| v.callout.as_arbiter_mut())
+            .map(|a| (core::mem::take(&mut a.steps), core::mem::take(&mut a.audit_log), a.audit_failures));
+        let audit_failures = ours.as_ref().map_or(0, |o| o.2);
+        let (recorded, audit_log) = match ours {
+            Some((steps, log, _)) => (
+                Some(Fixture {
+                    name: self.name.clone(),
+                    path: format!("{}.toml", file_stem(&self.name)).into(),
+                    rules: RulesSource::Inline(core::mem::take(&mut self.rules.table)),
+                    environment: Environment {
+                        own_filter: OWN_FILTER,
+                        proxy_pid: Some(OWN_PROXY_PID),
+                        ..Environment::default()
+                    },
+                    steps,
+                }),
+                log,
+            ),
+            None => (None, Vec::new()),
+        };
         Report {
             scenario: self.scenario,
             name: self.name,
@@ -424,8 +440,8 @@ impl Lab {
             path: self.path,
             inspected,
             recorded,
-            audit_log: ours.map(|a| a.audit_log.clone()).unwrap_or_default(),
-            audit_failures: ours.map_or(0, |a| a.audit_failures),
+            audit_log,
+            audit_failures,
             traces: self.traces,
         }
     }

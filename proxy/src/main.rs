@@ -27,7 +27,55 @@ struct Args {
 const USAGE: &str = "usage: arbiter-proxy [--v4 ADDR|none] [--v6 ADDR|none] [--no-udp] \
 [--audit-dir DIR] [--audit-max-bytes N] [--audit-keep N] [--poll-ms N]";
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+/// `--help`: the usage line, what each flag does, and the exit codes.
+const HELP: &str = "\
+arbiter-proxy: the arbiter's reference local proxy and control service (Windows).
+
+usage: arbiter-proxy [OPTIONS]
+
+  --v4 ADDR|none         TCP and UDP listener for IPv4 [default: 127.0.0.1:34010]
+  --v6 ADDR|none         TCP and UDP listener for IPv6 [default: [::1]:34010]
+  --no-udp               relay TCP only
+  --audit-dir DIR        where audit.jsonl is written [default: %ProgramData%\\arbiter\\audit]
+  --audit-max-bytes N    rotate audit.jsonl at N bytes [default: 16777216]
+  --audit-keep N         rotated files kept [default: 8]
+  --poll-ms N            control-device poll interval [default: 500]
+  -h, --help             print this help
+
+exit codes:
+  0  --help, or a clean stop
+  1  a listener or the audit directory could not be opened
+  2  bad arguments
+  3  the driver's control device \\\\.\\ArbiterControl cannot be opened
+     (driver not installed or not started, or not an elevated prompt),
+     or this is not Windows
+";
+
+/// Exit code: a listener or the audit directory could not be opened.
+#[cfg_attr(not(windows), allow(dead_code, reason = "only the Windows service opens listeners"))]
+const EXIT_RUNTIME: u8 = 1;
+/// Exit code: bad arguments.
+const EXIT_USAGE: u8 = 2;
+/// Exit code: no control device (the driver is not there, or not Windows).
+const EXIT_NO_DEVICE: u8 = 3;
+
+/// What the command line asks for.
+#[derive(Debug)]
+enum Command {
+    Run(Args),
+    Help,
+}
+
+fn parse_args(it: impl Iterator<Item = String>) -> Result<Command, String> {
+    // `--help` anywhere wins, so a half-typed command line still gets help.
+    let all: Vec<String> = it.collect();
+    if all.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(Command::Help);
+    }
+    parse_run(all.into_iter()).map(Command::Run)
+}
+
+fn parse_run(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
         v4: Some(SocketAddrV4::new([127, 0, 0, 1].into(), 34010)),
         v6: Some(SocketAddrV6::new(std::net::Ipv6Addr::LOCALHOST, 34010, 0, 0)),
@@ -63,7 +111,6 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 let v = value()?;
                 a.poll = Duration::from_millis(v.parse().map_err(|_| bad("milliseconds", &v))?);
             }
-            "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -79,14 +126,17 @@ fn default_audit_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+    match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => run(&args),
+        Ok(Command::Help) => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
         }
-    };
-    run(&args)
+        Err(e) => {
+            eprintln!("arbiter-proxy: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }
 
 #[cfg(windows)]
@@ -101,6 +151,12 @@ fn run(args: &Args) -> ExitCode {
     use arbiter_proxy::udp::{UdpOptions, UdpRelay};
     use arbiter_proxy::windows::{DeviceChannel, WfpProvider};
 
+    // The driver must be there before we listen: without it nothing is
+    // redirected to us and nothing registers us, so fail now and say why.
+    if let Err(e) = DeviceChannel::open() {
+        eprintln!("arbiter-proxy: {}", no_device_message(&e));
+        return ExitCode::from(EXIT_NO_DEVICE);
+    }
     let provider = Arc::new(WfpProvider::new());
     let tcp_report: arbiter_proxy::tcp::Reporter = Arc::new(|r| {
         if !matches!(r.outcome, arbiter_proxy::tcp::Outcome::Completed) {
@@ -121,8 +177,8 @@ fn run(args: &Args) -> ExitCode {
         match started {
             Ok(r) => relays.push(r),
             Err(e) => {
-                eprintln!("cannot listen on tcp {addr}: {e}");
-                return ExitCode::FAILURE;
+                eprintln!("arbiter-proxy: cannot listen on tcp {addr}: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
             }
         }
         if args.udp {
@@ -132,8 +188,8 @@ fn run(args: &Args) -> ExitCode {
             match started {
                 Ok(r) => udp_relays.push(r),
                 Err(e) => {
-                    eprintln!("cannot listen on udp {addr}: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!("arbiter-proxy: cannot listen on udp {addr}: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
                 }
             }
         }
@@ -141,8 +197,8 @@ fn run(args: &Args) -> ExitCode {
     let log = match AuditLog::open(&args.audit_dir, args.audit_max_bytes, args.audit_keep) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cannot open the audit file in {}: {e}", args.audit_dir.display());
-            return ExitCode::FAILURE;
+            eprintln!("arbiter-proxy: cannot open the audit file in {}: {e}", args.audit_dir.display());
+            return ExitCode::from(EXIT_RUNTIME);
         }
     };
     let config = ServiceConfig {
@@ -156,15 +212,32 @@ fn run(args: &Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Says why the control device could not be opened and what to do.
+#[cfg(windows)]
+fn no_device_message(e: &std::io::Error) -> String {
+    let hint = match e.raw_os_error() {
+        // ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND
+        Some(2 | 3) => "the arbiter driver is not installed or not started (see README, \"Windows\")",
+        // ERROR_ACCESS_DENIED
+        Some(5) => "run it from an elevated prompt or as the service account",
+        _ => "is the arbiter driver installed and started?",
+    };
+    format!(
+        "cannot open the driver's control device {}: {e}; {hint} (exit {EXIT_NO_DEVICE})",
+        arbiter::control::DEVICE_PATH
+    )
+}
+
 #[cfg(not(windows))]
 fn run(args: &Args) -> ExitCode {
     let listen: Vec<SocketAddr> = args.v4.map(SocketAddr::V4).into_iter().chain(args.v6.map(SocketAddr::V6)).collect();
     eprintln!(
-        "arbiter-proxy needs Windows (WFP redirect records and the arbiter driver); \
-         would listen on {listen:?} and audit to {} (the relay and service are tested on this platform with `cargo test -p arbiter-proxy`)",
+        "arbiter-proxy: no driver control device here: the proxy needs Windows (WFP redirect records and the \
+         arbiter driver); would listen on {listen:?} and audit to {} (the relay and service are tested on this \
+         platform with `cargo test -p arbiter-proxy`) (exit {EXIT_NO_DEVICE})",
         args.audit_dir.display()
     );
-    ExitCode::from(2)
+    ExitCode::from(EXIT_NO_DEVICE)
 }
 
 #[cfg(test)]
@@ -172,7 +245,20 @@ mod tests {
     use super::*;
 
     fn args(list: &[&str]) -> Result<Args, String> {
-        parse_args(list.iter().map(|s| (*s).to_string()))
+        match parse_args(list.iter().map(|s| (*s).to_string()))? {
+            Command::Run(a) => Ok(a),
+            Command::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn help_wins_anywhere_and_documents_the_exit_codes() {
+        for list in [&["--help"][..], &["-h"], &["--v4", "nonsense", "--help"], &["--frobnicate", "-h"]] {
+            assert!(matches!(parse_args(list.iter().map(|s| (*s).to_string())), Ok(Command::Help)), "{list:?}");
+        }
+        for code in [EXIT_RUNTIME, EXIT_USAGE, EXIT_NO_DEVICE] {
+            assert!(HELP.contains(&format!("\n  {code}  ")), "exit code {code} is not in --help");
+        }
     }
 
     #[test]

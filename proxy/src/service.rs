@@ -1,12 +1,20 @@
 //! The control service: keeps our proxy registered with the driver and
 //! drains the driver's audit ring to the audit file.
 //!
+//! The service holds one handle to the control device, opened for reading
+//! and writing, for as long as it runs: the driver ties our registration to
+//! that handle (it must name our own PID, and it ends when the handle is
+//! closed, including when this process dies), and gives the handle its own
+//! drain cursor. At most one such writer handle is open at a time; the
+//! `arbiter` command and other tools open the device for reading only
+//! (hello, counters, their own audit drain) and never disturb the service.
+//!
 //! Each [`Service::tick`] says `Hello`; the reply's instance id changes when
 //! the driver was reloaded, and its registration shows whether ours is still
-//! in force, so a driver restart (or anyone clearing the registration) is
-//! repaired on the next tick. Each tick opens the device and closes it again,
-//! so the service never holds the driver loaded and never uses a handle to a
-//! driver instance that is gone.
+//! in force, so a driver restart is repaired on the next tick: a call on a
+//! handle to a driver instance that is gone fails, the handle is dropped and
+//! the next tick opens a new one and registers again. Stop the service
+//! before unloading the driver: its open handle keeps the driver loaded.
 //!
 //! The drain cursor is saved beside the audit file after every batch, so a
 //! service restart neither repeats records nor skips them.
@@ -22,15 +30,20 @@ use std::thread;
 use std::time::Duration;
 
 use arbiter::audit::AuditRecord;
-use arbiter::control::{self, AuditRing, Info, MIN_REPLY_BUFFER, ReplyError, Request, RulesRejected, Station, Status};
+use arbiter::control::{
+    self, Access, Caller, HandleId, Handles, Info, MIN_REPLY_BUFFER, ReplyError, Request, RulesRejected, Status,
+};
 use arbiter::{Arbiter, Capacities, Config, ProxyRegistration, RuleSet};
+use arbiter_callout::control::Device;
+use arbiter_callout::{Callout, CalloutConfig};
 
 use crate::auditlog::{self, AuditLog};
 
 /// One request/reply exchange with the driver (DeviceIoControl on Windows).
 pub trait ControlChannel {
-    /// Sends `request`, fills `reply`, returns the reply's length.
-    fn call(&mut self, request: &[u8], reply: &mut [u8]) -> io::Result<usize>;
+    /// Sends `request` with IOCTL code `ioctl` (the request's own op's,
+    /// [`arbiter::control::Op::ioctl`]), fills `reply`, returns the reply's length.
+    fn call(&mut self, ioctl: u32, request: &[u8], reply: &mut [u8]) -> io::Result<usize>;
 }
 
 /// Why a tick failed.
@@ -137,20 +150,29 @@ impl<C: ControlChannel, O: FnMut() -> io::Result<C>> Service<C, O> {
     }
 
     /// Sends one request; on a transport failure drops the handle.
+    /// Sends one request. A handle kept from an earlier tick may belong to a
+    /// driver load that is gone: then it is dropped and the request is sent
+    /// once more on a new handle. Any other transport failure drops the handle.
     fn call(&mut self, request: &Request<'_>) -> Result<control::Reply<'_>, ServiceError> {
-        if self.channel.is_none() {
-            self.channel = Some((self.open)().map_err(ServiceError::Open)?);
-        }
         let bytes = request.to_vec();
-        let result = match self.channel.as_mut() {
-            Some(ch) => ch.call(&bytes, &mut self.reply),
-            None => Err(io::Error::other("no channel")),
-        };
-        let n = match result {
-            Ok(n) => n,
-            Err(e) => {
-                self.channel = None;
-                return Err(ServiceError::Call(e));
+        let mut retry = self.channel.is_some();
+        let n = loop {
+            if self.channel.is_none() {
+                self.channel = Some((self.open)().map_err(ServiceError::Open)?);
+            }
+            let result = match self.channel.as_mut() {
+                Some(ch) => ch.call(request.op().ioctl(), &bytes, &mut self.reply),
+                None => Err(io::Error::other("no channel")),
+            };
+            match result {
+                Ok(n) => break n,
+                Err(e) => {
+                    self.channel = None;
+                    if !retry {
+                        return Err(ServiceError::Call(e));
+                    }
+                    retry = false;
+                }
             }
         };
         let reply = self.reply.get(..n).ok_or(ServiceError::Reply(ReplyError::Truncated))?;
@@ -162,16 +184,9 @@ impl<C: ControlChannel, O: FnMut() -> io::Result<C>> Service<C, O> {
     }
 
     /// Checks the registration (repairing it if the driver restarted or lost
-    /// it) and drains the audit ring. The device handle is closed again at
-    /// the end: an open handle would keep the driver from unloading
-    /// (`sc stop` waits for every handle), so none outlives a tick.
+    /// it) and drains the audit ring. The handle stays open between ticks:
+    /// our registration lasts as long as it does.
     pub fn tick(&mut self) -> Result<Tick, ServiceError> {
-        let result = self.tick_open();
-        self.channel = None;
-        result
-    }
-
-    fn tick_open(&mut self) -> Result<Tick, ServiceError> {
         let reply = self.call(&Request::Hello)?;
         Self::expect_ok(&reply, "hello")?;
         let instance = reply.instance;
@@ -241,7 +256,13 @@ impl<C: ControlChannel, O: FnMut() -> io::Result<C>> Service<C, O> {
         Ok(())
     }
 
-    /// Unregisters our proxy (at shutdown).
+    /// Closes our handle (the driver then unregisters us, as it would if
+    /// this process died). The next tick opens a new one.
+    pub fn disconnect(&mut self) {
+        self.channel = None;
+    }
+
+    /// Unregisters our proxy (at shutdown) and closes our handle.
     pub fn unregister(&mut self) -> Result<(), ServiceError> {
         let result = self
             .call(&Request::UnregisterProxy { pid: self.config.registration.pid })
@@ -282,9 +303,47 @@ fn save_cursor(path: &PathBuf, instance: u64, cursor: u64) -> io::Result<()> {
 
 // ---- an in-process driver, for tests and for running without Windows -----
 
+/// Fwps for a callout that never classifies (the simulated driver only
+/// answers control requests, and holds nothing).
+struct NoFwps;
+
+impl arbiter_callout::Fwps for NoFwps {
+    fn query_redirect_state(
+        &mut self,
+        _: wfp_ffi::HANDLE,
+        _: wfp_ffi::HANDLE,
+    ) -> wfp_ffi::FWPS_CONNECTION_REDIRECT_STATE {
+        wfp_ffi::FWPS_CONNECTION_NOT_REDIRECTED
+    }
+    fn acquire_classify_handle(&mut self, _: *const core::ffi::c_void) -> Result<u64, wfp_ffi::NTSTATUS> {
+        Err(UNSUPPORTED)
+    }
+    fn acquire_writable_connect_request(
+        &mut self,
+        _: u64,
+        _: u64,
+        _: &mut wfp_ffi::FWPS_CLASSIFY_OUT0,
+    ) -> Result<core::ptr::NonNull<wfp_ffi::FWPS_CONNECT_REQUEST0>, wfp_ffi::NTSTATUS> {
+        Err(UNSUPPORTED)
+    }
+    fn apply_modified_layer_data(&mut self, _: u64, _: core::ptr::NonNull<wfp_ffi::FWPS_CONNECT_REQUEST0>, _: u32) {}
+    fn pend_classify(&mut self, _: u64, _: u64, _: &mut wfp_ffi::FWPS_CLASSIFY_OUT0) -> Result<(), wfp_ffi::NTSTATUS> {
+        Err(UNSUPPORTED)
+    }
+    fn complete_classify(&mut self, _: u64, _: &wfp_ffi::FWPS_CLASSIFY_OUT0) {}
+    fn release_classify_handle(&mut self, _: u64) {}
+    fn allocate_context(&mut self, _: usize) -> Option<core::ptr::NonNull<u8>> {
+        None
+    }
+    fn free_context(&mut self, _: core::ptr::NonNull<u8>) {}
+}
+
+/// STATUS_NOT_SUPPORTED.
+const UNSUPPORTED: wfp_ffi::NTSTATUS = 0xC000_00BB_u32 as wfp_ffi::NTSTATUS;
+
 struct Sim {
-    arbiter: Arbiter<RuleSet>,
-    ring: AuditRing,
+    callout: Callout<RuleSet>,
+    handles: Handles,
     instance: u64,
     loaded: bool,
 }
@@ -294,18 +353,42 @@ impl Sim {
         let caps = Capacities { endpoints: 64, destinations: 64, known_proxies: 16 };
         let arbiter = Arbiter::new(Config::default(), caps, RuleSet::default())
             .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "arbiter tables"))?;
-        let ring = AuditRing::new(ring_bytes).map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "audit ring"))?;
-        Ok(Self { arbiter, ring, instance, loaded: true })
+        let callout = Callout::new(arbiter, CalloutConfig { ring_bytes, pend: None })
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "audit ring"))?;
+        Ok(Self { callout, handles: Handles::new(), instance, loaded: true })
+    }
+
+    /// Runs `f` on the driver's control target, as the driver's dispatch does under its lock.
+    fn with_device<R>(&mut self, f: impl FnOnce(&mut Device<'_, RuleSet, RejectBlobs, NoFwps>) -> R) -> R {
+        let mut fwps = NoFwps;
+        let mut device = Device {
+            callout: &mut self.callout,
+            handles: &mut self.handles,
+            // No compiled-rules decoder here: blobs are refused, as a driver without one would.
+            decode_rules: reject_blobs as RejectBlobs,
+            instance: self.instance,
+            fwps: &mut fwps,
+            now: arbiter::Instant::from_millis(0),
+        };
+        f(&mut device)
     }
 }
 
-/// The driver's control device, simulated in process with the real
-/// [`control::handle`]: loads, unloads and restarts like the driver, and
-/// handles opened before a restart stop working, as on Windows.
+type RejectBlobs = fn(&[u8]) -> Result<RuleSet, RulesRejected>;
+
+fn reject_blobs(_: &[u8]) -> Result<RuleSet, RulesRejected> {
+    Err(RulesRejected { code: u32::MAX, offset: 0 })
+}
+
+/// The driver's control device, simulated in process with the driver's own
+/// control path (`arbiter_callout::control` over a real `Callout`): loads,
+/// unloads and restarts like the driver, handles opened before a restart
+/// stop working, and closing a handle runs the driver's cleanup, as on Windows.
 #[derive(Clone)]
 pub struct LocalDriver {
     sim: Arc<Mutex<Sim>>,
     ring_bytes: usize,
+    next_handle: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for LocalDriver {
@@ -317,7 +400,11 @@ impl fmt::Debug for LocalDriver {
 impl LocalDriver {
     /// A loaded driver with an audit ring of `ring_bytes`.
     pub fn new(instance: u64, ring_bytes: usize) -> io::Result<Self> {
-        Ok(Self { sim: Arc::new(Mutex::new(Sim::load(instance, ring_bytes)?)), ring_bytes })
+        Ok(Self {
+            sim: Arc::new(Mutex::new(Sim::load(instance, ring_bytes)?)),
+            ring_bytes,
+            next_handle: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        })
     }
 
     fn sim(&self) -> std::sync::MutexGuard<'_, Sim> {
@@ -338,45 +425,64 @@ impl LocalDriver {
 
     /// Appends a record to the ring, as a decision would.
     pub fn audit(&self, record: &AuditRecord<'_>) -> u64 {
-        self.sim().ring.push_record(record)
+        self.sim().callout.parts_mut().1.push_record(record)
     }
 
     /// The registered proxy.
     pub fn registration(&self) -> Option<ProxyRegistration> {
-        self.sim().arbiter.proxy().copied()
+        self.sim().callout.arbiter().proxy().copied()
     }
 
-    /// Opens a handle, as CreateFileW on the device would.
+    /// Opens a handle for reading and writing from this process, as
+    /// CreateFileW on the device would.
     pub fn open(&self) -> io::Result<LocalChannel> {
-        let sim = self.sim();
+        self.open_as(std::process::id(), Access::READ_WRITE)
+    }
+
+    /// Opens a handle as process `pid` with `access`. A second handle with
+    /// write access is refused while one is open (a sharing violation on Windows).
+    pub fn open_as(&self, pid: u32, access: Access) -> io::Result<LocalChannel> {
+        let mut sim = self.sim();
         if !sim.loaded {
             return Err(io::Error::new(io::ErrorKind::NotFound, "control device not present"));
         }
-        Ok(LocalChannel { driver: self.clone(), instance: sim.instance })
+        let handle = HandleId(self.next_handle.fetch_add(1, Ordering::SeqCst));
+        let caller = Caller { pid, handle, access };
+        match sim.with_device(|d| arbiter_callout::control::open(d, &caller)) {
+            Status::Ok => Ok(LocalChannel { driver: self.clone(), instance: sim.instance, caller }),
+            status => Err(io::Error::new(io::ErrorKind::ResourceBusy, format!("control device: {status}"))),
+        }
     }
 }
 
-/// A handle to a [`LocalDriver`].
+/// A handle to a [`LocalDriver`]; dropping it is the driver's cleanup.
 #[derive(Debug)]
 pub struct LocalChannel {
     driver: LocalDriver,
     instance: u64,
+    caller: Caller,
 }
 
 impl ControlChannel for LocalChannel {
-    fn call(&mut self, request: &[u8], reply: &mut [u8]) -> io::Result<usize> {
+    fn call(&mut self, ioctl: u32, request: &[u8], reply: &mut [u8]) -> io::Result<usize> {
         let mut sim = self.driver.sim();
         if !sim.loaded || sim.instance != self.instance {
             return Err(io::Error::new(io::ErrorKind::NotConnected, "the device this handle was opened on is gone"));
         }
-        let Sim { arbiter, ring, instance, .. } = &mut *sim;
-        // No compiled-rules decoder here: blobs are refused, as a driver
-        // without one would.
-        let reject = |_: &[u8]| -> Result<RuleSet, RulesRejected> { Err(RulesRejected { code: u32::MAX, offset: 0 }) };
-        let mut station = Station { arbiter, ring, decode_rules: reject, instance: *instance };
-        match control::handle(request, &mut station, reply) {
+        let caller = self.caller;
+        match sim.with_device(|d| arbiter_callout::control::dispatch(d, ioctl, &caller, request, reply)) {
             0 => Err(io::Error::other("reply buffer smaller than a reply header")),
             n => Ok(n),
+        }
+    }
+}
+
+impl Drop for LocalChannel {
+    fn drop(&mut self) {
+        let mut sim = self.driver.sim();
+        if sim.instance == self.instance {
+            let handle = self.caller.handle;
+            sim.with_device(|d| arbiter_callout::control::cleanup(d, handle));
         }
     }
 }

@@ -253,8 +253,10 @@ pub struct DeviceChannel {
 }
 
 impl DeviceChannel {
-    /// Opens [`arbiter::control::DEVICE_PATH`] for reading and writing
-    /// (the IOCTL requires both access rights).
+    /// Opens [`arbiter::control::DEVICE_PATH`] for reading and writing: the
+    /// service registers our proxy (write access) and drains the audit
+    /// (read access) through this one handle. Read-only tools pass only
+    /// `GENERIC_READ`.
     pub fn open() -> io::Result<Self> {
         let path: Vec<u16> = std::ffi::OsStr::new(arbiter::control::DEVICE_PATH).encode_wide().chain([0]).collect();
         // SAFETY: `path` is NUL-terminated UTF-16 that outlives the call; no
@@ -280,7 +282,7 @@ impl DeviceChannel {
 }
 
 impl ControlChannel for DeviceChannel {
-    fn call(&mut self, request: &[u8], reply: &mut [u8]) -> io::Result<usize> {
+    fn call(&mut self, ioctl: u32, request: &[u8], reply: &mut [u8]) -> io::Result<usize> {
         let mut returned = 0u32;
         let h: HANDLE = self.handle.as_raw_handle();
         // SAFETY: both buffers are valid for their lengths and outlive the
@@ -288,7 +290,7 @@ impl ControlChannel for DeviceChannel {
         let ok = unsafe {
             DeviceIoControl(
                 h,
-                arbiter::control::IOCTL_CONTROL,
+                ioctl,
                 request.as_ptr().cast::<c_void>(),
                 u32_len(request.len()),
                 reply.as_mut_ptr().cast::<c_void>(),

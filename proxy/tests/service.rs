@@ -10,7 +10,7 @@ use std::path::Path;
 use arbiter::ProxyRegistration;
 use arbiter::arbiter::TableId;
 use arbiter::audit::{AuditRecord, DepartedEntry, DepartureRecord};
-use arbiter::control::Request;
+use arbiter::control::{Access, Op, Request, Status};
 use arbiter::table::Departure;
 use arbiter::time::Instant;
 use arbiter_proxy::auditlog::AuditLog;
@@ -48,7 +48,7 @@ fn service(
     let d = driver.clone();
     let config =
         ServiceConfig { registration: reg(), drain_max_bytes: 128, cursor_file: Some(dir.join("audit.cursor")) };
-    Service::new(move || d.open(), config, AuditLog::open(dir, 1 << 20, 2).unwrap())
+    Service::new(move || d.open_as(5151, Access::READ_WRITE), config, AuditLog::open(dir, 1 << 20, 2).unwrap())
 }
 
 #[test]
@@ -119,26 +119,74 @@ fn a_handle_to_a_restarted_driver_fails() {
     let mut old = driver.open().unwrap();
     driver.restart(2).unwrap();
     let mut reply = vec![0u8; 256];
-    assert!(old.call(&Request::Hello.to_vec(), &mut reply).is_err());
+    let hello = Request::Hello.to_vec();
+    assert!(old.call(Op::Hello.ioctl(), &hello, &mut reply).is_err());
     let mut new = driver.open().unwrap();
-    assert!(new.call(&Request::Hello.to_vec(), &mut reply).is_ok());
+    assert!(new.call(Op::Hello.ioctl(), &hello, &mut reply).is_ok());
 }
 
+fn status_of(ch: &mut impl ControlChannel, req: &Request<'_>) -> Status {
+    let mut reply = vec![0u8; 512];
+    let n = ch.call(req.op().ioctl(), &req.to_vec(), &mut reply).unwrap();
+    arbiter::control::Reply::decode(&reply[..n]).unwrap().status
+}
+
+/// Issue 12: anyone who could open the device could unregister the proxy by
+/// naming its PID. Now a reader cannot, and a second writer cannot even open.
 #[test]
-fn re_registers_when_the_registration_is_lost() {
+fn nobody_else_can_unregister_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let driver = LocalDriver::new(1, 4096).unwrap();
     let mut svc = service(&driver, dir.path());
     assert!(svc.tick().unwrap().registered);
-    // Someone (a previous instance of the service, say) unregisters us.
-    let mut other = driver.open().unwrap();
-    let mut reply = vec![0u8; 256];
-    other.call(&Request::UnregisterProxy { pid: 5151 }.to_vec(), &mut reply).unwrap();
+    // A second writer is refused while the service holds its handle.
+    assert!(driver.open_as(666, Access::READ_WRITE).is_err());
+    // A reader (the `arbiter` command, say) can look but not touch.
+    let mut reader = driver.open_as(666, Access::READ).unwrap();
+    assert_eq!(status_of(&mut reader, &Request::UnregisterProxy { pid: 5151 }), Status::AccessDenied);
+    assert_eq!(status_of(&mut reader, &Request::Hello), Status::Ok);
+    drop(reader);
+    assert_eq!(driver.registration(), Some(reg()));
+    // Nothing to repair on the next tick.
+    assert!(!svc.tick().unwrap().registered);
+    svc.unregister().unwrap();
+    assert_eq!(driver.registration(), None);
+}
+
+/// Issue 12: the registration outlived the service. Now it ends with the
+/// service's handle (as when the process dies), and comes back with the next tick.
+#[test]
+fn the_registration_ends_with_the_services_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = LocalDriver::new(1, 4096).unwrap();
+    let mut svc = service(&driver, dir.path());
+    assert!(svc.tick().unwrap().registered);
+    assert!(!svc.tick().unwrap().registered, "the handle stays open between ticks");
+    svc.disconnect();
     assert_eq!(driver.registration(), None);
     assert!(svc.tick().unwrap().registered);
     assert_eq!(driver.registration(), Some(reg()));
-    svc.unregister().unwrap();
-    assert_eq!(driver.registration(), None);
+    drop(svc);
+    assert_eq!(driver.registration(), None, "a service that is gone leaves no registration behind");
+}
+
+/// A reader drains with its own cursor: it neither takes records from the
+/// service nor hides losses from it.
+#[test]
+fn a_reader_does_not_take_the_services_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = LocalDriver::new(1, 4096).unwrap();
+    let mut svc = service(&driver, dir.path());
+    svc.tick().unwrap();
+    let mut reader = driver.open_as(666, Access::READ).unwrap();
+    for pid in 1..=3 {
+        driver.audit(&record(pid));
+    }
+    for cursor in [0, 3] {
+        assert_eq!(status_of(&mut reader, &Request::DrainAudit { cursor, max_bytes: 0 }), Status::Ok);
+    }
+    let t = svc.tick().unwrap();
+    assert_eq!((t.records, t.lost), (3, 0));
 }
 
 #[test]

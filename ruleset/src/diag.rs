@@ -4,7 +4,10 @@
 use std::fmt;
 use std::ops::Range;
 
-use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode};
+use miette::{
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteError, MietteSpanContents, SourceCode, SourceSpan,
+    SpanContents,
+};
 
 /// How bad a diagnostic is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,9 +39,10 @@ pub struct Diagnostic {
     pub message: String,
     /// The file (or other origin) it is in.
     pub origin: String,
-    /// 1-based line of the primary span.
+    /// 1-based line of the primary span (0: the problem has no position,
+    /// such as a file that cannot be read).
     pub line: usize,
-    /// 1-based column (in characters) of the primary span.
+    /// 1-based column (in characters) of the primary span (0 with line 0).
     pub col: usize,
     /// Byte range of the primary span.
     pub span: Range<usize>,
@@ -50,14 +54,41 @@ pub struct Diagnostic {
     pub help: Option<String>,
 }
 
-/// 1-based line and column (in characters) of byte `offset` in `source`.
-pub(crate) fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(source.len());
-    let before = source.get(..offset).unwrap_or(source);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-    (line, col)
+/// Where each line of a source starts, so that finding the line and column
+/// of an offset costs a binary search instead of a scan from the top (one
+/// scan per diagnostic made many diagnostics quadratic).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineIndex {
+    /// Byte offset of each line's first byte; the first is 0.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    /// Indexes `source` in one pass.
+    pub fn new(source: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(source.bytes().enumerate().filter(|&(_, b)| b == b'\n').map(|(i, _)| i + 1));
+        Self { starts }
+    }
+
+    /// 0-based line holding byte `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&s| s <= offset).saturating_sub(1)
+    }
+
+    /// Byte offset where 0-based `line` starts (the end of `source` past the last line).
+    fn start_of(&self, line: usize, source: &str) -> usize {
+        self.starts.get(line).copied().unwrap_or(source.len()).min(source.len())
+    }
+
+    /// 1-based line and column (in characters) of byte `offset` in `source`.
+    pub fn line_col(&self, source: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(source.len());
+        let line = self.line_of(offset);
+        let start = self.start_of(line, source);
+        let col = source.get(start..offset).map_or(0, |s| s.chars().count()) + 1;
+        (line + 1, col)
+    }
 }
 
 /// Collects diagnostics for one source.
@@ -65,11 +96,12 @@ pub(crate) struct Sink<'s> {
     pub(crate) source: &'s str,
     pub(crate) origin: &'s str,
     pub(crate) items: Vec<Diagnostic>,
+    lines: LineIndex,
 }
 
 impl<'s> Sink<'s> {
-    pub(crate) const fn new(source: &'s str, origin: &'s str) -> Self {
-        Self { source, origin, items: Vec::new() }
+    pub(crate) fn new(source: &'s str, origin: &'s str) -> Self {
+        Self { source, origin, items: Vec::new(), lines: LineIndex::new(source) }
     }
 
     /// Records a diagnostic and returns it for optional decoration.
@@ -81,7 +113,7 @@ impl<'s> Sink<'s> {
         message: impl Into<String>,
         label: impl Into<String>,
     ) -> &mut Diagnostic {
-        let (line, col) = line_col(self.source, span.start);
+        let (line, col) = self.lines.line_col(self.source, span.start);
         self.items.push(Diagnostic {
             code,
             severity,
@@ -118,6 +150,22 @@ impl<'s> Sink<'s> {
         self.push(Severity::Warning, code, span, message, label)
     }
 
+    /// An error about the whole file, with no position (line and column 0).
+    pub(crate) fn error_without_position(&mut self, code: &'static str, message: impl Into<String>) {
+        self.items.push(Diagnostic {
+            code,
+            severity: Severity::Error,
+            message: message.into(),
+            origin: self.origin.to_owned(),
+            line: 0,
+            col: 0,
+            span: 0..0,
+            label: String::new(),
+            related: Vec::new(),
+            help: None,
+        });
+    }
+
     pub(crate) fn has_errors(&self) -> bool {
         self.items.iter().any(|d| d.severity == Severity::Error)
     }
@@ -138,7 +186,30 @@ impl Diagnostic {
 
     /// Renders this diagnostic with its snippet from `source`.
     pub fn render(&self, source: &str) -> String {
-        let view = View { d: self, source: NamedSource::new(self.origin.clone(), source.to_owned()) };
+        self.render_indexed(source, &LineIndex::new(source))
+    }
+
+    /// Renders with `source`'s line index made once by the caller: the
+    /// snippet is cut from the lines around the spans, so rendering costs
+    /// what the snippet holds, not the whole file.
+    pub fn render_indexed(&self, source: &str, lines: &LineIndex) -> String {
+        if self.line == 0 {
+            // No position (the file could not be read): no snippet either.
+            let mut out = format!("{}: {}[{}]: {}\n", self.origin, self.severity.name(), self.code, self.message);
+            if let Some(h) = &self.help {
+                out.push_str(&format!("  help: {h}\n"));
+            }
+            return out;
+        }
+        let spans = std::iter::once(&self.span).chain(self.related.iter().map(|(s, _)| s));
+        let (lo, hi) = spans.fold((usize::MAX, 0), |(lo, hi), s| (lo.min(s.start), hi.max(s.end)));
+        let first = lines.line_of(lo.min(source.len())).saturating_sub(CONTEXT_LINES);
+        let last = lines.line_of(hi.min(source.len())) + CONTEXT_LINES + 1;
+        let start = lines.start_of(first, source);
+        let end = lines.start_of(last, source);
+        let window =
+            Window { name: self.origin.clone(), text: source.get(start..end).unwrap_or(""), start, first_line: first };
+        let view = View { d: self, source: window };
         let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
         let mut out = String::new();
         if handler.render_report(&mut out, &view).is_err() {
@@ -155,8 +226,12 @@ impl Diagnostic {
         out
     }
 
-    /// The one-line form: `file:line:col: error[code]: message`.
+    /// The one-line form: `file:line:col: error[code]: message` (`file: ...`
+    /// when the problem has no position).
     pub fn short(&self) -> String {
+        if self.line == 0 {
+            return format!("{}: {}[{}]: {}", self.origin, self.severity.name(), self.code, self.message);
+        }
         format!("{}:{}:{}: {}[{}]: {}", self.origin, self.line, self.col, self.severity.name(), self.code, self.message)
     }
 
@@ -176,10 +251,45 @@ impl Diagnostic {
     }
 }
 
+/// Lines of context miette shows around a span (its default).
+const CONTEXT_LINES: usize = 1;
+
+/// The lines of a source around a diagnostic's spans, addressed with the
+/// whole source's offsets and line numbers.
+struct Window<'a> {
+    name: String,
+    text: &'a str,
+    /// Offset of `text` in the whole source.
+    start: usize,
+    /// 0-based line of `text`'s first line in the whole source.
+    first_line: usize,
+}
+
+impl SourceCode for Window<'_> {
+    fn read_span<'b>(
+        &'b self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn SpanContents<'b> + 'b>, MietteError> {
+        let local_offset = span.offset().checked_sub(self.start).ok_or(MietteError::OutOfBounds)?;
+        let local = SourceSpan::new(local_offset.into(), span.len());
+        let c = self.text.read_span(&local, before, after)?;
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            c.data(),
+            SourceSpan::new((c.span().offset() + self.start).into(), c.span().len()),
+            c.line() + self.first_line,
+            c.column(),
+            c.line_count() + self.first_line,
+        )))
+    }
+}
+
 /// A diagnostic and its source, as miette wants them.
 struct View<'a> {
     d: &'a Diagnostic,
-    source: NamedSource<String>,
+    source: Window<'a>,
 }
 
 impl fmt::Debug for View<'_> {
@@ -289,18 +399,20 @@ impl Report {
         })
         .to_string()
     }
-
-    fn source_of(&self, origin: &str) -> &str {
-        self.sources.iter().find(|(o, _)| o == origin).map_or("", |(_, s)| s.as_str())
-    }
 }
 
 impl Report {
     /// Every diagnostic rendered with its snippet, each followed by a blank line.
     pub fn render_diagnostics(&self) -> String {
+        let indexes: Vec<LineIndex> = self.sources.iter().map(|(_, s)| LineIndex::new(s)).collect();
+        let empty = LineIndex::default();
         let mut out = String::new();
         for d in &self.diagnostics {
-            out.push_str(&d.render(self.source_of(&d.origin)));
+            let at = self.sources.iter().position(|(o, _)| *o == d.origin);
+            let (source, lines) = at
+                .and_then(|i| self.sources.get(i).map(|(_, s)| s.as_str()).zip(indexes.get(i)))
+                .unwrap_or(("", &empty));
+            out.push_str(&d.render_indexed(source, lines));
             out.push('\n');
         }
         out
@@ -310,9 +422,18 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.render_diagnostics())?;
-        let (e, w) = (self.errors(), self.warnings());
-        writeln!(f, "{e} error{}, {w} warning{}", if e == 1 { "" } else { "s" }, if w == 1 { "" } else { "s" })
+        writeln!(f, "{}", counts(self.errors(), self.warnings()))
     }
 }
 
 impl std::error::Error for Report {}
+
+/// `n` and `word`, plural unless `n` is 1: `1 error`, `2 errors`, `0 files`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
+}
+
+/// `N error(s), M warning(s)`: the one wording every command uses.
+pub fn counts(errors: usize, warnings: usize) -> String {
+    format!("{}, {}", plural(errors, "error"), plural(warnings, "warning"))
+}

@@ -21,23 +21,27 @@
 //! `inverted-range`, `bad-glob`, `bad-sid`, `duplicate-rule-name`, `unknown-boot-mode`,
 //! `bad-boot-allow`, `boot-allow-too-long`; warnings
 //! `shadowed-rule`, `cidr-host-bits`, `glob-forward-slash`,
-//! `glob-not-anchored`, `not-package-sid`, `boot-allow-unused`.
+//! `glob-not-anchored`, `not-package-sid`, `proxy-section-missing`, `boot-allow-unused`.
+//! `io-error` (a file that cannot be read, a folder with no `.toml` file) has
+//! no position: its line and column are 0.
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
 mod diag;
+pub mod input;
 mod parse;
+mod shadow;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arbiter::compiled::blob;
-use arbiter::policy::{Cidr, Glob, PortRange, Rule, RuleSet};
+use arbiter::policy::RuleSet;
 use toml::de::DeTable;
 
 use diag::Sink;
-pub use diag::{Diagnostic, Report, Severity};
+pub use diag::{Diagnostic, LineIndex, Report, Severity, counts, plural};
 use parse::{Parsed, Walker};
 
 /// A rule set that loaded: the rules and the warnings found on the way.
@@ -66,12 +70,29 @@ pub fn parse_str(source: &str, origin: &str) -> Result<Loaded, Report> {
     let mut sink = walker.sink;
     if !sink.has_errors() {
         duplicates(&mut sink, &parsed);
-        shadowing(&mut sink, &parsed);
+        shadow::shadowing(&mut sink, &parsed);
     }
     if sink.has_errors() {
         return Err(finish(sink));
     }
+    let anchors: Vec<std::ops::Range<usize>> = parsed.iter().map(|p| p.anchor.clone()).collect();
     rules.rules = parsed.into_iter().map(|p| p.rule).collect();
+    // The driver's own gate: whatever it would refuse over the control
+    // device is an error here too (the checks above give the finer spans).
+    arbiter::validate::validate_rule_set(&rules, |f| {
+        use arbiter::validate::Place;
+        let span = match f.place {
+            Place::RuleName { rule } | Place::App { rule, .. } | Place::OriginalApp { rule, .. } => {
+                anchors.get(rule).cloned().unwrap_or(0..0)
+            }
+            _ => 0..0,
+        };
+        sink.error(f.code(), span, f.to_string(), "refused by the driver's validator")
+            .help("the driver applies the same checks to every rules blob and proxy registration");
+    });
+    if sink.has_errors() {
+        return Err(finish(sink));
+    }
     match blob::rule_set_id(&rules) {
         Ok(id) => rules.id = id,
         Err(_) => {
@@ -93,16 +114,27 @@ fn finish(sink: Sink<'_>) -> Report {
 }
 
 /// Reads and parses a rules file.
+///
+/// Only a regular file of at most [`input::RULES_CAP`] bytes is read; any
+/// other is an `io-error` without a position.
 pub fn load_file(path: &Path) -> Result<Loaded, Report> {
+    load_file_with_source(path).map(|(l, _)| l)
+}
+
+/// [`load_file`], also returning the text read (for rendering warnings).
+fn load_file_with_source(path: &Path) -> Result<(Loaded, String), Report> {
     let origin = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(source) => parse_str(&source, &origin),
-        Err(e) => {
-            let mut sink = Sink::new("", &origin);
-            sink.error("io-error", 0..0, format!("cannot read {origin}: {e}"), "here");
-            Err(finish(sink))
-        }
+    match input::read_text_capped(path, input::RULES_CAP) {
+        Ok(source) => parse_str(&source, &origin).map(|l| (l, source)),
+        Err(e) => Err(unreadable(&origin, &e.to_string())),
     }
+}
+
+/// The report for a file that cannot be read: one `io-error`, no position.
+fn unreadable(origin: &str, why: &str) -> Report {
+    let mut sink = Sink::new("", origin);
+    sink.error_without_position("io-error", format!("cannot read {origin}: {why}"));
+    finish(sink)
 }
 
 /// `duplicate-rule-name`: names identify rules in reports, so they must be unique.
@@ -127,97 +159,23 @@ fn duplicates(sink: &mut Sink<'_>, parsed: &[Parsed]) {
     }
 }
 
-fn is_catch_all(r: &Rule) -> bool {
-    r.protocol.is_none()
-        && r.remote.is_empty()
-        && r.remote_ports.is_empty()
-        && r.app.is_empty()
-        && r.original_app.is_empty()
-        && r.package.is_empty()
-}
-
-/// Every flow `inner` admits in one dimension, `outer` admits too.
-fn covers<T>(outer: &[T], inner: &[T], within: impl Fn(&T, &T) -> bool) -> bool {
-    outer.is_empty() || (!inner.is_empty() && inner.iter().all(|i| outer.iter().any(|o| within(o, i))))
-}
-
-fn cidr_within(o: &Cidr, i: &Cidr) -> bool {
-    o.prefix <= i.prefix && o.contains(&i.addr)
-}
-
-fn range_within(o: &PortRange, i: &PortRange) -> bool {
-    o.lo <= i.lo && i.hi <= o.hi
-}
-
-fn glob_within(o: &Glob, i: &Glob) -> bool {
-    o == i || o.units().iter().all(|&u| u == u16::from(b'*'))
-}
-
-/// Does rule `earlier` match every flow `later` matches?
-fn subsumes(earlier: &Rule, later: &Rule) -> bool {
-    (earlier.protocol.is_none() || earlier.protocol == later.protocol)
-        && covers(&earlier.remote, &later.remote, cidr_within)
-        && covers(&earlier.remote_ports, &later.remote_ports, range_within)
-        && covers(&earlier.app, &later.app, glob_within)
-        && covers(&earlier.original_app, &later.original_app, glob_within)
-        && covers(&earlier.package, &later.package, |o, i| o == i)
-}
-
-/// `shadowed-rule`: a rule that an earlier rule always beats can never decide.
-fn shadowing(sink: &mut Sink<'_>, parsed: &[Parsed]) {
-    for (j, later) in parsed.iter().enumerate() {
-        let Some(earlier) = parsed[..j].iter().find(|e| subsumes(&e.rule, &later.rule)) else { continue };
-        let why = if is_catch_all(&earlier.rule) {
-            format!("the catch-all rule {:?} above matches every flow", earlier.rule.name)
-        } else {
-            format!("rule {:?} above matches every flow it matches", earlier.rule.name)
-        };
-        sink.warning(
-            "shadowed-rule",
-            later.anchor.clone(),
-            format!("rule {:?} can never match: {why}", later.rule.name),
-            "never reached",
-        )
-        .related(earlier.anchor.clone(), "this rule decides first")
-        .help("rules are tried in file order and the first match decides: move this rule up, or remove it");
-    }
-}
-
-/// `.toml` files under `path` (itself when a file), sorted.
-fn toml_files(path: &Path, out: &mut Vec<PathBuf>) {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-            Err(_) => {
-                out.push(path.to_owned());
-                return;
-            }
-        };
-        entries.sort();
-        for e in entries {
-            if e.is_dir() || e.extension().is_some_and(|x| x == "toml") {
-                toml_files(&e, out);
-            }
-        }
-    } else {
-        out.push(path.to_owned());
-    }
-}
-
 /// `arbiter rules check PATH...`: loads each file (folders: every `.toml`
 /// below, recursively), prints the diagnostics and one line per file.
 /// Returns 0 when no file has errors (warnings are printed), 2 otherwise.
 pub fn check_command(paths: &[PathBuf], json: bool, out: &mut dyn Write) -> i32 {
-    let mut files = Vec::new();
-    for p in paths {
-        toml_files(p, &mut files);
-    }
+    let (files, missing) = input::collect_files(paths, "toml");
     let mut report = Report::new();
     let mut results = Vec::new();
+    for (p, why) in &missing {
+        let r = unreadable(&p.display().to_string(), why);
+        results.push(serde_json::json!({
+            "path": p.display().to_string(), "ok": false, "errors": r.errors(), "warnings": r.warnings(),
+        }));
+        report.append(r);
+    }
     for f in &files {
-        match load_file(f) {
-            Ok(loaded) => {
-                let source = std::fs::read_to_string(f).unwrap_or_default();
+        match load_file_with_source(f) {
+            Ok((loaded, source)) => {
                 report.extend(&f.display().to_string(), &source, loaded.warnings.iter().cloned());
                 results.push(serde_json::json!({
                     "path": f.display().to_string(),
@@ -239,6 +197,7 @@ pub fn check_command(paths: &[PathBuf], json: bool, out: &mut dyn Write) -> i32 
         }
     }
     let failed = report.has_errors() || files.is_empty();
+    let checked = files.len() + missing.len();
     let result = if json {
         let doc = serde_json::json!({
             "files": results,
@@ -252,31 +211,78 @@ pub fn check_command(paths: &[PathBuf], json: bool, out: &mut dyn Write) -> i32 
         for r in &results {
             let path = r["path"].as_str().unwrap_or("");
             if r["ok"] == true {
-                text.push_str(&format!("ok {path}: {} rules, id {}\n", r["rules"], r["id"].as_str().unwrap_or("")));
+                let n = usize::try_from(r["rules"].as_u64().unwrap_or(0)).unwrap_or(0);
+                text.push_str(&format!("ok {path}: {}, id {}\n", plural(n, "rule"), r["id"].as_str().unwrap_or("")));
             } else {
-                text.push_str(&format!("FAILED {path}: {} errors, {} warnings\n", r["errors"], r["warnings"]));
+                let count = |k: &str| usize::try_from(r[k].as_u64().unwrap_or(0)).unwrap_or(0);
+                text.push_str(&format!("FAILED {path}: {}\n", counts(count("errors"), count("warnings"))));
             }
         }
-        if files.is_empty() {
-            text.push_str("no rules files given\n");
-        }
         text.push_str(&format!(
-            "{} files checked: {} errors, {} warnings\n",
-            files.len(),
-            report.errors(),
-            report.warnings()
+            "{} checked: {}\n",
+            plural(checked, "file"),
+            counts(report.errors(), report.warnings())
         ));
         out.write_all(text.as_bytes())
     };
     if result.is_err() || failed { 2 } else { 0 }
 }
 
+/// Writes `blob` to `output` through a new temporary file in the same folder
+/// and a rename, so a reader sees the old file or the whole new one. Refuses
+/// to replace the input itself, or anything that is not a regular file (a
+/// symlink, a device such as `/dev/null`, a folder).
+fn write_blob(input: &Path, output: &Path, blob: &[u8]) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    if let Ok(meta) = std::fs::symlink_metadata(output) {
+        let kind = meta.file_type();
+        if !kind.is_file() {
+            let what = if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_dir() {
+                "a folder"
+            } else {
+                "not a regular file (a device, FIFO or socket)"
+            };
+            return Err(Error::new(ErrorKind::InvalidInput, format!("it is {what}; refusing to replace it")));
+        }
+        let same =
+            std::fs::canonicalize(input).ok().zip(std::fs::canonicalize(output).ok()).is_some_and(|(a, b)| a == b);
+        if same {
+            return Err(Error::new(ErrorKind::InvalidInput, "it is the rules file being compiled"));
+        }
+    }
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = output.file_name().map_or_else(|| "rules.bin".into(), |n| n.to_string_lossy().into_owned());
+    // A fresh name per attempt: `create_new` never opens an existing file.
+    let mut attempt = 0u32;
+    let (tmp, mut file) = loop {
+        let tmp = dir.join(format!(".{name}.{}.{attempt}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 1000 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let written = file.write_all(blob).and_then(|()| file.sync_all()).and_then(|()| {
+        drop(file);
+        std::fs::rename(&tmp, output)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// `arbiter rules compile FILE -o OUTPUT`: loads the file and writes its
-/// blob (via a temporary file and a rename, so a reader never sees half a
-/// blob). Returns 0 on success (warnings are printed), 2 when the file has
+/// blob (via a new temporary file beside OUTPUT and a rename, so a reader
+/// never sees half a blob; see [`write_blob`] for what is refused). Returns 0 on success (warnings are printed), 2 when the file has
 /// errors or the blob cannot be written.
 pub fn compile_command(path: &Path, output: &Path, json: bool, out: &mut dyn Write) -> i32 {
-    let loaded = match load_file(path) {
+    let (loaded, source) = match load_file_with_source(path) {
         Ok(l) => l,
         Err(report) => {
             let _ = if json { writeln!(out, "{}", report.to_json()) } else { write!(out, "{report}") };
@@ -290,9 +296,7 @@ pub fn compile_command(path: &Path, output: &Path, json: bool, out: &mut dyn Wri
             return 2;
         }
     };
-    let tmp = output.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, &blob).and_then(|()| std::fs::rename(&tmp, output)) {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = write_blob(path, output, &blob) {
         let _ = if json {
             writeln!(
                 out,
@@ -304,7 +308,6 @@ pub fn compile_command(path: &Path, output: &Path, json: bool, out: &mut dyn Wri
         };
         return 2;
     }
-    let source = std::fs::read_to_string(path).unwrap_or_default();
     let written = if json {
         writeln!(
             out,
@@ -321,8 +324,9 @@ pub fn compile_command(path: &Path, output: &Path, json: bool, out: &mut dyn Wri
         )
     } else {
         let mut text = String::new();
+        let lines = LineIndex::new(&source);
         for w in &loaded.warnings {
-            text.push_str(&w.render(&source));
+            text.push_str(&w.render_indexed(&source, &lines));
             text.push('\n');
         }
         text.push_str(&format!(

@@ -622,6 +622,7 @@ impl<'s> Walker<'s> {
         };
         let mut parsed = Vec::new();
         let mut saw_version = false;
+        let mut saw_proxy = false;
         for (k, v) in t.iter() {
             match k.get_ref().as_ref() {
                 "version" => {
@@ -640,7 +641,10 @@ impl<'s> Walker<'s> {
                         }
                     }
                 }
-                "proxy" => rs.proxy = self.proxy(v),
+                "proxy" => {
+                    saw_proxy = true;
+                    rs.proxy = self.proxy(v);
+                }
                 "coexistence" => self.coexistence(v, &mut rs),
                 "boot" => rs.boot = self.boot(v),
                 "rule" => match v.get_ref() {
@@ -662,6 +666,23 @@ impl<'s> Walker<'s> {
             self.sink
                 .error("missing-version", 0..0, "the rules file has no `version`", "expected `version = 1` first")
                 .help("start the file with: version = 1");
+        }
+        if !saw_proxy && let Some(p) = parsed.iter().find(|p| p.rule.action == Action::Proxy) {
+            self.sink
+                .warning(
+                    "proxy-section-missing",
+                    p.anchor.clone(),
+                    format!(
+                        "rule {:?} proxies flows, but the file has no [proxy] section: the listeners default to \
+                         {DEFAULT_V4} and {DEFAULT_V6}",
+                        p.rule.name
+                    ),
+                    "proxies flows",
+                )
+                .help(
+                    "say where the proxy listens in a [proxy] section; where no proxy is registered for a flow's \
+                     address family, the flow is left alone (`proxy-unavailable`)",
+                );
         }
         (rs, parsed)
     }

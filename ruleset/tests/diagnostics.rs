@@ -162,7 +162,7 @@ fn check_command_exit_codes() {
     let mut out = Vec::new();
     assert_eq!(arbiter_ruleset::check_command(&[dir.join("shadowed.toml")], false, &mut out), 0, "warnings only");
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("shadowed-rule") && text.contains("1 files checked: 0 errors, 2 warnings"), "{text}");
+    assert!(text.contains("shadowed-rule") && text.contains("1 file checked: 0 errors, 2 warnings"), "{text}");
     let mut out = Vec::new();
     assert_eq!(arbiter_ruleset::check_command(&[dir.join("enums.toml"), dir.join("shadowed.toml")], true, &mut out), 2);
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -170,5 +170,66 @@ fn check_command_exit_codes() {
     assert_eq!(v["files"][1]["ok"], true);
     let mut out = Vec::new();
     assert_eq!(arbiter_ruleset::check_command(&[dir.join("missing.toml")], false, &mut out), 2);
-    assert!(String::from_utf8(out).unwrap().contains("io-error"));
+    let text = String::from_utf8(out).unwrap();
+    // A file that cannot be read has no position and no snippet.
+    assert!(
+        text.starts_with(&format!("{}: error[io-error]: cannot read", dir.join("missing.toml").display())),
+        "{text}"
+    );
+    assert!(!text.contains(":1:1") && !text.contains('╭'), "{text}");
+    assert!(text.ends_with("1 file checked: 1 error, 0 warnings\n"), "{text}");
+}
+
+#[test]
+fn a_folder_without_rules_files_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = Vec::new();
+    assert_eq!(arbiter_ruleset::check_command(&[dir.path().to_path_buf()], false, &mut out), 2);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("the folder holds no .toml files"), "{text}");
+}
+
+#[test]
+fn proxy_rules_without_a_proxy_section_warn() {
+    let text = "version = 1\n[[rule]]\nname = \"web\"\naction = \"proxy\"\n";
+    let loaded = parse_str(text, "p.toml").unwrap();
+    let codes: Vec<_> = loaded.warnings.iter().map(|d| (d.code, d.line)).collect();
+    assert_eq!(codes, [("proxy-section-missing", 3)]);
+    let with = format!("{text}[proxy]\nv4 = \"127.0.0.1:34010\"\n");
+    assert!(parse_str(&with, "p.toml").unwrap().warnings.is_empty());
+}
+
+#[test]
+fn check_and_compile_word_counts_alike() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken");
+    let mut out = Vec::new();
+    arbiter_ruleset::check_command(&[dir.join("duplicate.toml")], false, &mut out);
+    let check = String::from_utf8(out).unwrap();
+    let mut out = Vec::new();
+    let blob = tempfile::tempdir().unwrap();
+    arbiter_ruleset::compile_command(&dir.join("duplicate.toml"), &blob.path().join("b.bin"), false, &mut out);
+    let compile = String::from_utf8(out).unwrap();
+    assert!(check.ends_with("1 file checked: 1 error, 0 warnings\n"), "{check}");
+    assert!(compile.ends_with("1 error, 0 warnings\n"), "{compile}");
+}
+
+/// Issue 12: the rules checker and the driver apply one validator, so the
+/// classify path's glob limits (length, stars) are refused here too.
+#[test]
+fn the_drivers_glob_limits_are_refused_here() {
+    use arbiter::validate::{MAX_GLOB_STARS, MAX_GLOB_UNITS};
+    let long = "a".repeat(MAX_GLOB_UNITS + 1);
+    let starry = "*a".repeat(MAX_GLOB_STARS + 1);
+    for pattern in [long, starry] {
+        let src = format!("version = 1\n\n[[rule]]\nname = \"r\"\naction = \"block\"\napp = ['{pattern}']\n");
+        let report = parse_str(&src, "limits.toml").unwrap_err();
+        let d: Vec<_> =
+            report.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| (d.code, d.line)).collect();
+        assert_eq!(d, [("bad-glob", 4)], "{pattern}");
+    }
+    let ok = format!(
+        "version = 1\n\n[[rule]]\nname = \"r\"\naction = \"block\"\napp = ['{}']\n",
+        "*a".repeat(MAX_GLOB_STARS)
+    );
+    assert!(parse_str(&ok, "limits.toml").is_ok());
 }

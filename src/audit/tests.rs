@@ -105,8 +105,8 @@ fn a_log_decodes_in_order_and_stops_at_damage() {
 
 #[test]
 fn fuzz_entry_point_accepts_garbage() {
-    fuzz_decode(&[]);
-    fuzz_decode(b"AR\x01\x01\xff\xff\xff\xff");
+    crate::fuzzing::audit_decode(&[]);
+    crate::fuzzing::audit_decode(b"AR\x01\x01\xff\xff\xff\xff");
     let app = WideString::new("a.exe");
-    fuzz_decode(&fixture_bytes(&app));
+    crate::fuzzing::audit_decode(&fixture_bytes(&app));
 }

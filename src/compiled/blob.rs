@@ -116,6 +116,9 @@ pub enum BlobError {
     },
     /// Memory ran out while building the rule set or its tables.
     OutOfMemory,
+    /// The rule set decoded but the shared validator refuses it
+    /// ([`crate::validate::check_rule_set`], as `arbiter rules check` does).
+    Rejected(crate::validate::Finding),
 }
 
 impl fmt::Display for BlobError {
@@ -139,6 +142,7 @@ impl fmt::Display for BlobError {
             Self::Invalid { offset, what } => write!(f, "offset {offset}: {what}"),
             Self::TrailingBytes { offset } => write!(f, "offset {offset}: bytes left after the last rule"),
             Self::OutOfMemory => f.write_str("out of memory while building the rule set"),
+            Self::Rejected(finding) => write!(f, "rule set refused: {finding}"),
         }
     }
 }
@@ -543,7 +547,7 @@ pub fn decode_rule_set(blob: &[u8]) -> Result<RuleSet, BlobError> {
     if c.remaining() != 0 {
         return Err(BlobError::TrailingBytes { offset: c.pos });
     }
-    Ok(RuleSet {
+    let rs = RuleSet {
         proxy: ProxyListeners { v4, v6 },
         loop_policy: LoopPolicy { revisit, on_loop, max_hops, hop_window },
         trust,
@@ -551,7 +555,10 @@ pub fn decode_rule_set(blob: &[u8]) -> Result<RuleSet, BlobError> {
         rules,
         boot,
         id: crc,
-    })
+    };
+    // The same checks as the rules checker: a blob cannot carry what a rules file may not.
+    crate::validate::check_rule_set(&rs).map_err(BlobError::Rejected)?;
+    Ok(rs)
 }
 
 /// Decodes a blob and compiles it with [`super::DEFAULT_SEED`].
@@ -575,28 +582,4 @@ pub fn swap_blob(
 ) -> Result<CompiledRules, BlobError> {
     let new = decode_seeded(blob, seed)?;
     Ok(arbiter.replace_policy(new))
-}
-
-/// Fuzz entry point: decoding any bytes must not panic, and an accepted blob
-/// must re-encode to the same bytes and answer a match.
-#[cfg(any(test, feature = "fuzzing"))]
-pub fn fuzz_decode(data: &[u8]) {
-    use crate::policy::Policy;
-    let Ok(rs) = decode_rule_set(data) else { return };
-    let again = encode(&rs);
-    assert!(again.as_deref() == Ok(data), "an accepted blob must re-encode to itself");
-    if let Ok(compiled) = CompiledRules::compile(&rs) {
-        let app: [u8; 4] = [b'a', 0, b'b', 0];
-        let flow = crate::flow::Flow {
-            protocol: Protocol::TCP,
-            local: core::net::SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 50000)),
-            remote: core::net::SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 443)),
-            endpoint: 1,
-            pid: 1,
-            app: crate::flow::AppId::from_utf16le(&app),
-            original_app: crate::flow::AppId::from_utf16le(&app),
-            package: None,
-        };
-        assert_eq!(compiled.first_match(&flow), rs.first_match(&flow), "compiled and naive disagree");
-    }
 }

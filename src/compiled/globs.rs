@@ -60,10 +60,21 @@ const EXACT: u8 = 3;
 /// An anchor: kind, length in units (saturated), digest of the folded units.
 type Anchor = (u8, u16, u64);
 
+/// Most distinct component anchors filed (patterns past this take another
+/// anchor or none), so that a lookup can remember on the stack which
+/// component buckets it has tried: an id may repeat a component
+/// (`\dev\\dev\`), and each bucket is tried once per lookup.
+const MAX_COMPONENT_BUCKETS: usize = 256;
+
+/// One bit per component bucket.
+type Seen = [u64; MAX_COMPONENT_BUCKETS / 64];
+
 /// Patterns sharing one anchor.
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     anchor: Anchor,
+    /// For a component anchor, its ordinal (below [`MAX_COMPONENT_BUCKETS`]).
+    ordinal: u16,
     /// First key id in `anchor_keys`.
     start: u32,
     /// How many.
@@ -210,10 +221,89 @@ pub(super) fn fold<'b>(app: &AppId<'_>, buf: &'b mut [u16; FOLD_UNITS]) -> Optio
     Some(out)
 }
 
-/// `*` / `?` matching of `pattern` against units `[from, to)` of `s`:
-/// iterative, one backtrack point, no allocation (the algorithm of
-/// [`crate::policy::glob_match`], over a range of folded units).
+/// Most non-`*` units a pattern's wildcard middle (from its first wildcard
+/// to its last) may hold for the linear matcher: one bit each in a `u64`.
+const MAX_MIDDLE_UNITS: usize = crate::validate::MAX_GLOB_MIDDLE;
+
+/// `*` / `?` matching of `pattern` against units `[from, to)` of `s`, in
+/// time linear in the id whatever the pattern and the id hold: a bit-parallel
+/// automaton (one bit per non-`*` unit of the pattern, so at most
+/// [`MAX_MIDDLE_UNITS`]) reads each unit of the id once. Patterns with more
+/// units (the validator refuses them) fall back to [`wild_match_backtracking`].
 fn wild_match<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
+    // Per non-star unit j: its bit in `eq` (by unit), in `any` (a `?`), and
+    // in `starred` (a `*` comes right before it).
+    let mut ascii = [0u64; 128];
+    let mut wide = [(0u16, 0u64); MAX_MIDDLE_UNITS];
+    let mut wide_n = 0usize;
+    let mut any = 0u64;
+    let mut starred = 0u64;
+    let mut m = 0usize;
+    let mut star = false;
+    for &u in pattern {
+        if u == STAR {
+            star = true;
+            continue;
+        }
+        if m >= MAX_MIDDLE_UNITS {
+            return wild_match_backtracking(pattern, s, from, to);
+        }
+        let bit = 1u64 << m;
+        if star {
+            starred |= bit;
+        }
+        star = false;
+        if u == QUESTION {
+            any |= bit;
+        } else if let Some(slot) = ascii.get_mut(usize::from(u)) {
+            *slot |= bit;
+        } else if let Some(w) = wide.iter_mut().take(wide_n).find(|w| w.0 == u) {
+            w.1 |= bit;
+        } else if let Some(w) = wide.get_mut(wide_n) {
+            *w = (u, bit);
+            wide_n = wide_n.saturating_add(1);
+        }
+        m = m.saturating_add(1);
+    }
+    let trailing_star = star;
+    if m == 0 {
+        // Only stars (or nothing): any run matches, the empty one only without stars.
+        return trailing_star || from >= to;
+    }
+    let last = 1u64 << m.saturating_sub(1);
+    let wide = wide.get(..wide_n).unwrap_or(&[]);
+    // `open`: units that may match at the next position because a `*` before
+    // them has been reached (it stays reached). Unit 0 is open from the start
+    // behind a leading star, and enabled at the first position regardless.
+    let mut open = starred & 1;
+    let mut active = 0u64;
+    let mut first = true;
+    for i in from..to {
+        let c = s.at(i);
+        let eq = match ascii.get(usize::from(c)) {
+            Some(&b) => b,
+            None => wide.iter().filter(|w| w.0 == c).fold(0, |acc, w| acc | w.1),
+        };
+        let enabled = (active << 1) | open | u64::from(first);
+        first = false;
+        active = enabled & (eq | any);
+        // A unit just matched opens the starred unit after it for every later position.
+        open |= (active << 1) & starred;
+        if trailing_star && active & last != 0 {
+            // The trailing star takes the rest.
+            return true;
+        }
+        if active == 0 && open == 0 {
+            return false;
+        }
+    }
+    // (An empty run leaves `active` 0: only a pattern of stars matches it.)
+    !trailing_star && active & last != 0
+}
+
+/// The old matcher: iterative, one backtrack point, no allocation, but
+/// O(pattern × id) at worst. Only for patterns the validator refuses.
+fn wild_match_backtracking<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
     let (mut p, mut i) = (0usize, from);
     // Where to resume after the last `*`: (pattern index after it, subject index).
     let mut resume: Option<(usize, usize)> = None;
@@ -379,6 +469,8 @@ impl GlobIndex {
             candidates.get(lo..).map_or(0, |r| r.iter().take_while(|c| *c == a).count())
         };
         let mut anchored: Vec<(Anchor, u32)> = Vec::new();
+        // Distinct component anchors chosen so far (at most MAX_COMPONENT_BUCKETS).
+        let mut components: Vec<Anchor> = Vec::new();
         for (p, key) in patterns.zip(0u32..) {
             let head = p.iter().take_while(|&&u| !is_wild(u)).count();
             let tail = if head == p.len() { head } else { p.iter().rev().take_while(|&&u| !is_wild(u)).count() };
@@ -400,9 +492,22 @@ impl GlobIndex {
                 Some((EXACT, len16(p.len()), digest(p.iter().copied())))
             } else {
                 anchors(p, &mut scratch)?;
-                // The rarest anchor; among equals, the longest.
-                scratch.iter().min_by_key(|a| (count(a), u16::MAX.saturating_sub(a.1))).copied()
+                // The rarest anchor; among equals, the longest. A new
+                // component anchor only while there is room for one more.
+                let room = components.len() < MAX_COMPONENT_BUCKETS;
+                scratch
+                    .iter()
+                    .filter(|a| a.0 != COMPONENT || room || components.contains(a))
+                    .min_by_key(|a| (count(a), u16::MAX.saturating_sub(a.1)))
+                    .copied()
             };
+            if let Some(a) = best
+                && a.0 == COMPONENT
+                && !components.contains(&a)
+            {
+                components.try_reserve(1).map_err(|_| OutOfMemory)?;
+                components.push(a);
+            }
             let Some(best) = best else {
                 ix.always.try_reserve(1).map_err(|_| OutOfMemory)?;
                 ix.always.push(key);
@@ -430,10 +535,14 @@ impl GlobIndex {
         let hasher = ix.hasher.clone();
         let bucket_hash = |b: &Bucket| hasher.hash_one(b.anchor);
         let mut rest = anchored.as_slice();
+        let mut ordinal = 0u16;
         while let Some(&(anchor, _)) = rest.first() {
             let run = rest.iter().take_while(|&&(a, _)| a == anchor).count();
             let (group, tail) = rest.split_at(run);
-            let bucket = Bucket { anchor, start: to_u32(ix.anchor_keys.len())?, len: to_u32(run)? };
+            let bucket = Bucket { anchor, ordinal, start: to_u32(ix.anchor_keys.len())?, len: to_u32(run)? };
+            if anchor.0 == COMPONENT {
+                ordinal = ordinal.saturating_add(1);
+            }
             ix.anchor_keys.extend(group.iter().map(|&(_, k)| k));
             ix.anchors.try_reserve(1, bucket_hash).map_err(|_| OutOfMemory)?;
             ix.anchors.insert_unique(bucket_hash(&bucket), bucket, bucket_hash);
@@ -460,6 +569,7 @@ impl GlobIndex {
     /// false when stopped early.
     pub(super) fn for_each_match<S: Units + ?Sized>(&self, id: &S, mut f: impl FnMut(u32) -> bool) -> bool {
         let n = id.count();
+        let mut seen: Seen = [0; MAX_COMPONENT_BUCKETS / 64];
         // Front to back: the whole id, its heads and its components.
         if self.exact || self.prefix_lens != 0 || self.component_lens != 0 {
             let mut whole = Digest::NEW;
@@ -477,12 +587,12 @@ impl GlobIndex {
                 if l == next {
                     prefixes &= prefixes.wrapping_sub(1);
                     next = next_len(prefixes);
-                    if !self.probe((PREFIX, len16(l), whole.value()), id, &mut f) {
+                    if !self.probe((PREFIX, len16(l), whole.value()), id, &mut f, None) {
                         return false;
                     }
                 }
                 if u == BACKSLASH {
-                    if !self.probe_component(i.saturating_sub(start), component.value(), id, &mut f) {
+                    if !self.probe_component(i.saturating_sub(start), component.value(), id, &mut f, &mut seen) {
                         return false;
                     }
                     component = Digest::NEW;
@@ -492,10 +602,10 @@ impl GlobIndex {
                 }
                 true
             });
-            if !go_on || !self.probe_component(n.saturating_sub(start), component.value(), id, &mut f) {
+            if !go_on || !self.probe_component(n.saturating_sub(start), component.value(), id, &mut f, &mut seen) {
                 return false;
             }
-            if self.exact && !self.probe((EXACT, len16(n), whole.value()), id, &mut f) {
+            if self.exact && !self.probe((EXACT, len16(n), whole.value()), id, &mut f, None) {
                 return false;
             }
         }
@@ -508,7 +618,7 @@ impl GlobIndex {
             tail.push(id.at(n.saturating_sub(l)));
             if suffixes.trailing_zeros() == len_u32(l) {
                 suffixes &= suffixes.wrapping_sub(1);
-                if !self.probe((SUFFIX, len16(l), tail.value()), id, &mut f) {
+                if !self.probe((SUFFIX, len16(l), tail.value()), id, &mut f, None) {
                     return false;
                 }
             }
@@ -524,16 +634,30 @@ impl GlobIndex {
     /// Probes a component of `len` units (none when empty or of a length no
     /// anchor has).
     #[inline]
-    fn probe_component<S: Units + ?Sized>(&self, len: usize, d: u64, id: &S, f: &mut impl FnMut(u32) -> bool) -> bool {
+    fn probe_component<S: Units + ?Sized>(
+        &self,
+        len: usize,
+        d: u64,
+        id: &S,
+        f: &mut impl FnMut(u32) -> bool,
+        seen: &mut Seen,
+    ) -> bool {
         if len == 0 || self.component_lens & (1 << len.min(63)) == 0 {
             return true;
         }
-        self.probe((COMPONENT, len16(len), d), id, f)
+        self.probe((COMPONENT, len16(len), d), id, f, Some(seen))
     }
 
     /// Tries the patterns filed under `anchor`; false when `f` said stop.
+    /// With `seen`, a bucket already tried in this lookup is skipped.
     #[inline]
-    fn probe<S: Units + ?Sized>(&self, anchor: Anchor, id: &S, f: &mut impl FnMut(u32) -> bool) -> bool {
+    fn probe<S: Units + ?Sized>(
+        &self,
+        anchor: Anchor,
+        id: &S,
+        f: &mut impl FnMut(u32) -> bool,
+        seen: Option<&mut Seen>,
+    ) -> bool {
         let bit = filter_bit(anchor, self.filter_shift);
         if self.filter.get(bit / 64).is_none_or(|w| w & (1 << (bit % 64)) == 0) {
             return true;
@@ -541,6 +665,14 @@ impl GlobIndex {
         let Some(b) = self.anchors.find(self.hasher.hash_one(anchor), |b| b.anchor == anchor) else {
             return true;
         };
+        if let Some(seen) = seen {
+            let o = usize::from(b.ordinal);
+            let Some(word) = seen.get_mut(o / 64) else { return true };
+            if *word & (1 << (o % 64)) != 0 {
+                return true;
+            }
+            *word |= 1 << (o % 64);
+        }
         let s = to_usize(b.start);
         for &k in self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[]) {
             if self.key_matches(k, id) && !f(k) {

@@ -331,13 +331,13 @@ proptest! {
         prop_assert_eq!(back.id, blob::crc32(&bytes[HEADER_LEN..]));
         prop_assert_eq!(&back, &RuleSet { id: back.id, ..rs.clone() });
         prop_assert_eq!(blob::encode(&back).unwrap(), bytes.clone());
-        blob::fuzz_decode(&bytes);
+        crate::fuzzing::rules_blob(&bytes);
     }
 
     /// Any byte string: no panic, and whatever is accepted re-encodes to itself.
     #[test]
     fn decode_never_panics(data in prop::collection::vec(any::<u8>(), 0..256)) {
-        blob::fuzz_decode(&data);
+        crate::fuzzing::rules_blob(&data);
     }
 
     /// Mutations of valid blobs, with the checksum fixed up so the payload parser is reached.
@@ -352,13 +352,26 @@ proptest! {
         let crc = blob::crc32(&bytes[HEADER_LEN..]);
         bytes[8..12].copy_from_slice(&len.to_le_bytes());
         bytes[12..16].copy_from_slice(&crc.to_le_bytes());
-        blob::fuzz_decode(&bytes);
+        crate::fuzzing::rules_blob(&bytes);
     }
 }
 
 /// What the front end would produce: prefixes within the family, ranges not inverted.
 fn sanitized(mut rs: RuleSet) -> RuleSet {
-    for r in &mut rs.rules {
+    // What the shared validator refuses: bad globs and repeated names.
+    let fix = |globs: &mut Vec<Glob>| {
+        for g in globs.iter_mut() {
+            if crate::validate::check_glob(g.units()).is_err() {
+                *g = Glob::new("*").unwrap();
+            }
+        }
+    };
+    fix(&mut rs.trust);
+    fix(&mut rs.known_proxies);
+    for (i, r) in rs.rules.iter_mut().enumerate() {
+        r.name = alloc::format!("{}-{i}", r.name);
+        fix(&mut r.app);
+        fix(&mut r.original_app);
         for c in &mut r.remote {
             c.prefix = c.prefix.min(if c.addr.is_ipv4() { 32 } else { 128 });
         }
@@ -770,4 +783,52 @@ fn matching_does_not_allocate() {
             assert_eq!(compiled.first_match(f), rs.first_match(f));
         }
     }
+}
+
+/// Issue 13: a component anchor that occurs twice in the id (`\dev\` in
+/// `\dev\\dev\`) was probed twice, so its pattern was reported twice.
+#[test]
+fn a_repeated_component_reports_its_pattern_once() {
+    use super::globs::{FOLD_UNITS, GlobIndex, fold};
+    let glob = Glob::new(r"*\dev\*\").unwrap();
+    let ix =
+        GlobIndex::build([glob.units()].into_iter(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+    let id: Vec<u8> = [92, 0, 100, 0, 101, 0, 118, 0, 92, 0, 92, 0, 100, 0, 101, 0, 118, 0, 92, 0].to_vec();
+    let app = AppId::from_utf16le(&id);
+    let mut got = Vec::new();
+    ix.for_each_match(&app, |k| {
+        got.push(k);
+        true
+    });
+    assert_eq!(got, [0]);
+    let mut buf = [0u16; FOLD_UNITS];
+    let mut got = Vec::new();
+    ix.for_each_match(fold(&app, &mut buf).unwrap(), |k| {
+        got.push(k);
+        true
+    });
+    assert_eq!(got, [0]);
+}
+
+/// More distinct component anchors than a lookup can remember: the patterns
+/// past the limit are filed another way, and every answer stays exact.
+#[test]
+fn many_component_patterns_stay_exact() {
+    use super::globs::GlobIndex;
+    let globs: Vec<Glob> = (0..300).map(|i| Glob::new(&alloc::format!(r"*\c{i}\*")).unwrap()).collect();
+    let mut units: Vec<&[u16]> = globs.iter().map(Glob::units).collect();
+    units.sort_unstable();
+    let ix = GlobIndex::build(units.iter().copied(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+    let id = WideString::new(r"\c299\x\c7\c299\c7\");
+    let app = id.app_id();
+    let mut got = Vec::new();
+    ix.for_each_match(&app, |k| {
+        got.push(k);
+        true
+    });
+    got.sort_unstable();
+    let want: Vec<u32> =
+        (0u32..).zip(&units).filter(|(_, p)| crate::policy::glob_match(p, &app)).map(|(k, _)| k).collect();
+    assert_eq!(got, want);
+    assert_eq!(want.len(), 2);
 }
