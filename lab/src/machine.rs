@@ -146,7 +146,7 @@ fn our_identity(rules: &LabRules, weight: u32) -> Result<(Identity, ArbiterCallo
     let mut a = Arbiter::new(config, Capacities::default(), rules.rules.clone())
         .map_err(|_| "out of memory reserving the tables".to_owned())?;
     a.set_proxy(OWN_PROXY_PID, Some(v4), Some(v6)).map_err(|e| e.to_string())?;
-    Ok((id, ArbiterCallout::new(a)))
+    Ok((id, ArbiterCallout::new(a, arbiter_wfp_model::Readings::default())?))
 }
 
 /// Runs one connection of `protocol`/family through the machine.
