@@ -152,7 +152,7 @@ pub fn our_decisions(records: &[AuditRecord<'_>]) -> Vec<OurDecision> {
                 }
                 Event::AuthConnect(a) => (CoreLayer::AuthConnect, a.input.flow, a.outcome, None),
                 Event::Fallback(f) => (CoreLayer::ConnectRedirect, f.input.flow, f.outcome, None),
-                Event::Departure(_) => return None,
+                Event::Departure(_) | Event::Rebind(_) | Event::Guard(_) => return None,
             };
             Some(OurDecision {
                 seq: r.seq,
