@@ -90,7 +90,11 @@ pub const KNOWN: &[Known] = &[
     Known {
         id: "portmaster",
         product: "Safing Portmaster",
-        keys: &["{7dab1057-8e2b-40c4-9b85-693e381d7896}", "{58545073-f893-454c-bbea-a57bc964f46d}", "{4bd2a080-2585-478d-977c-7f340c6bc3d4}"],
+        keys: &[
+            "{7dab1057-8e2b-40c4-9b85-693e381d7896}",
+            "{58545073-f893-454c-bbea-a57bc964f46d}",
+            "{4bd2a080-2585-478d-977c-7f340c6bc3d4}",
+        ],
         names: &["portmaster"],
         planned: Some("portmaster"),
         today: None,
