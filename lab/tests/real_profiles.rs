@@ -2,7 +2,7 @@
 //! behaviours their doc comments cite, one callout at a time, and the
 //! scenario outcomes with our arbiter above and below, TCP and UDP.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::path::Path;
 
 use arbiter::flow::PreviousEntry;
@@ -306,7 +306,7 @@ fn netebpfext_scenarios_deliver_and_never_redirect_over_a_local_redirect() {
             for d in t.decisions.iter().filter(|d| d.name == "netebpfext" && d.layer == Layer::ConnectRedirect) {
                 // A redirect only where no other vendor's local redirect came before in this classification.
                 if d.action == "redirect" {
-                    let before = t.decisions.iter().take_while(|x| !std::ptr::eq(*x, d));
+                    let before = t.decisions.iter().take_while(|x| !core::ptr::eq(*x, d));
                     assert!(
                         !before.clone().any(|x| x.name == "arbiter" && x.action == "redirect" && x.round == d.round),
                         "{}: netebpfext redirected over ours",
