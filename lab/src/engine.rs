@@ -223,6 +223,13 @@ pub enum ConnectAction {
         /// New remote address.
         to: SocketAddr,
     },
+    /// Rewrite only the local address (a split tunnel re-sourcing a
+    /// connection at connect-redirect): a new version of the request by this
+    /// filter, no redirect handle, the remote address unchanged.
+    RewriteLocal {
+        /// New local address.
+        to: SocketAddr,
+    },
 }
 
 impl ConnectAction {
@@ -235,6 +242,7 @@ impl ConnectAction {
             Self::Block => "block",
             Self::RedirectLocal { .. } => "redirect",
             Self::RedirectRemote { .. } => "redirect-remote",
+            Self::RewriteLocal { .. } => "rewrite-local",
         }
     }
 }
@@ -248,12 +256,22 @@ pub struct ConnectDecision {
     pub reauthorize_if_modified: bool,
     /// Why (a decision-table reason for our arbiter; the profile's own words otherwise).
     pub reason: String,
+    /// The callout returned with FWPS_RIGHT_ACTION_WRITE cleared after
+    /// permitting or modifying: no one after it may modify.
+    pub clears_write: bool,
 }
 
 impl ConnectDecision {
     /// A decision without the reauthorize flag.
     pub fn new(action: ConnectAction, reason: &str) -> Self {
-        Self { action, reauthorize_if_modified: false, reason: reason.to_owned() }
+        Self { action, reauthorize_if_modified: false, reason: reason.to_owned(), clears_write: false }
+    }
+
+    /// The same, returned with the write right cleared (a hard decision).
+    #[must_use]
+    pub const fn hard(mut self) -> Self {
+        self.clears_write = true;
+        self
     }
 
     /// The same, applied with REAUTHORIZE_IF_MODIFIED_BY_OTHERS.
@@ -571,7 +589,11 @@ impl Engine {
                         redirect_block.get_or_insert((v, d.reason.clone()));
                         false
                     }
-                    ConnectAction::RedirectLocal { .. } | ConnectAction::RedirectRemote { .. } if !write => {
+                    ConnectAction::RedirectLocal { .. }
+                    | ConnectAction::RedirectRemote { .. }
+                    | ConnectAction::RewriteLocal { .. }
+                        if !write =>
+                    {
                         refused = true;
                         false
                     }
@@ -585,7 +607,14 @@ impl Engine {
                         chain.insert(0, PreviousEntry { filter: vendor.id.filter, local_redirect_handle: false });
                         true
                     }
+                    ConnectAction::RewriteLocal { .. } => {
+                        chain.insert(0, PreviousEntry { filter: vendor.id.filter, local_redirect_handle: false });
+                        true
+                    }
                 };
+                if d.clears_write && !refused {
+                    write = false;
+                }
                 if modified {
                     modifiers.insert(0, v);
                 }
@@ -597,6 +626,7 @@ impl Engine {
                         ConnectAction::Permit
                             | ConnectAction::RedirectLocal { .. }
                             | ConnectAction::RedirectRemote { .. }
+                            | ConnectAction::RewriteLocal { .. }
                     )
                     && let Some(a) = armed.get_mut(v)
                 {

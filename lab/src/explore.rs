@@ -98,20 +98,35 @@ impl PeerSpec {
     /// does by definition, and `legacy` predates redirect records.
     pub const fn propagation_choices(profile: Profile) -> &'static [bool] {
         match profile {
-            Profile::Compliant | Profile::Sampler => &[true, false],
+            // WFPSampler's helper sets them (its proxy service is not
+            // published); a proxy built on eBPF for Windows does its own.
+            Profile::Compliant | Profile::Sampler | Profile::WfpSampler | Profile::NetEbpfExt => &[true, false],
             Profile::NoRecords
             | Profile::Legacy
             | Profile::WriteStripper
             | Profile::RemoteProxy
             | Profile::AuthBlocker
             | Profile::SplitTunnel
-            | Profile::SplitTunnelProxy => &[false],
+            | Profile::SplitTunnelProxy
+            | Profile::Mullvad
+            | Profile::Portmaster
+            // Its relay never queries nor sets the records.
+            | Profile::ProxyBridge => &[false],
         }
     }
 
     /// Whether the profile runs a local proxy that our trust settings can name.
     pub const fn has_local_proxy(profile: Profile) -> bool {
-        matches!(profile, Profile::Compliant | Profile::Sampler | Profile::NoRecords | Profile::Legacy)
+        matches!(
+            profile,
+            Profile::Compliant
+                | Profile::Sampler
+                | Profile::NoRecords
+                | Profile::Legacy
+                | Profile::WfpSampler
+                | Profile::NetEbpfExt
+                | Profile::ProxyBridge
+        )
     }
 
     /// Every spec for a profile: propagation × (trusted, known).

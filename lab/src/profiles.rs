@@ -2,6 +2,7 @@
 //! machine over what WFP shows its callout, written as one `match` whose
 //! arms say which documented (or observed) behaviour they model.
 
+pub mod real;
 mod split_tunnel;
 
 use core::fmt;
@@ -37,11 +38,21 @@ pub enum Profile {
     SplitTunnel,
     /// The same, with our proxy's process on its exclusion list too.
     SplitTunnelProxy,
+    /// Microsoft's WFPSampler proxy callout, transcribed ([`real::WfpSampler`]).
+    WfpSampler,
+    /// eBPF for Windows' connect hooks ([`real::NetEbpfExt`]).
+    NetEbpfExt,
+    /// Mullvad's split-tunnel driver, connect and bind ([`real::Mullvad`]).
+    Mullvad,
+    /// Portmaster's kext: auth-connect verdicts, packet NAT ([`real::Portmaster`]).
+    Portmaster,
+    /// ProxyBridge's WFP driver ([`real::ProxyBridge`]).
+    ProxyBridge,
 }
 
 impl Profile {
     /// Every profile, in report order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 14] = [
         Self::Compliant,
         Self::Sampler,
         Self::NoRecords,
@@ -51,7 +62,16 @@ impl Profile {
         Self::AuthBlocker,
         Self::SplitTunnel,
         Self::SplitTunnelProxy,
+        Self::WfpSampler,
+        Self::NetEbpfExt,
+        Self::Mullvad,
+        Self::Portmaster,
+        Self::ProxyBridge,
     ];
+
+    /// The profiles transcribed from published drivers.
+    pub const REAL: [Self; 5] =
+        [Self::WfpSampler, Self::NetEbpfExt, Self::Mullvad, Self::Portmaster, Self::ProxyBridge];
 
     /// The name used on the command line and in reports.
     pub const fn name(self) -> &'static str {
@@ -65,6 +85,11 @@ impl Profile {
             Self::AuthBlocker => "auth-blocker",
             Self::SplitTunnel => "split-tunnel",
             Self::SplitTunnelProxy => "split-tunnel-proxy",
+            Self::WfpSampler => "wfpsampler",
+            Self::NetEbpfExt => "netebpfext",
+            Self::Mullvad => "mullvad",
+            Self::Portmaster => "portmaster",
+            Self::ProxyBridge => "proxybridge",
         }
     }
 
@@ -84,7 +109,37 @@ impl Profile {
                 propagates_records,
             })
         };
+        let wildcard = |app: &str, propagates_records: bool, pid: u64| {
+            Some(ProxyProcess {
+                pid,
+                app: app.to_owned(),
+                v4: "0.0.0.0:9100".parse().unwrap_or(FALLBACK_V4),
+                v6: "[::]:9100".parse().unwrap_or(FALLBACK_V6),
+                propagates_records,
+            })
+        };
         let (proxy, tunnel) = match self {
+            // Redirects to the connection's own local address when it has one: listens on the wildcard.
+            Self::WfpSampler => (
+                wildcard(
+                    r"\device\harddiskvolume3\program files\wfpsampler\wfpsamplerproxyservice.exe",
+                    true,
+                    PEER_PROXY_PID,
+                ),
+                None,
+            ),
+            Self::ProxyBridge => (
+                wildcard(r"\device\harddiskvolume3\program files\proxybridge\proxybridge.exe", false, PEER_PROXY_PID),
+                None,
+            ),
+            Self::NetEbpfExt => {
+                let mut p = proxy(r"\device\harddiskvolume3\program files\ebpf-proxy\proxy.exe", false);
+                if let Some(p) = p.as_mut() {
+                    p.pid = real::NETEBPFEXT_TARGET_PID;
+                }
+                (p, None)
+            }
+            Self::Mullvad | Self::Portmaster => (None, None),
             Self::Compliant => (proxy(r"\device\harddiskvolume3\program files\vendorb\proxy.exe", true), None),
             Self::Sampler => (proxy(r"\device\harddiskvolume3\program files\wfpsampler\proxy.exe", false), None),
             Self::NoRecords => (proxy(r"\device\harddiskvolume3\program files\vendorc\relay.exe", false), None),
@@ -115,6 +170,15 @@ impl Profile {
             Self::SplitTunnelProxy => {
                 Box::new(SplitTunnel::new(&[crate::scenario::APP, crate::ours::OWN_PROXY_APP], RebindTo::Host))
             }
+            Self::WfpSampler => Box::new(real::WfpSampler { acquire: real::Acquire::ClearsWrite }),
+            Self::NetEbpfExt => Box::new(real::NetEbpfExt { acquire: real::Acquire::ClearsWrite }),
+            Self::Mullvad => Box::new(real::Mullvad::new(&[crate::scenario::APP])),
+            Self::Portmaster => Box::new(real::Portmaster::default()),
+            Self::ProxyBridge => Box::new(real::ProxyBridge {
+                version: real::ProxyBridgeVersion::Ea115fa,
+                acquire: real::Acquire::ClearsWrite,
+                watch: real::Watch::All,
+            }),
         }
     }
 }
