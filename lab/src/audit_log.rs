@@ -375,8 +375,6 @@ impl LogJoiner {
                         shift(endpoint);
                     }
                 }
-                // No endpoint handle in these.
-                Event::Rebind(_) | Event::Guard(_) => {}
             }
             let start = self.bytes.len();
             self.bytes.resize(start + rec.encoded_len(), 0);
