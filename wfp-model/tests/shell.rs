@@ -64,7 +64,8 @@ impl Kernel for OnModel<'_> {
         self.weight
     }
     fn open_engine(&mut self) -> Result<usize, Status> {
-        self.wfp.engine_open().map(|e| e as usize)
+        // The driver's session carries FWPM_SESSION_FLAG_DYNAMIC.
+        self.wfp.engine_open_dynamic().map(|e| e as usize)
     }
     fn add_filters(&mut self, engine: usize, weight: u16) -> Result<[u64; 2], Status> {
         let engine = engine as u64;
@@ -104,15 +105,7 @@ impl Kernel for OnModel<'_> {
         }
     }
     fn close_engine(&mut self, engine: usize) {
-        // The driver opens a dynamic session (FWPM_SESSION_FLAG_DYNAMIC:
-        // "objects added during a dynamic session are deleted when the
-        // session ends"). The model does not model dynamic sessions yet, so
-        // the end of the session's objects is done here, as the engine would.
-        let ours: Vec<u64> =
-            self.wfp.filters().iter().filter(|(_, f)| f.sublayer == SUBLAYER).map(|(id, _)| *id).collect();
-        for id in ours {
-            self.wfp.filter_delete(engine as u64, id);
-        }
+        // A dynamic session: the model deletes its objects as it ends.
         self.wfp.engine_close(engine as u64);
     }
     fn unsubscribe_bfe(&mut self) {
