@@ -8,11 +8,14 @@
 
 use std::net::SocketAddr;
 
+use arbiter::ProxyRegistration;
 use arbiter::audit::AuditRecord;
+use arbiter::control::{Access, Caller, HandleId, Handles, Op, Reply, Request, RulesRejected, Status};
 use arbiter::policy::Rule;
 use arbiter::{Action, Arbiter, Capacities, Config, Duration, Instant, Reason, RuleSet, Verdict};
 use arbiter_callout::Fwps;
 use arbiter_callout::complete::Deferred;
+use arbiter_callout::control::{Device, cleanup, dispatch, open};
 use arbiter_callout::filters::{FILTERS, FilterLayer, filter_for};
 use arbiter_callout::pend::{Fallback, PendConfig, PendTimer};
 use arbiter_callout::shell::{self, CalloutLock};
@@ -541,4 +544,130 @@ fn classify_applies_and_releases_after_the_lock_is_released() {
         assert_eq!(lock.callout.held(), 0);
         rt.assert_quiescent();
     }
+}
+
+// ---- the shell's control dispatch on the model -----------------------------------------
+
+/// The proxy service's handle: its own process, read and write.
+const PROXY_CALLER: Caller = Caller { pid: PROXY_PID as u32, handle: HandleId(0xF11E), access: Access::READ_WRITE };
+
+fn no_rules(_: &[u8]) -> Result<RuleSet, RulesRejected> {
+    Err(RulesRejected { code: 1, offset: 0 })
+}
+
+/// One control request under the driver's lock, completions after it, as
+/// the driver's dispatch does.
+fn control<R>(
+    lock: &mut ModelLock,
+    rt: &mut Runtime,
+    handles: &mut Handles,
+    now: Instant,
+    f: impl FnOnce(&mut Device<'_, RuleSet, fn(&[u8]) -> Result<RuleSet, RulesRejected>, Runtime>) -> R,
+) -> R {
+    let r = lock
+        .with(rt, |callout, rt| {
+            let mut device = Device {
+                callout,
+                handles,
+                decode_rules: no_rules as fn(&[u8]) -> Result<RuleSet, RulesRejected>,
+                instance: 7,
+                fwps: rt,
+                now,
+            };
+            f(&mut device)
+        })
+        .unwrap();
+    shell::complete_pended(lock, rt, now);
+    r
+}
+
+/// The proxy process dies: the I/O manager sends IRP_MJ_CLEANUP for its
+/// handle, the registration goes at once, and the very next flow a rule
+/// proxies is held (not sent to the dead listener), then gets the fallback
+/// on its timer. Under every reading, on the model, through the lock.
+#[test]
+fn the_proxy_dying_stops_redirecting_at_once_on_the_model() {
+    for r in Readings::all() {
+        let mut rt = Runtime::new(r);
+        let mut lock = ModelLock::new(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+        let mut handles = Handles::new();
+        let reg = ProxyRegistration { pid: PROXY_PID, v4: Some("127.0.0.1:8080".parse().unwrap()), v6: None };
+        let mut reply = vec![0u8; 256];
+        let n = control(&mut lock, &mut rt, &mut handles, T0, |d| {
+            assert_eq!(open(d, &PROXY_CALLER), Status::Ok);
+            dispatch(d, Op::RegisterProxy.ioctl(), &PROXY_CALLER, &Request::RegisterProxy(reg).to_vec(), &mut reply)
+        });
+        assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
+        let (got, _) = cr_locked(&mut lock, &mut rt, &flow("10.0.0.5:50000", "93.184.216.34:443"), true);
+        assert_eq!(got.data.remote, "127.0.0.1:8080".parse::<SocketAddr>().unwrap(), "{r:?}: to the live proxy");
+
+        control(&mut lock, &mut rt, &mut handles, T0, |d| cleanup(d, PROXY_CALLER.handle));
+        assert_eq!(lock.callout.arbiter().proxy(), None, "registration cleared at cleanup");
+        let (got, _) = cr_locked(&mut lock, &mut rt, &flow("10.0.0.5:50001", "93.184.216.34:443"), true);
+        assert_eq!(got.data.remote, "93.184.216.34:443".parse::<SocketAddr>().unwrap(), "{r:?}: not to the dead proxy");
+        assert_eq!(rt.pended().len(), 1, "{r:?}: held for a proxy");
+        let due = T0.saturating_add(Duration::from_millis(500));
+        shell::complete_pended(&mut lock, &mut rt, due);
+        let done = rt.take_completed();
+        assert_eq!(done.len(), 1);
+        assert_eq!(resolve(wfp_ffi::FWP_ACTION_CALLOUT_UNKNOWN, done[0].classify_out.actionType, &r), Outcome::Block);
+        assert!(rt.kernel.held_locks().is_empty());
+        rt.assert_quiescent();
+    }
+}
+
+/// IOCTLs with hostile buffers through the shell's dispatch on the model:
+/// truncated, oversized, random bytes, wrong access bits, an IOCTL code
+/// that is not ours. Each gets an error reply (never a panic, never a
+/// change of state), and the reply fits the caller's buffer.
+#[test]
+fn hostile_ioctl_buffers_through_the_dispatch_are_refused() {
+    let mut rt = Runtime::new(Readings::default());
+    let mut lock = ModelLock::new(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+    let mut handles = Handles::new();
+    let reader = Caller { pid: 77, handle: HandleId(0xBEEF), access: Access::READ };
+    control(&mut lock, &mut rt, &mut handles, T0, |d| {
+        assert_eq!(open(d, &PROXY_CALLER), Status::Ok);
+        assert_eq!(open(d, &reader), Status::Ok);
+    });
+    let reg = ProxyRegistration { pid: PROXY_PID, v4: Some("127.0.0.1:8080".parse().unwrap()), v6: None };
+    let good = Request::RegisterProxy(reg).to_vec();
+    let mut oversized = good.clone();
+    oversized.resize(1 << 20, 0xAA);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut cases: Vec<(u32, Caller, Vec<u8>)> = vec![
+        (Op::RegisterProxy.ioctl(), PROXY_CALLER, good[..good.len() / 2].to_vec()),
+        (Op::RegisterProxy.ioctl(), PROXY_CALLER, Vec::new()),
+        (Op::RegisterProxy.ioctl(), PROXY_CALLER, oversized),
+        (Op::RegisterProxy.ioctl(), reader, good.clone()),
+        (0x0022_0000, PROXY_CALLER, good.clone()),
+    ];
+    for len in [1usize, 7, 16, 64, 300] {
+        let bytes: Vec<u8> = (0..len).map(|_| random() as u8).collect();
+        cases.push((Op::RegisterProxy.ioctl(), PROXY_CALLER, bytes));
+    }
+    for (i, (ioctl, caller, request)) in cases.iter().enumerate() {
+        for reply_len in [0usize, 3, 256] {
+            let mut reply = vec![0u8; reply_len];
+            let n = control(&mut lock, &mut rt, &mut handles, T0, |d| dispatch(d, *ioctl, caller, request, &mut reply));
+            assert!(n <= reply_len, "case {i}: reply of {n} B into {reply_len} B");
+            if let Ok(r) = Reply::decode(&reply[..n]) {
+                assert_ne!(r.status, Status::Ok, "case {i}: accepted");
+            }
+            assert_eq!(lock.callout.arbiter().proxy(), None, "case {i}: state changed");
+        }
+    }
+    // The good request still works afterwards.
+    let mut reply = vec![0u8; 256];
+    let n = control(&mut lock, &mut rt, &mut handles, T0, |d| {
+        dispatch(d, Op::RegisterProxy.ioctl(), &PROXY_CALLER, &good, &mut reply)
+    });
+    assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
+    assert!(rt.kernel.held_locks().is_empty());
 }
