@@ -89,10 +89,20 @@ fn time(mut f: impl FnMut()) -> f64 {
     median(samples)
 }
 
+/// One call of each, for instruction counts under callgrind:
+/// `ARBITER_WORST_ONCE=1 valgrind --tool=callgrind --toggle-collect='*first_match*' --toggle-collect='*is_trusted*' target/release/deps/classify_worst-*`.
+fn once() -> bool {
+    std::env::var_os("ARBITER_WORST_ONCE").is_some()
+}
+
 fn main() {
     let mut worst = (0.0f64, "");
     println!("{:<40} {:>14} {:>14}", "shape (pattern vs 32,767-unit id)", "first_match µs", "is_trusted µs");
-    for (name, pattern, id) in shapes() {
+    let only: Option<usize> = std::env::var("ARBITER_WORST_SHAPE").ok().and_then(|v| v.parse().ok());
+    for (i, (name, pattern, id)) in shapes().into_iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let glob = Glob::new(&pattern).unwrap();
         let mut rule = Rule::any("r", Action::Proxy);
         rule.app = vec![glob.clone()];
@@ -109,6 +119,11 @@ fn main() {
             original_app: app.app_id(),
             package: None,
         };
+        if once() {
+            black_box(compiled.first_match(black_box(&flow)));
+            black_box(compiled.is_trusted(black_box(&flow.app)));
+            continue;
+        }
         // The compiled matcher must agree with the reference scan.
         assert_eq!(compiled.first_match(&flow), rs.first_match(&flow), "{name}");
         let m = time(|| {

@@ -6,8 +6,9 @@
 # no subcommand panics when its output goes into `head -1` or `/dev/full`.
 #
 # Usage: scripts/newcomer.sh            (from anywhere inside the repository)
-# Builds go to target/newcomer of the repository this script runs from, so a
-# second run reuses them; set NEWCOMER_TARGET_DIR to put them elsewhere.
+# Builds go to the target folder of the repository this script runs from, so
+# the dependencies .ci/run already built are reused; set NEWCOMER_TARGET_DIR
+# to build elsewhere.
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +20,7 @@ say() { printf 'newcomer: %s\n' "$*"; }
 # 1. A fresh clone of what is committed.
 git clone -q "$src" "$work/arbiter"
 cd "$work/arbiter"
-export CARGO_TARGET_DIR="${NEWCOMER_TARGET_DIR:-$src/target/newcomer}"
+export CARGO_TARGET_DIR="${NEWCOMER_TARGET_DIR:-$src/target}"
 export CARGO_INSTALL_ROOT="$work/root"
 export PATH="$CARGO_INSTALL_ROOT/bin:$PATH"
 
@@ -28,7 +29,7 @@ export PATH="$CARGO_INSTALL_ROOT/bin:$PATH"
 #    same commit; it is checked to be there, not run a second time.
 mapfile -t commands < <(awk '/^```sh$/ {on=1; next} /^```/ {on=0} on && NF' README.md)
 [ "${#commands[@]}" -ge 3 ] || fail "README.md has no sh block with the install and main commands"
-[ "${commands[0]}" = "cargo install --path cli" ] || fail "README's first command is not the install: ${commands[0]}"
+[ "${commands[0]}" = "cargo install --locked --path cli" ] || fail "README's first command is not the install: ${commands[0]}"
 for c in "${commands[@]}"; do
   if [ "$c" = "cargo test --workspace" ]; then
     grep -qx '  *cargo test --workspace --locked\|cargo test --workspace --locked' "$src/.ci/run" \

@@ -34,6 +34,12 @@ pub struct Completions {
     items: Vec<Completion>,
 }
 
+// SAFETY: the batch's pointers are writable layer data of pended
+// classifications, which WFP lets any thread complete (the seed completes
+// from another thread than the classify's); only the holder of the batch
+// makes the calls with them, through `run`, and it takes `&mut self`.
+unsafe impl Send for Completions {}
+
 impl core::fmt::Debug for Completions {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Completions").field("len", &self.items.len()).finish_non_exhaustive()

@@ -44,7 +44,11 @@ pub mod complete;
 pub mod control;
 pub mod filters;
 pub mod fwps;
-#[cfg(windows)]
+// Kernel builds only (x86_64-pc-windows-msvc): the import of the WDK's
+// static `wdmsec.lib` would otherwise be demanded by every user-mode Windows
+// binary that links this crate (arbiter.exe and arbiter-proxy.exe, built
+// with MinGW and run under Wine in CI).
+#[cfg(all(windows, target_env = "msvc"))]
 pub mod kernel;
 pub mod pend;
 pub mod read;

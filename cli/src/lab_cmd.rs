@@ -237,6 +237,9 @@ fn write_audit(file: &Path, reports: &[Report]) -> Result<(), String> {
     for r in reports.iter().filter(|r| r.scenario.ours == Ours::Arbiter) {
         joined.push(&r.audit_log).map_err(|e| format!("{}: {e}", r.name))?;
     }
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
     std::fs::write(file, &joined.bytes).map_err(|e| e.to_string())
 }
 

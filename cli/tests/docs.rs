@@ -147,7 +147,10 @@ fn ci_runs_the_readme_test_command() {
     let readme = readme();
     let block = readme.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
     let lines: Vec<&str> = block.lines().collect();
-    assert_eq!(lines, ["cargo install --path cli", "arbiter lab && arbiter replay fixtures", "cargo test --workspace"]);
+    assert_eq!(
+        lines,
+        ["cargo install --locked --path cli", "arbiter lab && arbiter replay fixtures", "cargo test --workspace"]
+    );
     let ci = std::fs::read_to_string(repo().join(".ci/run")).unwrap();
     assert!(ci.lines().any(|l| l.trim() == "cargo test --workspace --locked"), "{ci}");
     assert!(ci.contains("scripts/newcomer.sh"), ".ci/run does not run the newcomer script");

@@ -317,6 +317,10 @@ pub trait Callout: fmt::Debug {
     fn as_bind(&mut self) -> Option<&mut dyn crate::bind::BindCallout> {
         None
     }
+    /// The same, mutably (to take its recording at the end of a scenario).
+    fn as_arbiter_mut(&mut self) -> Option<&mut crate::ours::ArbiterCallout> {
+        None
+    }
 }
 
 /// One installed vendor.

@@ -15,7 +15,7 @@
 use core::net::SocketAddr;
 use std::path::Path;
 
-use arbiter::{Arbiter, Capacities, Config, Protocol};
+use arbiter::Protocol;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, HopResult, Identity, MAX_CHAIN, ProxyProcess, Vendor};
@@ -142,10 +142,8 @@ fn our_identity(rules: &LabRules, weight: u32) -> Result<(Identity, ArbiterCallo
         }),
         tunnel: None,
     };
-    let config = Config { own_filter: OWN_FILTER, ..Config::default() };
-    let mut a = Arbiter::new(config, Capacities::default(), rules.rules.clone())
-        .map_err(|_| "out of memory reserving the tables".to_owned())?;
-    a.set_proxy(OWN_PROXY_PID, Some(v4), Some(v6)).map_err(|e| e.to_string())?;
+    // The real adapter on the WFP model, as in the lab's matrix.
+    let a = crate::ours::lab_arbiter(rules.rules.clone(), Some(v4), Some(v6))?;
     Ok((id, ArbiterCallout::new(a, arbiter_wfp_model::Readings::default())?))
 }
 

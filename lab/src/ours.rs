@@ -30,12 +30,19 @@ use crate::fixture::{Expect, Step};
 
 /// Our filter id in the lab (both families).
 pub const OWN_FILTER: u64 = 100;
+/// The fixed value the adapter hands the core for its own filters' run-time
+/// ids (what audit records from the adapter carry as `own_filter`).
+pub const ADAPTER_OWN_FILTER: u64 = arbiter_callout::OWN_FILTER;
 /// Our redirect handle in the lab.
 pub const OWN_HANDLE: u64 = 1;
 /// Our proxy's PID in the lab.
 pub const OWN_PROXY_PID: u64 = 5151;
 /// Our proxy's app id in the lab.
 pub const OWN_PROXY_APP: &str = r"\device\harddiskvolume3\program files\arbiter\arbiter-proxy.exe";
+/// Table sizes of the lab's core: a scenario has at most 32 connections,
+/// so the driver's defaults (65,536 endpoints) would only cost the time of
+/// reserving them for every scenario.
+pub const LAB_CAPACITIES: Capacities = Capacities { endpoints: 1024, destinations: 256, known_proxies: 64 };
 /// Bytes of audit ring the lab's adapter reserves (records are drained after each classify).
 const LAB_RING_BYTES: usize = 1 << 14;
 
@@ -74,8 +81,8 @@ pub fn lab_arbiter(
     v6: Option<core::net::SocketAddrV6>,
 ) -> Result<Arbiter<RuleSet>, String> {
     let config = Config { own_filter: arbiter_callout::OWN_FILTER, ..Config::default() };
-    let mut a = Arbiter::new(config, Capacities::default(), rules)
-        .map_err(|_| "out of memory reserving the tables".to_owned())?;
+    let mut a =
+        Arbiter::new(config, LAB_CAPACITIES, rules).map_err(|_| "out of memory reserving the tables".to_owned())?;
     if v4.is_some() || v6.is_some() {
         a.set_proxy(OWN_PROXY_PID, v4, v6).map_err(|e| e.to_string())?;
     }
@@ -338,6 +345,10 @@ impl Callout for ArbiterCallout {
     }
 
     fn as_arbiter(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn as_arbiter_mut(&mut self) -> Option<&mut Self> {
         Some(self)
     }
 }

@@ -407,18 +407,31 @@ impl Lab {
                 inspected.push(d.name.clone());
             }
         }
-        let ours = self.engine.vendors.get(OURS).and_then(|v| v.callout.as_arbiter());
-        let recorded = ours.map(|a| Fixture {
-            name: self.name.clone(),
-            path: format!("{}.toml", file_stem(&self.name)).into(),
-            rules: RulesSource::Inline(self.rules.table.clone()),
-            environment: Environment {
-                own_filter: OWN_FILTER,
-                proxy_pid: Some(OWN_PROXY_PID),
-                ..Environment::default()
-            },
-            steps: a.steps.clone(),
-        });
+        // The recording is moved out, not copied: the scenario is over.
+        let ours = self
+            .engine
+            .vendors
+            .get_mut(OURS)
+            .and_then(|v| v.callout.as_arbiter_mut())
+            .map(|a| (core::mem::take(&mut a.steps), core::mem::take(&mut a.audit_log), a.audit_failures));
+        let audit_failures = ours.as_ref().map_or(0, |o| o.2);
+        let (recorded, audit_log) = match ours {
+            Some((steps, log, _)) => (
+                Some(Fixture {
+                    name: self.name.clone(),
+                    path: format!("{}.toml", file_stem(&self.name)).into(),
+                    rules: RulesSource::Inline(core::mem::take(&mut self.rules.table)),
+                    environment: Environment {
+                        own_filter: OWN_FILTER,
+                        proxy_pid: Some(OWN_PROXY_PID),
+                        ..Environment::default()
+                    },
+                    steps,
+                }),
+                log,
+            ),
+            None => (None, Vec::new()),
+        };
         Report {
             scenario: self.scenario,
             name: self.name,
@@ -427,8 +440,8 @@ impl Lab {
             path: self.path,
             inspected,
             recorded,
-            audit_log: ours.map(|a| a.audit_log.clone()).unwrap_or_default(),
-            audit_failures: ours.map_or(0, |a| a.audit_failures),
+            audit_log,
+            audit_failures,
             traces: self.traces,
         }
     }

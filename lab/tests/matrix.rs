@@ -47,3 +47,21 @@ fn record_then_replay_round_trips_for_every_scenario() {
         assert!(run.passed(), "{}: {:?}", r.name, run.failures().collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn with_no_rules_every_scenario_no_peer_blocks_is_delivered() {
+    let text = "version = 1\n[proxy]\nv4 = \"127.0.0.1:34010\"\nv6 = \"[::1]:34010\"\n";
+    let rules = vec![LabRules::from_text("empty", text, "test").unwrap()];
+    let mut delivered = 0;
+    for s in matrix(&Profile::ALL, rules.len(), false) {
+        let r = run(s, &rules).unwrap();
+        match &r.outcome {
+            arbiter_lab::scenario::Outcome::Blocked { by, .. } if by != "arbiter" => {}
+            o => {
+                assert_eq!(o.kind(), "delivered", "{}: {}", r.name, o.detail());
+                delivered += 1;
+            }
+        }
+    }
+    assert!(delivered > 0);
+}

@@ -19,9 +19,11 @@
 //! - [`udp`]: the UDP relay, one outbound socket per redirected flow.
 //! - [`service`]: registration, re-registration and the audit drain.
 //! - [`auditlog`]: the rotating JSON-lines audit file.
+//! - [`acl`]: who may read and write it (SYSTEM and administrators only).
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
+pub mod acl;
 pub mod auditlog;
 pub mod redirect;
 pub mod service;

@@ -161,6 +161,25 @@ fn run(args: &Args) -> ExitCode {
         eprintln!("arbiter-proxy: {}", no_device_message(&e));
         return ExitCode::from(EXIT_NO_DEVICE);
     }
+    // The audit log is for SYSTEM and administrators only: refuse to run as
+    // anyone else, and give the folder that DACL before anything is written.
+    match arbiter_proxy::acl::running_identity().map(arbiter_proxy::acl::may_write_audit) {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            eprintln!("{why}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+        Err(e) => {
+            eprintln!("cannot tell who this process runs as: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
+    if let Err(e) =
+        std::fs::create_dir_all(&args.audit_dir).and_then(|()| arbiter_proxy::acl::secure_audit_dir(&args.audit_dir))
+    {
+        eprintln!("cannot restrict the audit folder {} to SYSTEM and administrators: {e}", args.audit_dir.display());
+        return ExitCode::from(EXIT_RUNTIME);
+    }
     // Our own audit: every connection or flow not relayed to its end
     // (refused for want of redirect records or context, records not set,
     // upstream unreachable, aborted), beside the driver's audit.

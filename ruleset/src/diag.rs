@@ -189,9 +189,9 @@ impl Diagnostic {
         self.render_indexed(source, &LineIndex::new(source))
     }
 
-    /// Renders with `source`'s line index made once by the caller: the
-    /// snippet is cut from the lines around the spans, so rendering costs
-    /// what the snippet holds, not the whole file.
+    /// Renders with `source`'s line index made once by the caller: each
+    /// snippet is cut from the lines around its span, so rendering costs what
+    /// the snippets hold, not the whole file.
     pub fn render_indexed(&self, source: &str, lines: &LineIndex) -> String {
         if self.line == 0 {
             // No position (the file could not be read): no snippet either.
@@ -201,14 +201,7 @@ impl Diagnostic {
             }
             return out;
         }
-        let spans = std::iter::once(&self.span).chain(self.related.iter().map(|(s, _)| s));
-        let (lo, hi) = spans.fold((usize::MAX, 0), |(lo, hi), s| (lo.min(s.start), hi.max(s.end)));
-        let first = lines.line_of(lo.min(source.len())).saturating_sub(CONTEXT_LINES);
-        let last = lines.line_of(hi.min(source.len())) + CONTEXT_LINES + 1;
-        let start = lines.start_of(first, source);
-        let end = lines.start_of(last, source);
-        let window =
-            Window { name: self.origin.clone(), text: source.get(start..end).unwrap_or(""), start, first_line: first };
+        let window = Indexed { name: self.origin.clone(), source, lines };
         let view = View { d: self, source: window };
         let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
         let mut out = String::new();
@@ -251,37 +244,49 @@ impl Diagnostic {
     }
 }
 
-/// Lines of context miette shows around a span (its default).
-const CONTEXT_LINES: usize = 1;
-
-/// The lines of a source around a diagnostic's spans, addressed with the
-/// whole source's offsets and line numbers.
-struct Window<'a> {
+/// A source with its line index: miette asks for the lines around each
+/// label, and they are cut out with two binary searches instead of a scan
+/// from the top of the file (which made many diagnostics quadratic).
+struct Indexed<'a> {
     name: String,
-    text: &'a str,
-    /// Offset of `text` in the whole source.
-    start: usize,
-    /// 0-based line of `text`'s first line in the whole source.
-    first_line: usize,
+    source: &'a str,
+    lines: &'a LineIndex,
 }
 
-impl SourceCode for Window<'_> {
+impl SourceCode for Indexed<'_> {
     fn read_span<'b>(
         &'b self,
         span: &SourceSpan,
         before: usize,
         after: usize,
     ) -> Result<Box<dyn SpanContents<'b> + 'b>, MietteError> {
-        let local_offset = span.offset().checked_sub(self.start).ok_or(MietteError::OutOfBounds)?;
-        let local = SourceSpan::new(local_offset.into(), span.len());
-        let c = self.text.read_span(&local, before, after)?;
+        let start = span.offset();
+        let end = start.checked_add(span.len()).ok_or(MietteError::OutOfBounds)?;
+        if end > self.source.len() {
+            return Err(MietteError::OutOfBounds);
+        }
+        let first = self.lines.line_of(start);
+        let last = self.lines.line_of(end.saturating_sub(1).max(start));
+        let from = first.saturating_sub(before);
+        let to = last.saturating_add(after);
+        // As miette's own reader: without lines before, the contents start at the span.
+        let (data_start, line, column) = if before == 0 {
+            let line_start = self.lines.start_of(first, self.source);
+            (start, first, self.source.get(line_start..start).map_or(0, |s| s.chars().count()))
+        } else {
+            (self.lines.start_of(from, self.source), from, 0)
+        };
+        let data_end = self.lines.start_of(to.saturating_add(1), self.source).max(end);
+        let data = self.source.as_bytes().get(data_start..data_end).ok_or(MietteError::OutOfBounds)?;
         Ok(Box::new(MietteSpanContents::new_named(
             self.name.clone(),
-            c.data(),
-            SourceSpan::new((c.span().offset() + self.start).into(), c.span().len()),
-            c.line() + self.first_line,
-            c.column(),
-            c.line_count() + self.first_line,
+            data,
+            SourceSpan::new(data_start.into(), data_end - data_start),
+            line,
+            column,
+            // As miette's own reader counts: lines from the top of the file to
+            // the end of these contents (it decides which snippets to merge).
+            to.saturating_add(1),
         )))
     }
 }
@@ -289,7 +294,7 @@ impl SourceCode for Window<'_> {
 /// A diagnostic and its source, as miette wants them.
 struct View<'a> {
     d: &'a Diagnostic,
-    source: Window<'a>,
+    source: Indexed<'a>,
 }
 
 impl fmt::Debug for View<'_> {

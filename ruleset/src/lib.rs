@@ -257,6 +257,7 @@ fn write_blob(input: &Path, output: &Path, blob: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    std::fs::create_dir_all(&dir)?;
     let name = output.file_name().map_or_else(|| "rules.bin".into(), |n| n.to_string_lossy().into_owned());
     // A fresh name per attempt: `create_new` never opens an existing file.
     let mut attempt = 0u32;

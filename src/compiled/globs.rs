@@ -143,6 +143,9 @@ pub(super) trait Units {
     fn same(&self, from: usize, units: &[u16], backwards: bool) -> bool;
     /// Calls `f(i, unit)` for every folded unit, in order.
     fn each(&self, f: impl FnMut(usize, u16) -> bool) -> bool;
+    /// Calls `f` with the folded units `[from, to)` in order, a slice at a
+    /// time, until it returns false; returns false when stopped.
+    fn chunks(&self, from: usize, to: usize, f: impl FnMut(&[u16]) -> bool) -> bool;
 }
 
 impl Units for [u16] {
@@ -161,6 +164,10 @@ impl Units for [u16] {
     #[inline]
     fn each(&self, mut f: impl FnMut(usize, u16) -> bool) -> bool {
         self.iter().enumerate().all(|(i, &u)| f(i, u))
+    }
+    #[inline]
+    fn chunks(&self, from: usize, to: usize, mut f: impl FnMut(&[u16]) -> bool) -> bool {
+        f(self.get(from..to).unwrap_or(&[]))
     }
 }
 
@@ -187,7 +194,29 @@ impl Units for AppId<'_> {
     fn each(&self, mut f: impl FnMut(usize, u16) -> bool) -> bool {
         self.folded_units().enumerate().all(|(i, u)| f(i, u))
     }
+    fn chunks(&self, from: usize, to: usize, mut f: impl FnMut(&[u16]) -> bool) -> bool {
+        // Folded a block at a time on the stack (four ASCII units per word).
+        let mut buf = [0u16; CHUNK_UNITS];
+        let bytes = self.as_bytes();
+        let mut at = from;
+        while at < to {
+            let n = to.saturating_sub(at).min(CHUNK_UNITS);
+            let Some(src) = bytes.get(at.saturating_mul(2)..at.saturating_add(n).saturating_mul(2)) else {
+                return true;
+            };
+            let Some(out) = buf.get_mut(..n) else { return true };
+            fold_bytes(src, out);
+            if !f(out) {
+                return false;
+            }
+            at = at.saturating_add(n);
+        }
+        true
+    }
 }
+
+/// Units folded per block by [`Units::chunks`] on a long id (1 KiB of stack).
+const CHUNK_UNITS: usize = 512;
 
 /// An app id as [`Units`]: folded on the stack, or read as it is.
 pub(super) enum Read<'a> {
@@ -201,9 +230,13 @@ pub(super) enum Read<'a> {
 /// units at a time (an id is almost always ASCII), anything else by
 /// [`fold_unit`].
 pub(super) fn fold<'b>(app: &AppId<'_>, buf: &'b mut [u16; FOLD_UNITS]) -> Option<&'b [u16]> {
-    let bytes = app.as_bytes();
-    let n = app.len_units();
-    let out = buf.get_mut(..n)?;
+    let out = buf.get_mut(..app.len_units())?;
+    fold_bytes(app.as_bytes(), out);
+    Some(out)
+}
+
+/// Folds the UTF-16LE units in `bytes` into `out` (as many as both hold).
+fn fold_bytes(bytes: &[u8], out: &mut [u16]) {
     let mut words = bytes.chunks_exact(8);
     let mut quads = out.chunks_exact_mut(4);
     for (w, q) in (&mut words).zip(&mut quads) {
@@ -225,7 +258,6 @@ pub(super) fn fold<'b>(app: &AppId<'_>, buf: &'b mut [u16; FOLD_UNITS]) -> Optio
     for (u, c) in quads.into_remainder().iter_mut().zip(words.remainder().chunks_exact(2)) {
         *u = fold_unit(u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]));
     }
-    Some(out)
 }
 
 /// Most non-`*` units a pattern's wildcard middle (from its first wildcard
@@ -310,24 +342,28 @@ fn wild_match<S: Units + ?Sized>(pattern: &[u16], eq: &[(u16, u64)], s: &S, from
     let mut open = starred & 1;
     let mut active = 0u64;
     let mut first = true;
-    for i in from..to {
-        let c = s.at(i);
-        let hit = eq.binary_search_by_key(&c, |w| w.0).ok().and_then(|j| eq.get(j)).map_or(0, |w| w.1);
-        let enabled = (active << 1) | open | u64::from(first);
-        first = false;
-        active = enabled & (hit | any);
-        // A unit just matched opens the starred unit after it for every later position.
-        open |= (active << 1) & starred;
-        if trailing_star && active & last != 0 {
-            // The trailing star takes the rest.
-            return true;
+    // None: undecided so far; Some(answer): decided before the end.
+    let mut decided: Option<bool> = None;
+    s.chunks(from, to, |units| {
+        // The state in locals (registers) for the length of the block.
+        let (mut act, mut opn, mut fst) = (active, open, u64::from(first));
+        for &c in units {
+            let hit = eq.binary_search_by_key(&c, |w| w.0).ok().and_then(|j| eq.get(j)).map_or(0, |w| w.1);
+            act = ((act << 1) | opn | fst) & (hit | any);
+            fst = 0;
+            // A unit just matched opens the starred unit after it for every later position.
+            opn |= (act << 1) & starred;
+            if (trailing_star && act & last != 0) || (act | opn) == 0 {
+                // The trailing star takes the rest; or nothing can match any more.
+                decided = Some(act != 0);
+                return false;
+            }
         }
-        if active == 0 && open == 0 {
-            return false;
-        }
-    }
+        (active, open, first) = (act, opn, fst != 0);
+        true
+    });
     // (An empty run leaves `active` 0: only a pattern of stars matches it.)
-    !trailing_star && active & last != 0
+    decided.unwrap_or(!trailing_star && active & last != 0)
 }
 
 /// The old matcher: iterative, one backtrack point, no allocation, but

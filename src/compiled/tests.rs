@@ -832,3 +832,45 @@ fn many_component_patterns_stay_exact() {
     assert_eq!(got, want);
     assert_eq!(want.len(), 2);
 }
+
+/// Issue 12: the `SetRules` blob decoder accepted what `arbiter rules check`
+/// refuses (hop window 0, empty and NUL globs, duplicate rule names, and
+/// listeners off this machine or on port 0). Now it runs the same validator.
+#[test]
+fn a_blob_carries_only_what_the_checker_accepts() {
+    use crate::validate::{GlobError, ListenerError, Problem};
+    let good =
+        || RuleSet { rules: vec![Rule::any("a", Action::Proxy), Rule::any("b", Action::Block)], ..RuleSet::default() };
+    assert!(blob::decode_rule_set(&blob::encode(&good()).unwrap()).is_ok());
+    let mut cases: Vec<(RuleSet, Problem)> = Vec::new();
+    let mut rs = good();
+    rs.loop_policy.hop_window = Duration::from_millis(0);
+    cases.push((rs, Problem::HopWindowZero));
+    let mut rs = good();
+    rs.rules[0].app.push(Glob::new("").unwrap());
+    cases.push((rs, Problem::Glob(GlobError::Empty)));
+    let mut rs = good();
+    rs.trust.push(Glob::new("a\0b").unwrap());
+    cases.push((rs, Problem::Glob(GlobError::Nul)));
+    let mut rs = good();
+    rs.rules[1].name = "a".into();
+    cases.push((rs, Problem::DuplicateName { first: 0 }));
+    let mut rs = good();
+    rs.proxy.v4 = Some("93.184.216.34:0".parse().unwrap());
+    cases.push((rs, Problem::Listener(ListenerError::ZeroPort)));
+    let mut rs = good();
+    rs.proxy.v4 = Some("93.184.216.34:8080".parse().unwrap());
+    cases.push((rs, Problem::Listener(ListenerError::NotLocal)));
+    let mut rs = good();
+    rs.rules[0].app.push(Glob::new(&"*a".repeat(crate::validate::MAX_GLOB_STARS + 1)).unwrap());
+    cases.push((rs, Problem::Glob(GlobError::TooManyStars)));
+    for (rs, problem) in cases {
+        let bytes = blob::encode(&rs).unwrap();
+        match blob::decode_rule_set(&bytes) {
+            Err(BlobError::Rejected(f)) => assert_eq!(f.problem, problem),
+            other => panic!("{problem:?}: {other:?}"),
+        }
+        // And so the driver's compiled decoder refuses it, leaving the old rules.
+        assert!(blob::decode(&bytes).is_err(), "{problem:?}");
+    }
+}

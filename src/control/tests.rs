@@ -567,3 +567,18 @@ fn each_handle_drains_with_its_own_cursor() {
     close_handle(&mut rig.t, other.handle);
     assert_eq!(rig.t.ring.stats().readers, 1);
 }
+
+/// The fuzz target's body over its committed corpus (seeded with every op
+/// under every access and caller), so its oracles run in `cargo test` too.
+#[test]
+#[cfg_attr(miri, ignore = "reads the corpus folder; slow under Miri")]
+fn the_fuzz_corpus_passes_the_oracles() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/control_decode");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        crate::fuzzing::control(&data);
+        n += 1;
+    }
+    assert!(n > 100);
+}

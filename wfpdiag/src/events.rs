@@ -172,8 +172,19 @@ pub fn our_decisions(records: &[AuditRecord<'_>]) -> Vec<OurDecision> {
 }
 
 /// Our filter ids, as the audit log's connect-redirect records state them.
+///
+/// The driver hands the core one fixed stand-in for its run-time filter ids
+/// (`arbiter_callout::OWN_FILTER`, since WFP assigns new ids at every BFE
+/// start), so a log from the driver names no WFP id: there our filters are
+/// recognised in the capture by our provider, sublayer and callout keys.
+/// Logs that do carry a run-time id (recorded fixtures, older builds) still
+/// name it here.
 pub fn own_filter_ids(ours: &[OurDecision]) -> Vec<u64> {
-    let mut ids: Vec<u64> = ours.iter().filter_map(|d| d.own_filter).filter(|&f| f != 0).collect();
+    let mut ids: Vec<u64> = ours
+        .iter()
+        .filter_map(|d| d.own_filter)
+        .filter(|&f| f != 0 && f != arbiter_lab::ours::ADAPTER_OWN_FILTER)
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     ids

@@ -39,6 +39,8 @@ pub const OURS: Known = Known {
         "{a7b1e4f0-5c2d-4e8a-9b61-3f0d2c7e1b12}",
         "{a7b1e4f0-5c2d-4e8a-9b61-3f0d2c7e1b21}",
         "{a7b1e4f0-5c2d-4e8a-9b61-3f0d2c7e1b22}",
+        "{a7b1e4f0-5c2d-4e8a-9b61-3f0d2c7e1b31}",
+        "{a7b1e4f0-5c2d-4e8a-9b61-3f0d2c7e1b32}",
     ],
     names: &[],
     planned: None,
@@ -46,8 +48,8 @@ pub const OURS: Known = Known {
     source: "driver/src/lib.rs",
 };
 
-/// The sublayer weight our driver uses when `Parameters\SublayerWeight` is unset (driver/src/lib.rs).
-pub const OUR_DEFAULT_SUBLAYER_WEIGHT: u16 = 0x8000;
+/// The sublayer weight our driver uses when `Parameters\SublayerWeight` is unset.
+pub const OUR_DEFAULT_SUBLAYER_WEIGHT: u16 = arbiter_callout::filters::DEFAULT_SUBLAYER_WEIGHT;
 
 /// Every vendor we recognise, ours first.
 pub const KNOWN: &[Known] = &[
