@@ -215,8 +215,9 @@ impl Units for AppId<'_> {
     }
 }
 
-/// Units folded per block by [`Units::chunks`] on a long id (1 KiB of stack).
-const CHUNK_UNITS: usize = 512;
+/// Units folded per block by [`Units::chunks`] on a long id (128 B of stack:
+/// the classify path runs on a small kernel stack).
+const CHUNK_UNITS: usize = 64;
 
 /// An app id as [`Units`]: folded on the stack, or read as it is.
 pub(super) enum Read<'a> {
