@@ -36,6 +36,7 @@ use wfp_ffi::{
     FWPS_INCOMING_VALUES0, FWPS_RIGHT_ACTION_WRITE, HANDLE,
 };
 
+use crate::complete::Completions;
 use crate::fwps::Fwps;
 use crate::pend::{Fallback, Hold, PendConfig, PendQueue, PendTimer};
 pub use crate::read::Family;
@@ -121,6 +122,9 @@ pub struct Callout<P> {
     /// Our connect-redirect filters' run-time ids (V4, V6).
     own_filters: [u64; 2],
     pend: Option<PendQueue>,
+    /// The WFP calls that finish held classifications, queued under the
+    /// lock and run without it; `None` while a runner has the batch out.
+    completions: Option<Completions>,
     counters: AdapterCounters,
 }
 
@@ -140,6 +144,10 @@ impl<P: Policy> Callout<P> {
             redirect_handle: 0,
             own_filters: [0; 2],
             pend: config.pend.map(PendQueue::new).transpose()?,
+            completions: match config.pend {
+                Some(p) => Some(Completions::with_capacity(usize::from(p.capacity))?),
+                None => None,
+            },
             counters: AdapterCounters::default(),
         })
     }
@@ -323,7 +331,8 @@ impl<P: Policy> Callout<P> {
         }
         let decision = self.arbiter.decide_connect_redirect(&input, now);
         self.audit(&decision);
-        self.finish_connect(fwps, h, decision.verdict, decision.redirect, out, filter.flags);
+        let flags = self.finish_connect(fwps, h, decision.verdict, decision.redirect, out, filter.flags);
+        fwps.apply_modified_layer_data(h.handle, h.request, flags);
         fwps.release_classify_handle(h.handle);
     }
 
@@ -339,9 +348,11 @@ impl<P: Policy> Callout<P> {
             && self.arbiter.policy().first_match(&input.flow).is_some_and(|hit| hit.action == Action::Proxy)
     }
 
-    /// Applies a connect-redirect verdict to acquired layer data and writes
-    /// classifyOut. The caller releases the classify handle (after
-    /// completing, for a pended classify).
+    /// Decides how acquired layer data is applied for a connect-redirect
+    /// verdict (rewriting it for a proxy) and writes classifyOut; returns the
+    /// flags for `FwpsApplyModifiedLayerData0`, which the caller makes (at
+    /// once in classifyFn, after the lock for a completion), then releases
+    /// the classify handle.
     fn finish_connect<F: Fwps>(
         &mut self,
         fwps: &mut F,
@@ -350,16 +361,12 @@ impl<P: Policy> Callout<P> {
         redirect: Option<RedirectTarget>,
         out: &mut FWPS_CLASSIFY_OUT0,
         filter_flags: u16,
-    ) {
+    ) -> u32 {
         let verdict = match (verdict, redirect) {
             (Verdict::Proxy, Some(target)) => {
                 if self.rewrite(fwps, h, &target) {
-                    fwps.apply_modified_layer_data(
-                        h.handle,
-                        h.request,
-                        FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS,
-                    );
-                    return write_verdict(out, Verdict::Proxy, filter_flags, true);
+                    write_verdict(out, Verdict::Proxy, filter_flags, true);
+                    return FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS;
                 }
                 // Could not rewrite: the flow goes on unchanged.
                 Verdict::Continue
@@ -368,12 +375,11 @@ impl<P: Policy> Callout<P> {
             (Verdict::Proxy, None) => Verdict::Continue,
             (v, _) => v,
         };
-        let flags = match verdict {
+        write_verdict(out, verdict, filter_flags, true);
+        match verdict {
             Verdict::Permit => FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS,
             Verdict::Continue | Verdict::Block | Verdict::Proxy => 0,
-        };
-        fwps.apply_modified_layer_data(h.handle, h.request, flags);
-        write_verdict(out, verdict, filter_flags, true);
+        }
     }
 
     /// Writes the redirect into the acquired request. On failure nothing is
@@ -451,16 +457,23 @@ impl<P: Policy> Callout<P> {
         true
     }
 
-    /// Completes held classifications: all of them once a proxy is
-    /// registered (decided again, with the layer data acquired now), and
-    /// those past their deadline otherwise (the fallback verdict). Call
-    /// after a proxy registers and from the pend timer's DPC
-    /// ([`Self::sync_timer`]); never while holding a lock classifyFn takes
-    /// (completion may classify again on the same thread).
+    /// Decides held classifications: all of them once a proxy is registered
+    /// (decided again, with the layer data acquired now), and those past
+    /// their deadline otherwise (the fallback verdict). Their last WFP calls
+    /// (apply, `FwpsCompleteClassify0`, release) are only queued, in the
+    /// batch reserved at start-up: run them with
+    /// [`crate::shell::complete_pended`] once the driver's lock is released
+    /// (completion may classify again on the same thread), or with
+    /// [`Self::run_completions`] where no lock is held. Stops when the batch
+    /// is full or out with a runner; the rest stay held for the next call.
     pub fn complete_pended<F: Fwps>(&mut self, fwps: &mut F, now: Instant) {
         let proxy_ready = self.arbiter.proxy().is_some();
         let Some(fallback) = self.pend.as_ref().map(|q| q.config.fallback) else { return };
-        while let Some(mut p) = self.pend.as_mut().and_then(|q| q.take_next(|p| proxy_ready || now >= p.deadline)) {
+        let Some(mut batch) = self.completions.take() else { return };
+        while batch.has_room() {
+            let Some(mut p) = self.pend.as_mut().and_then(|q| q.take_next(|p| proxy_ready || now >= p.deadline)) else {
+                break;
+            };
             let held = fwps
                 .acquire_writable_connect_request(p.classify_handle, p.filter_id, &mut p.classify_out)
                 .ok()
@@ -482,11 +495,10 @@ impl<P: Policy> Callout<P> {
                 let d = self.arbiter.decide_without_table(&input, verdict, reason, now);
                 audit_into(&mut self.ring, &d);
                 write_verdict(&mut p.classify_out, verdict, p.filter_flags, true);
-                fwps.complete_classify(p.classify_handle, &p.classify_out);
-                fwps.release_classify_handle(p.classify_handle);
+                batch.push(p.classify_handle, None, &p.classify_out);
                 continue;
             };
-            if proxy_ready {
+            let flags = if proxy_ready {
                 // SAFETY: the request was just acquired for this classify.
                 let (verdict, redirect) = match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
                     Ok(previous) => {
@@ -507,8 +519,8 @@ impl<P: Policy> Callout<P> {
                         (Verdict::Continue, None)
                     }
                 };
-                self.finish_connect(fwps, h, verdict, redirect, &mut p.classify_out, p.filter_flags);
                 self.counters.pend_completed = self.counters.pend_completed.saturating_add(1);
+                self.finish_connect(fwps, h, verdict, redirect, &mut p.classify_out, p.filter_flags)
             } else {
                 // Audited like a decision, and a fallback block is cached for
                 // auth-connect (A1): a block at a redirect layer alone does not
@@ -516,12 +528,46 @@ impl<P: Policy> Callout<P> {
                 let verdict = fallback_verdict(fallback);
                 let d = self.arbiter.decide_fallback(&input, verdict, now);
                 audit_into(&mut self.ring, &d);
-                self.finish_connect(fwps, h, verdict, None, &mut p.classify_out, p.filter_flags);
                 self.counters.pend_timed_out = self.counters.pend_timed_out.saturating_add(1);
-            }
-            // Apply (done above), complete with the deep copy, then release.
-            fwps.complete_classify(p.classify_handle, &p.classify_out);
-            fwps.release_classify_handle(p.classify_handle);
+                self.finish_connect(fwps, h, verdict, None, &mut p.classify_out, p.filter_flags)
+            };
+            // Apply, complete with the deep copy, then release: after the lock.
+            batch.push(h.handle, Some((h.request, flags)), &p.classify_out);
+        }
+        self.completions = Some(batch);
+    }
+
+    /// Whether a held classification is due now ([`Self::complete_pended`]
+    /// would take it).
+    pub fn completion_due(&self, now: Instant) -> bool {
+        let proxy_ready = self.arbiter.proxy().is_some();
+        self.pend
+            .as_ref()
+            .is_some_and(|q| q.len() > 0 && (proxy_ready || q.earliest_deadline().is_some_and(|d| now >= d)))
+    }
+
+    /// Takes the queued completions out (to run them with the lock
+    /// released); `None` when nothing is queued or another runner has them.
+    pub fn take_completions(&mut self) -> Option<Completions> {
+        if self.completions.as_ref().is_none_or(Completions::is_empty) {
+            return None;
+        }
+        self.completions.take()
+    }
+
+    /// Gives an emptied batch back (see [`Self::take_completions`]).
+    pub fn restore_completions(&mut self, batch: Completions) {
+        if self.completions.is_none() {
+            self.completions = Some(batch);
+        }
+    }
+
+    /// Runs the queued completions here and now. Only for callers that hold
+    /// no lock classifyFn takes (tests, single-threaded hosts); the driver
+    /// uses [`crate::shell::complete_pended`].
+    pub fn run_completions<F: Fwps>(&mut self, fwps: &mut F) {
+        if let Some(batch) = self.completions.as_mut() {
+            batch.run(fwps);
         }
     }
 

@@ -4,8 +4,9 @@
 //! core's ([`arbiter::control::handle`], [`arbiter::control::open_handle`],
 //! [`arbiter::control::close_handle`]);
 //! this module supplies the target they act on: the [`Callout`] and the
-//! [`Handles`] the driver keeps beside it. Registering our proxy completes
-//! the classifications held for it; closing the handle that registered it
+//! [`Handles`] the driver keeps beside it. Registering our proxy decides
+//! the classifications held for it (the driver completes them once its lock
+//! is released, with [`crate::shell::complete_pended`]); closing the handle that registered it
 //! unregisters it at once, so from that moment flows that would go to it
 //! take the no-proxy path (held, then the fallback) instead.
 
@@ -51,7 +52,9 @@ where
     }
     fn register_proxy(&mut self, r: ProxyRegistration) -> Result<(), arbiter::arbiter::SetProxyError> {
         self.callout.arbiter_mut().set_proxy(r.pid, r.v4, r.v6)?;
-        // The flows held for the proxy can go to it now.
+        // The flows held for the proxy can go to it now: decided here, under
+        // the driver's lock; their WFP completions run after it
+        // (`shell::complete_pended`).
         self.callout.complete_pended(self.fwps, self.now);
         Ok(())
     }

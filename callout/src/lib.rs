@@ -16,6 +16,7 @@
 //! - [`sockaddr`]: `SOCKADDR_*` to and from `core::net`.
 //! - [`adapter`]: the [`Callout`] state and the three classify entry points.
 //! - [`pend`]: classifications held while no proxy is registered.
+//! - [`complete`]: their completions, queued under the lock and run without it.
 //! - [`control`]: the control device's target (rules, proxy, audit, counters).
 //! - [`shell`]: the driver's lifecycle (entry, BFE, unload) behind a kernel trait.
 //! - `kernel` (Windows only): [`Fwps`] over the real imports.
@@ -39,6 +40,7 @@ extern crate std;
 pub mod adapter;
 pub mod bind;
 pub mod boot;
+pub mod complete;
 pub mod control;
 pub mod filters;
 pub mod fwps;

@@ -17,8 +17,18 @@
 //!   is completed; and `FwpsCalloutUnregisterById0`'s result is returned, not
 //!   ignored (`STATUS_DEVICE_BUSY` while classifications are in progress):
 //!   [`Lifecycle::stop`].
+//! - `FwpsCompleteClassify0` (and the apply and release around it) never
+//!   runs under the lock classifyFn takes: a completion that classifies
+//!   again on the same thread would spin on it forever. The adapter decides
+//!   under the lock and queues the calls; [`complete_pended`] runs them with
+//!   the lock released.
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use arbiter::{Instant, Policy};
+
+use crate::adapter::Callout;
+use crate::fwps::Fwps;
 
 /// An NTSTATUS.
 pub type Status = i32;
@@ -167,6 +177,42 @@ impl Lifecycle {
         self.bfe_stopping(kernel);
         kernel.complete_held();
         Stopped { unregister: kernel.unregister_callouts() }
+    }
+}
+
+/// The driver's lock around its [`Callout`] (a spin lock that classifyFn
+/// also takes), as the shell sees it. `F` is the Fwps the callout calls
+/// under the lock; it is handed through so the lock's holder and the calls
+/// can share one kernel (the model's).
+pub trait CalloutLock<P, F> {
+    /// Runs `f` with the lock held; `None` when there is no callout
+    /// (before DriverEntry is done, or during unload).
+    fn with<R>(&mut self, fwps: &mut F, f: impl FnOnce(&mut Callout<P>, &mut F) -> R) -> Option<R>;
+}
+
+/// Completes held classifications that are due (all of them once a proxy is
+/// registered; the timed-out ones otherwise): decided under the lock, then
+/// applied, completed and released with the lock released. Call from the
+/// pend timer's DPC, after a control request (a proxy registering), and at
+/// unload, never with the lock held. Repeats while more are due than the
+/// reserved batch holds.
+pub fn complete_pended<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, fwps: &mut F, now: Instant) {
+    // Bounded: each round completes at least one held classification, or stops.
+    loop {
+        let batch = lock.with(fwps, |c, fwps| {
+            c.complete_pended(fwps, now);
+            c.take_completions()
+        });
+        let Some(Some(mut batch)) = batch else { return };
+        // The lock is released here: completion may classify again.
+        batch.run(fwps);
+        let more = lock.with(fwps, |c, _| {
+            c.restore_completions(batch);
+            c.completion_due(now)
+        });
+        if more != Some(true) {
+            return;
+        }
     }
 }
 

@@ -667,6 +667,9 @@ fn held_while_no_proxy_then_proxied_when_it_registers() {
     };
     let n = dispatch(&mut device, Op::RegisterProxy.ioctl(), &PROXY_CALLER, &request, &mut reply);
     assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
+    // Decided under the lock; the WFP calls run once it is released.
+    assert!(!fw.calls.iter().any(|c| matches!(c, Call::Complete { .. })), "completed under the lock");
+    c.run_completions(&mut fw);
 
     assert_eq!(c.held(), 0);
     assert_eq!(c.counters().pend_completed, 1);
@@ -754,6 +757,7 @@ fn held_past_the_timeout_gets_the_fallback() {
     c.complete_pended(&mut fw, T0.saturating_add(Duration::from_millis(499)));
     assert_eq!(c.held(), 1, "not yet");
     c.complete_pended(&mut fw, T0.saturating_add(Duration::from_millis(500)));
+    c.run_completions(&mut fw);
     assert_eq!(c.held(), 0);
     assert_eq!(c.counters().pend_timed_out, 1);
     let completed = fw.calls.iter().find_map(|c| if let Call::Complete { out } = c { Some(*out) } else { None });

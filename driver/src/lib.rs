@@ -41,10 +41,11 @@ use arbiter::control::{
 };
 use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 use arbiter_callout::adapter::RawClassify;
+use arbiter_callout::complete::Deferred;
 use arbiter_callout::control::{self, Device};
 use arbiter_callout::filters::{FILTERS, FilterLayer};
 use arbiter_callout::kernel::KernelFwps;
-use arbiter_callout::shell::{Kernel, Lifecycle};
+use arbiter_callout::shell::{self, CalloutLock, Kernel, Lifecycle};
 use arbiter_callout::{Callout, CalloutConfig, Family, OWN_FILTER, PendTimer};
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
@@ -442,11 +443,8 @@ impl Kernel for Wdm {
     fn complete_held(&mut self) {
         // SAFETY: completions use the handles they were pended with.
         let mut fwps = unsafe { KernelFwps::new() };
-        STATE.with(|s| {
-            if let Some(d) = s.as_mut() {
-                d.callout.complete_pended(&mut fwps, Instant::from_millis(u64::MAX));
-            }
-        });
+        // Decided under the lock, completed after it.
+        shell::complete_pended(&mut DriverLock, &mut fwps, Instant::from_millis(u64::MAX));
     }
 
     fn unregister_callouts(&mut self) -> Result<(), i32> {
@@ -724,10 +722,12 @@ classify_fn!(classify_ec6, Kind::Closure(Family::V6));
 
 fn classify(kind: Kind, raw: &RawClassify) {
     let t = now();
+    // SAFETY: built for this classify only, with its own handles.
+    let mut kernel_fwps = unsafe { KernelFwps::new() };
+    // Apply and release are kept and made after the lock, still inside classifyFn.
+    let mut fwps = Deferred::new(&mut kernel_fwps);
     let handled = STATE.with(|s| {
         let Some(d) = s.as_mut() else { return false };
-        // SAFETY: built for this classify only, with its own handles.
-        let mut fwps = unsafe { KernelFwps::new() };
         match kind {
             // SAFETY: `raw` holds this classifyFn's arguments; we are inside it.
             Kind::ConnectRedirect(f) => unsafe { d.callout.classify_connect_redirect(&mut fwps, f, raw, t) },
@@ -740,6 +740,7 @@ fn classify(kind: Kind, raw: &RawClassify) {
         d.callout.sync_timer(&mut PendKTimer);
         true
     });
+    fwps.finish();
     if !handled {
         // No driver state (unload under way): fail open, explicitly.
         // SAFETY: classifyOut of the classifyFn we are in.
@@ -792,14 +793,24 @@ fn init_pend_timer() {
 /// The pend timeout fired (DISPATCH_LEVEL): complete what is due, re-arm.
 unsafe extern "C" fn pend_timer_dpc(_: *mut KDPC, _: *mut c_void, _: *mut c_void, _: *mut c_void) {
     let t = now();
-    STATE.with(|s| {
-        if let Some(d) = s.as_mut() {
-            // SAFETY: completions use the handles the classifications were pended with.
-            let mut fwps = unsafe { KernelFwps::new() };
-            d.callout.complete_pended(&mut fwps, t);
-            d.callout.sync_timer(&mut PendKTimer);
-        }
-    });
+    // SAFETY: completions use the handles the classifications were pended with.
+    let mut fwps = unsafe { KernelFwps::new() };
+    // Decided under the lock, completed after it (completion may classify again).
+    shell::complete_pended(&mut DriverLock, &mut fwps, t);
+    let _ = DriverLock.with(&mut fwps, |c, _| c.sync_timer(&mut PendKTimer));
+}
+
+/// [`STATE`]'s lock around the callout, for the shell's completions.
+struct DriverLock;
+
+impl CalloutLock<Box<CompiledRules>, KernelFwps> for DriverLock {
+    fn with<R>(
+        &mut self,
+        fwps: &mut KernelFwps,
+        f: impl FnOnce(&mut Callout<Box<CompiledRules>>, &mut KernelFwps) -> R,
+    ) -> Option<R> {
+        STATE.with(|s| s.as_mut().map(|d| f(&mut d.callout, fwps)))
+    }
 }
 
 /// Unload: no timer left armed, no DPC left running.
@@ -874,16 +885,18 @@ where
     D: FnMut(&[u8]) -> Result<Box<CompiledRules>, RulesRejected>,
 {
     let t = now();
-    STATE.with(|s| {
+    // SAFETY: completions during this request use the pended classifies' own handles.
+    let mut fwps = unsafe { KernelFwps::new() };
+    let r = STATE.with(|s| {
         let d = s.as_mut()?;
-        // SAFETY: completions during this request use the pended classifies' own handles.
-        let mut fwps = unsafe { KernelFwps::new() };
         let Driver { callout, handles, instance, .. } = &mut **d;
         let mut device = Device { callout, handles, decode_rules, instance: *instance, fwps: &mut fwps, now: t };
-        let r = f(&mut device);
-        device.callout.sync_timer(&mut PendKTimer);
-        Some(r)
-    })
+        Some(f(&mut device))
+    });
+    // A proxy that registered: what it decided is completed with the lock released.
+    shell::complete_pended(&mut DriverLock, &mut fwps, t);
+    let _ = DriverLock.with(&mut fwps, |c, _| c.sync_timer(&mut PendKTimer));
+    r
 }
 
 /// IRP_MJ_CREATE: any number of readers, one writer at a time; the granted

@@ -95,6 +95,10 @@ struct Key {
     /// the tail, packed as [`pack`] does.
     head_print: u64,
     tail_print: u64,
+    /// The wildcard middle's distinct non-`?` units with their bits for the
+    /// linear matcher ([`middle_table`]): start in `eq` and count.
+    eq_start: u32,
+    eq_len: u32,
 }
 
 /// A set of distinct patterns, each known by its key id (its position in the
@@ -104,6 +108,9 @@ pub(super) struct GlobIndex {
     hasher: RandomState,
     units: Vec<u16>,
     keys: Vec<Key>,
+    /// Every pattern's [`middle_table`], built once so that matching keeps
+    /// no table on the (kernel) stack.
+    eq: Vec<(u16, u64)>,
     anchors: HashTable<Bucket>,
     anchor_keys: Vec<u32>,
     /// One bit per [`filter_bit`] of every anchor in `anchors`.
@@ -208,8 +215,9 @@ impl Units for AppId<'_> {
     }
 }
 
-/// Units folded per block by [`Units::chunks`] on a long id (1 KiB of stack).
-const CHUNK_UNITS: usize = 512;
+/// Units folded per block by [`Units::chunks`] on a long id (128 B of stack:
+/// the classify path runs on a small kernel stack).
+const CHUNK_UNITS: usize = 64;
 
 /// An app id as [`Units`]: folded on the stack, or read as it is.
 pub(super) enum Read<'a> {
@@ -257,17 +265,50 @@ fn fold_bytes(bytes: &[u8], out: &mut [u16]) {
 /// to its last) may hold for the linear matcher: one bit each in a `u64`.
 const MAX_MIDDLE_UNITS: usize = crate::validate::MAX_GLOB_MIDDLE;
 
+/// Appends the linear matcher's table for a wildcard middle to `eq`: each
+/// distinct unit other than `*` and `?` with the bits of the non-`*`
+/// positions (at most [`MAX_MIDDLE_UNITS`]) that hold it, sorted by unit.
+/// Nothing is appended past that many positions (the matcher then falls
+/// back to [`wild_match_backtracking`]).
+fn middle_table(middle: &[u16], eq: &mut Vec<(u16, u64)>) -> Result<(), OutOfMemory> {
+    let start = eq.len();
+    let mut m = 0usize;
+    for &u in middle {
+        if u == STAR {
+            continue;
+        }
+        if m >= MAX_MIDDLE_UNITS {
+            eq.truncate(start);
+            return Ok(());
+        }
+        let bit = 1u64 << m;
+        m = m.saturating_add(1);
+        if u == QUESTION {
+            continue;
+        }
+        if let Some(w) = eq.get_mut(start..).and_then(|t| t.iter_mut().find(|w| w.0 == u)) {
+            w.1 |= bit;
+        } else {
+            eq.try_reserve(1).map_err(|_| OutOfMemory)?;
+            eq.push((u, bit));
+        }
+    }
+    if let Some(t) = eq.get_mut(start..) {
+        t.sort_unstable_by_key(|w| w.0);
+    }
+    Ok(())
+}
+
 /// `*` / `?` matching of `pattern` against units `[from, to)` of `s`, in
 /// time linear in the id whatever the pattern and the id hold: a bit-parallel
 /// automaton (one bit per non-`*` unit of the pattern, so at most
-/// [`MAX_MIDDLE_UNITS`]) reads each unit of the id once. Patterns with more
-/// units (the validator refuses them) fall back to [`wild_match_backtracking`].
-fn wild_match<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
-    // Per non-star unit j: its bit in `eq` (by unit), in `any` (a `?`), and
-    // in `starred` (a `*` comes right before it).
-    let mut ascii = [0u64; 128];
-    let mut wide = [(0u16, 0u64); MAX_MIDDLE_UNITS];
-    let mut wide_n = 0usize;
+/// [`MAX_MIDDLE_UNITS`]) reads each unit of the id once, looking its bits up
+/// in `eq`, the pattern's [`middle_table`] built with the index (so no table
+/// lives on the stack). Patterns with more units (the validator refuses
+/// them) fall back to [`wild_match_backtracking`].
+fn wild_match<S: Units + ?Sized>(pattern: &[u16], eq: &[(u16, u64)], s: &S, from: usize, to: usize) -> bool {
+    // Per non-star unit j: its bit in `any` (a `?`) and in `starred` (a `*`
+    // comes right before it); `eq` has the others by unit.
     let mut any = 0u64;
     let mut starred = 0u64;
     let mut m = 0usize;
@@ -287,13 +328,6 @@ fn wild_match<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize)
         star = false;
         if u == QUESTION {
             any |= bit;
-        } else if let Some(slot) = ascii.get_mut(usize::from(u)) {
-            *slot |= bit;
-        } else if let Some(w) = wide.iter_mut().take(wide_n).find(|w| w.0 == u) {
-            w.1 |= bit;
-        } else if let Some(w) = wide.get_mut(wide_n) {
-            *w = (u, bit);
-            wide_n = wide_n.saturating_add(1);
         }
         m = m.saturating_add(1);
     }
@@ -303,7 +337,6 @@ fn wild_match<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize)
         return trailing_star || from >= to;
     }
     let last = 1u64 << m.saturating_sub(1);
-    let wide = wide.get(..wide_n).unwrap_or(&[]);
     // `open`: units that may match at the next position because a `*` before
     // them has been reached (it stays reached). Unit 0 is open from the start
     // behind a leading star, and enabled at the first position regardless.
@@ -316,11 +349,8 @@ fn wild_match<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize)
         // The state in locals (registers) for the length of the block.
         let (mut act, mut opn, mut fst) = (active, open, u64::from(first));
         for &c in units {
-            let eq = match ascii.get(usize::from(c)) {
-                Some(&b) => b,
-                None => wide.iter().filter(|w| w.0 == c).fold(0, |acc, w| acc | w.1),
-            };
-            act = ((act << 1) | opn | fst) & (eq | any);
+            let hit = eq.binary_search_by_key(&c, |w| w.0).ok().and_then(|j| eq.get(j)).map_or(0, |w| w.1);
+            act = ((act << 1) | opn | fst) & (hit | any);
             fst = 0;
             // A unit just matched opens the starred unit after it for every later position.
             opn |= (act << 1) & starred;
@@ -475,6 +505,7 @@ impl GlobIndex {
             hasher,
             units: Vec::new(),
             keys: Vec::new(),
+            eq: Vec::new(),
             anchors: HashTable::new(),
             anchor_keys: Vec::new(),
             filter: Vec::new(),
@@ -512,6 +543,11 @@ impl GlobIndex {
             let tail = if head == p.len() { head } else { p.iter().rev().take_while(|&&u| !is_wild(u)).count() };
             let inner_head = p.get(head.saturating_sub(PRINT_UNITS)..head).unwrap_or(&[]);
             let inner_tail = p.get(p.len().saturating_sub(tail)..).unwrap_or(&[]);
+            let eq_start = to_u32(ix.eq.len())?;
+            if head < p.len() {
+                let middle = p.get(head..p.len().saturating_sub(tail)).unwrap_or(&[]);
+                middle_table(middle, &mut ix.eq)?;
+            }
             ix.keys.push(Key {
                 start: to_u32(ix.units.len())?,
                 len: to_u32(p.len())?,
@@ -519,6 +555,8 @@ impl GlobIndex {
                 tail: to_u32(tail)?,
                 head_print: pack(inner_head.iter().copied()),
                 tail_print: pack(inner_tail.iter().take(PRINT_UNITS).copied()),
+                eq_start,
+                eq_len: to_u32(ix.eq.len().saturating_sub(to_usize(eq_start)))?,
             });
             ix.units.extend_from_slice(p);
             if !indexed(key) {
@@ -598,6 +636,11 @@ impl GlobIndex {
     fn pattern(&self, k: &Key) -> &[u16] {
         let s = to_usize(k.start);
         self.units.get(s..s.saturating_add(to_usize(k.len))).unwrap_or(&[])
+    }
+
+    fn eq_table(&self, k: &Key) -> &[(u16, u64)] {
+        let s = to_usize(k.eq_start);
+        self.eq.get(s..s.saturating_add(to_usize(k.eq_len))).unwrap_or(&[])
     }
 
     /// Calls `f` with each filed key whose pattern matches the id, each at
@@ -764,7 +807,7 @@ impl GlobIndex {
             return false;
         }
         let middle = p.get(head..len.saturating_sub(tail)).unwrap_or(&[]);
-        middle.iter().all(|&u| u == STAR) || wild_match(middle, id, head, tail_at)
+        middle.iter().all(|&u| u == STAR) || wild_match(middle, self.eq_table(&k), id, head, tail_at)
     }
 
     /// Bytes held.
@@ -772,6 +815,7 @@ impl GlobIndex {
         [
             self.units.capacity().saturating_mul(2),
             self.keys.capacity().saturating_mul(size_of::<Key>()),
+            self.eq.capacity().saturating_mul(size_of::<(u16, u64)>()),
             self.anchors.capacity().saturating_mul(size_of::<Bucket>().saturating_add(1)),
             self.anchor_keys.capacity().saturating_mul(4),
             self.filter.capacity().saturating_mul(8),

@@ -87,6 +87,8 @@ pub struct Wfp {
     bfe: FWPM_SERVICE_STATE,
     subscribers: BTreeMap<u64, Box<dyn FnMut(FWPM_SERVICE_STATE)>>,
     sessions: BTreeMap<u64, Option<Vec<Op>>>,
+    /// Dynamic sessions and the objects each has committed.
+    dynamic: BTreeMap<u64, Vec<Op>>,
     next_id: u64,
     providers: Vec<Key>,
     sublayers: BTreeMap<Key, u16>,
@@ -116,6 +118,7 @@ impl Wfp {
             bfe: FWPM_SERVICE_RUNNING,
             subscribers: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            dynamic: BTreeMap::new(),
             next_id: 0x100,
             providers: Vec::new(),
             sublayers: BTreeMap::new(),
@@ -185,13 +188,40 @@ impl Wfp {
         Ok(id)
     }
 
+    /// FwpmEngineOpen0 with `FWPM_SESSION_FLAG_DYNAMIC` in the session's
+    /// flags. FWPM_SESSION0: "When this flag is set, any objects added during
+    /// the session are automatically deleted when the session ends"
+    /// ([`Self::engine_close`] deletes them).
+    pub fn engine_open_dynamic(&mut self) -> Result<u64, NTSTATUS> {
+        let id = self.engine_open()?;
+        self.dynamic.insert(id, Vec::new());
+        Ok(id)
+    }
+
     /// FwpmEngineClose0. Panics on a handle that is not open (a double close).
+    /// A transaction in progress is aborted ("Object Management": "If a
+    /// transaction is in progress, when a session terminates, it is
+    /// automatically aborted"); a dynamic session's objects are deleted.
     pub fn engine_close(&mut self, engine: u64) -> NTSTATUS {
         self.rt.kernel.call(Routine::FwpmManagement);
         assert!(
             self.sessions.remove(&engine).is_some(),
             "FwpmEngineClose0 on engine handle {engine:#x}, which is not open"
         );
+        for op in self.dynamic.remove(&engine).unwrap_or_default() {
+            match op {
+                Op::Provider(k) => self.providers.retain(|p| *p != k),
+                Op::Sublayer(k, _) => {
+                    self.sublayers.remove(&k);
+                }
+                Op::Callout(k, _) => {
+                    self.callouts.remove(&k);
+                }
+                Op::Filter(id, _) => {
+                    self.filters.remove(&id);
+                }
+            }
+        }
         STATUS_SUCCESS
     }
 
@@ -220,18 +250,27 @@ impl Wfp {
         let Some(Some(ops)) = self.sessions.get_mut(&engine).map(Option::take) else { return STATUS_INVALID_HANDLE };
         let mut added_filters = false;
         for op in ops {
-            match op {
-                Op::Provider(k) => self.providers.push(k),
+            let owned = match op {
+                Op::Provider(k) => {
+                    self.providers.push(k);
+                    Op::Provider(k)
+                }
                 Op::Sublayer(k, w) => {
                     self.sublayers.insert(k, w);
+                    Op::Sublayer(k, w)
                 }
                 Op::Callout(k, l) => {
                     self.callouts.insert(k, l);
+                    Op::Callout(k, l)
                 }
                 Op::Filter(id, f) => {
                     self.filters.insert(id, f);
                     added_filters = true;
+                    Op::Filter(id, f)
                 }
+            };
+            if let Some(objects) = self.dynamic.get_mut(&engine) {
+                objects.push(owned);
             }
         }
         if added_filters {

@@ -300,6 +300,29 @@ fn bfe_lifecycle_and_unregistering_a_callout_with_filters() {
     assert_eq!(w.engine_close(e), 0);
 }
 
+/// FWPM_SESSION0, FWPM_SESSION_FLAG_DYNAMIC: "any objects added during the
+/// session are automatically deleted when the session ends"; a static
+/// session's objects stay.
+#[test]
+fn a_dynamic_sessions_objects_end_with_it() {
+    let mut w = Wfp::new(Readings::default());
+    let stat = w.engine_open().unwrap();
+    let kept = w.filter_add(stat, filter(FilterLayer::ConnectRedirectV4, FWP_ACTION_CALLOUT_UNKNOWN, 9)).unwrap();
+    let dynamic = w.engine_open_dynamic().unwrap();
+    assert_eq!(w.transaction_begin(dynamic), 0);
+    assert_eq!(w.sublayer_add(dynamic, 2, 0x4000), 0);
+    let gone = w.filter_add(dynamic, filter(FilterLayer::ConnectRedirectV4, FWP_ACTION_CALLOUT_UNKNOWN, 10)).unwrap();
+    assert_eq!(w.transaction_commit(dynamic), 0);
+    // Outside a transaction too (an implicit one).
+    let gone2 = w.filter_add(dynamic, filter(FilterLayer::AuthConnectV4, FWP_ACTION_CALLOUT_UNKNOWN, 10)).unwrap();
+    assert!(w.filters().contains_key(&gone) && w.filters().contains_key(&gone2));
+    assert_eq!(w.engine_close(dynamic), 0);
+    assert!(!w.filters().contains_key(&gone) && !w.filters().contains_key(&gone2));
+    assert_eq!(w.sublayer_add(stat, 2, 0x4000), 0, "the dynamic sublayer is gone too");
+    assert_eq!(w.engine_close(stat), 0);
+    assert!(w.filters().contains_key(&kept), "a static session's filter outlives it");
+}
+
 #[test]
 #[should_panic(expected = "IRQL violation")]
 fn management_at_dispatch_fails() {

@@ -8,16 +8,23 @@
 
 use std::net::SocketAddr;
 
+use arbiter::ProxyRegistration;
 use arbiter::audit::AuditRecord;
+use arbiter::control::{Access, Caller, HandleId, Handles, Op, Reply, Request, RulesRejected, Status};
 use arbiter::policy::Rule;
 use arbiter::{Action, Arbiter, Capacities, Config, Duration, Instant, Reason, RuleSet, Verdict};
+use arbiter_callout::Fwps;
+use arbiter_callout::complete::Deferred;
+use arbiter_callout::control::{Device, cleanup, dispatch, open};
 use arbiter_callout::filters::{FILTERS, FilterLayer, filter_for};
 use arbiter_callout::pend::{Fallback, PendConfig, PendTimer};
+use arbiter_callout::shell::{self, CalloutLock};
 use arbiter_callout::{Callout, CalloutConfig, Family, OWN_FILTER};
 use arbiter_wfp_model::arbitration::{LayerArbiter, Outcome, resolve};
-use arbiter_wfp_model::{Applied, ConnectData, FlowInfo, Indication, Readings, Runtime, TimerId, Version};
+use arbiter_wfp_model::readings::Completion;
+use arbiter_wfp_model::{Applied, ConnectData, FlowInfo, Indication, Readings, Runtime, SpinLockId, TimerId, Version};
 use wfp_ffi::fields::ALE_CONNECT_REDIRECT_V4;
-use wfp_ffi::{FWPS_CLASSIFY_OUT0, FWPS_RIGHT_ACTION_WRITE, HANDLE};
+use wfp_ffi::{FWPS_CLASSIFY_OUT0, FWPS_CONNECT_REQUEST0, FWPS_RIGHT_ACTION_WRITE, HANDLE, NTSTATUS};
 
 const FILTER_V4: u64 = 0x1_0000_0101;
 const FILTER_V6: u64 = 0x1_0000_0102;
@@ -290,6 +297,7 @@ fn a_held_flow_follows_the_seed_sequence_and_is_proxied_when_the_proxy_registers
         assert_eq!(got.out.flags & wfp_ffi::FWPS_CLASSIFY_OUT_FLAG_ABSORB, 0);
         register(&mut c);
         c.complete_pended(&mut rt, T0);
+        c.run_completions(&mut rt);
         let done = rt.take_completed();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].data.remote, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
@@ -311,10 +319,355 @@ fn a_held_flow_times_out_on_its_timer_without_any_other_classify() {
     assert_eq!(fired, vec![timer]);
     // The timer's DPC completes what is due.
     c.complete_pended(&mut rt, due);
+    c.run_completions(&mut rt);
     c.sync_timer(&mut ModelTimer { rt: &mut rt, timer });
     let done = rt.take_completed();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].classify_out.actionType, wfp_ffi::FWP_ACTION_CONTINUE);
     assert!(rt.kernel.timer_due(timer).is_none(), "nothing left to time");
     rt.assert_quiescent();
+}
+
+// ---- finding: completions under the driver's spin lock ---------------------------------
+
+/// The driver's global spin lock around its callout, on the model: the
+/// lock classifyFn also takes (so the model knows a re-entering completion
+/// would spin on it).
+struct ModelLock {
+    callout: Callout<RuleSet>,
+    lock: SpinLockId,
+}
+
+impl ModelLock {
+    fn new(callout: Callout<RuleSet>, rt: &mut Runtime) -> Self {
+        let lock = rt.kernel.new_spin_lock();
+        rt.kernel.mark_classify_lock(lock);
+        Self { callout, lock }
+    }
+
+    /// One classifyFn: the lock taken around the adapter, as the driver does.
+    fn classify(&mut self, rt: &mut Runtime, f: &FlowInfo) -> Classified {
+        rt.kernel.acquire_spin_lock(self.lock);
+        let got = cr(&mut self.callout, rt, f, fresh(), FWPS_RIGHT_ACTION_WRITE, |_| {});
+        rt.kernel.release_spin_lock(self.lock);
+        got
+    }
+}
+
+impl CalloutLock<RuleSet, Runtime> for ModelLock {
+    fn with<R>(&mut self, rt: &mut Runtime, f: impl FnOnce(&mut Callout<RuleSet>, &mut Runtime) -> R) -> Option<R> {
+        rt.kernel.acquire_spin_lock(self.lock);
+        let r = f(&mut self.callout, rt);
+        rt.kernel.release_spin_lock(self.lock);
+        Some(r)
+    }
+}
+
+/// Three flows held, then the proxy registers, the old way: the timer DPC
+/// or the control request completes them with the lock held. When the
+/// engine classifies again inside FwpsCompleteClassify0 on the same thread,
+/// classifyFn spins on that lock: the model fails it as a deadlock.
+#[test]
+fn completing_under_the_classify_lock_deadlocks_when_completion_reenters() {
+    let r = Readings { completion: Completion::ReentersSameThread, ..Readings::default() };
+    let mut rt = Runtime::new(r);
+    let mut lock = ModelLock::new(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+    let _ = lock.classify(&mut rt, &flow("10.0.0.5:50000", "93.184.216.34:443"));
+    assert_eq!(lock.callout.held(), 1);
+    register(&mut lock.callout);
+    let old = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lock.with(&mut rt, |c, rt| {
+            c.complete_pended(rt, T0);
+            c.run_completions(rt);
+        })
+    }));
+    let message = old.expect_err("the old structure must deadlock");
+    let message = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("deadlock"), "{message}");
+}
+
+/// The shell's way: decided under the lock, completed after it, under both
+/// readings of re-entry, for the proxy registering and for the timeout.
+#[test]
+fn held_classifications_are_completed_after_the_lock_is_released() {
+    for completion in [Completion::ReentersSameThread, Completion::Deferred] {
+        for proxy in [true, false] {
+            let r = Readings { completion, ..Readings::default() };
+            let mut rt = Runtime::new(r);
+            let config = PendConfig { capacity: 3, timeout: Duration::from_millis(500), fallback: Fallback::Block };
+            let mut lock = ModelLock::new(callout(Some(Action::Proxy), Some(config), true), &mut rt);
+            for port in 0..3 {
+                let local = format!("10.0.0.5:{}", 50_000 + port);
+                let got = lock.classify(&mut rt, &flow(&local, "93.184.216.34:443"));
+                assert_eq!(got.out.actionType, wfp_ffi::FWP_ACTION_BLOCK, "held until completion");
+            }
+            assert_eq!(lock.callout.held(), 3);
+            let now = if proxy {
+                register(&mut lock.callout);
+                T0
+            } else {
+                T0.saturating_add(Duration::from_millis(500))
+            };
+            shell::complete_pended(&mut lock, &mut rt, now);
+            assert_eq!(lock.callout.held(), 0, "{completion:?} proxy={proxy}");
+            let done = rt.take_completed();
+            assert_eq!(done.len(), 3);
+            for d in &done {
+                let want = if proxy { "127.0.0.1:8080" } else { "93.184.216.34:443" };
+                assert_eq!(d.data.remote, want.parse::<SocketAddr>().unwrap());
+                let outcome = resolve(wfp_ffi::FWP_ACTION_CALLOUT_UNKNOWN, d.classify_out.actionType, &r);
+                assert_eq!(outcome, if proxy { Outcome::Permit } else { Outcome::Block });
+            }
+            assert!(rt.kernel.held_locks().is_empty());
+            rt.assert_quiescent();
+        }
+    }
+}
+
+/// The model's Fwps, noting which calls that finish a classification
+/// (apply, complete, release) are made while the driver's lock is held.
+struct Watch<'a> {
+    rt: &'a mut Runtime,
+    lock: SpinLockId,
+    under_lock: Vec<&'static str>,
+}
+
+impl Watch<'_> {
+    fn note(&mut self, call: &'static str) {
+        if self.rt.kernel.held_locks().contains(&self.lock) {
+            self.under_lock.push(call);
+        }
+    }
+}
+
+impl Fwps for Watch<'_> {
+    fn query_redirect_state(&mut self, records: HANDLE, handle: HANDLE) -> wfp_ffi::FWPS_CONNECTION_REDIRECT_STATE {
+        self.rt.query_redirect_state(records, handle)
+    }
+    fn acquire_classify_handle(&mut self, context: *const core::ffi::c_void) -> Result<u64, NTSTATUS> {
+        self.rt.acquire_classify_handle(context)
+    }
+    fn acquire_writable_connect_request(
+        &mut self,
+        handle: u64,
+        filter: u64,
+        out: &mut FWPS_CLASSIFY_OUT0,
+    ) -> Result<std::ptr::NonNull<FWPS_CONNECT_REQUEST0>, NTSTATUS> {
+        self.rt.acquire_writable_connect_request(handle, filter, out)
+    }
+    fn apply_modified_layer_data(&mut self, handle: u64, data: std::ptr::NonNull<FWPS_CONNECT_REQUEST0>, flags: u32) {
+        self.note("FwpsApplyModifiedLayerData0");
+        self.rt.apply_modified_layer_data(handle, data, flags);
+    }
+    fn pend_classify(&mut self, handle: u64, filter: u64, out: &mut FWPS_CLASSIFY_OUT0) -> Result<(), NTSTATUS> {
+        self.rt.pend_classify(handle, filter, out)
+    }
+    fn complete_classify(&mut self, handle: u64, out: &FWPS_CLASSIFY_OUT0) {
+        self.note("FwpsCompleteClassify0");
+        self.rt.complete_classify(handle, out);
+    }
+    fn release_classify_handle(&mut self, handle: u64) {
+        self.note("FwpsReleaseClassifyHandle0");
+        self.rt.release_classify_handle(handle);
+    }
+    fn allocate_context(&mut self, len: usize) -> Option<std::ptr::NonNull<u8>> {
+        self.rt.allocate_context(len)
+    }
+    fn free_context(&mut self, context: std::ptr::NonNull<u8>) {
+        self.rt.free_context(context);
+    }
+}
+
+/// One classifyFn under the driver's lock, as the driver makes it: the
+/// adapter under the lock with [`Deferred`] (or, `deferred` false, the old
+/// way: the model's Fwps directly), the kept calls after the lock. Returns
+/// the calls made under the lock.
+fn cr_locked(lock: &mut ModelLock, rt: &mut Runtime, f: &FlowInfo, deferred: bool) -> (Classified, Vec<&'static str>) {
+    let spec = filter_for(FilterLayer::ConnectRedirectV4).unwrap();
+    let entry = FWPS_CLASSIFY_OUT0 {
+        actionType: LayerArbiter::new().entry_action(&rt.readings),
+        rights: FWPS_RIGHT_ACTION_WRITE,
+        ..Default::default()
+    };
+    let mut ind = Indication::new(FilterLayer::ConnectRedirectV4, f, FILTER_V4, spec.action_type, 0, entry, None);
+    let id = rt.begin_classify(fresh(), &raw const *ind.out);
+    let raw = ind.raw(id);
+    let mut watch = Watch { rt, lock: lock.lock, under_lock: Vec::new() };
+    watch.rt.kernel.acquire_spin_lock(lock.lock);
+    if deferred {
+        let mut d = Deferred::new(&mut watch);
+        // SAFETY: every pointer in `raw` points into `ind`, alive for the call.
+        unsafe { lock.callout.classify_connect_redirect(&mut d, Family::V4, &raw, T0) };
+        d.inner_mut().rt.kernel.release_spin_lock(lock.lock);
+        d.finish();
+    } else {
+        // SAFETY: as above.
+        unsafe { lock.callout.classify_connect_redirect(&mut watch, Family::V4, &raw, T0) };
+        watch.rt.kernel.release_spin_lock(lock.lock);
+    }
+    let under_lock = std::mem::take(&mut watch.under_lock);
+    let out = *ind.out;
+    let (data, applied) = rt.end_classify(id);
+    let outcome = resolve(spec.action_type, out.actionType, &rt.readings);
+    (Classified { out, data, applied, outcome }, under_lock)
+}
+
+/// The lock's other half: FwpsApplyModifiedLayerData0 and the handle's
+/// release in classifyFn, made after the lock is released (Deferred); the
+/// old way made them under it. Proxy, permit, continue and block, each with
+/// its apply; and a refused pend (two releases).
+#[test]
+fn classify_applies_and_releases_after_the_lock_is_released() {
+    for r in Readings::all() {
+        for action in [Some(Action::Proxy), Some(Action::Block), None] {
+            let mut rt = Runtime::new(r);
+            let mut lock = ModelLock::new(callout(action, None, true), &mut rt);
+            register(&mut lock.callout);
+            let f = flow("10.0.0.5:50000", "93.184.216.34:443");
+            let (old, under) = cr_locked(&mut lock, &mut rt, &f, false);
+            assert!(under.contains(&"FwpsApplyModifiedLayerData0"), "{r:?}: the old way applies under the lock");
+            let (new, under) = cr_locked(&mut lock, &mut rt, &f, true);
+            assert!(under.is_empty(), "{r:?} {action:?}: {under:?} under the lock");
+            assert_eq!(new.outcome, old.outcome);
+            assert_eq!(new.applied.len(), 1, "one apply per acquire");
+            assert!(rt.kernel.held_locks().is_empty());
+            rt.assert_quiescent();
+        }
+        // A pend FwpsPendClassify0 refuses: its handle and the next one are
+        // both released after the lock.
+        let mut rt = Runtime::new(r);
+        rt.refuse_pend = true;
+        let mut lock = ModelLock::new(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+        let (got, under) = cr_locked(&mut lock, &mut rt, &flow("10.0.0.5:50001", "93.184.216.34:443"), true);
+        assert!(under.is_empty(), "{r:?}: {under:?} under the lock");
+        assert_eq!(got.applied.len(), 1);
+        assert_eq!(lock.callout.held(), 0);
+        rt.assert_quiescent();
+    }
+}
+
+// ---- the shell's control dispatch on the model -----------------------------------------
+
+/// The proxy service's handle: its own process, read and write.
+const PROXY_CALLER: Caller = Caller { pid: PROXY_PID as u32, handle: HandleId(0xF11E), access: Access::READ_WRITE };
+
+fn no_rules(_: &[u8]) -> Result<RuleSet, RulesRejected> {
+    Err(RulesRejected { code: 1, offset: 0 })
+}
+
+/// One control request under the driver's lock, completions after it, as
+/// the driver's dispatch does.
+fn control<R>(
+    lock: &mut ModelLock,
+    rt: &mut Runtime,
+    handles: &mut Handles,
+    now: Instant,
+    f: impl FnOnce(&mut Device<'_, RuleSet, fn(&[u8]) -> Result<RuleSet, RulesRejected>, Runtime>) -> R,
+) -> R {
+    let r = lock
+        .with(rt, |callout, rt| {
+            let mut device = Device {
+                callout,
+                handles,
+                decode_rules: no_rules as fn(&[u8]) -> Result<RuleSet, RulesRejected>,
+                instance: 7,
+                fwps: rt,
+                now,
+            };
+            f(&mut device)
+        })
+        .unwrap();
+    shell::complete_pended(lock, rt, now);
+    r
+}
+
+/// The proxy process dies: the I/O manager sends IRP_MJ_CLEANUP for its
+/// handle, the registration goes at once, and the very next flow a rule
+/// proxies is held (not sent to the dead listener), then gets the fallback
+/// on its timer. Under every reading, on the model, through the lock.
+#[test]
+fn the_proxy_dying_stops_redirecting_at_once_on_the_model() {
+    for r in Readings::all() {
+        let mut rt = Runtime::new(r);
+        let mut lock = ModelLock::new(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+        let mut handles = Handles::new();
+        let reg = ProxyRegistration { pid: PROXY_PID, v4: Some("127.0.0.1:8080".parse().unwrap()), v6: None };
+        let mut reply = vec![0u8; 256];
+        let n = control(&mut lock, &mut rt, &mut handles, T0, |d| {
+            assert_eq!(open(d, &PROXY_CALLER), Status::Ok);
+            dispatch(d, Op::RegisterProxy.ioctl(), &PROXY_CALLER, &Request::RegisterProxy(reg).to_vec(), &mut reply)
+        });
+        assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
+        let (got, _) = cr_locked(&mut lock, &mut rt, &flow("10.0.0.5:50000", "93.184.216.34:443"), true);
+        assert_eq!(got.data.remote, "127.0.0.1:8080".parse::<SocketAddr>().unwrap(), "{r:?}: to the live proxy");
+
+        control(&mut lock, &mut rt, &mut handles, T0, |d| cleanup(d, PROXY_CALLER.handle));
+        assert_eq!(lock.callout.arbiter().proxy(), None, "registration cleared at cleanup");
+        let (got, _) = cr_locked(&mut lock, &mut rt, &flow("10.0.0.5:50001", "93.184.216.34:443"), true);
+        assert_eq!(got.data.remote, "93.184.216.34:443".parse::<SocketAddr>().unwrap(), "{r:?}: not to the dead proxy");
+        assert_eq!(rt.pended().len(), 1, "{r:?}: held for a proxy");
+        let due = T0.saturating_add(Duration::from_millis(500));
+        shell::complete_pended(&mut lock, &mut rt, due);
+        let done = rt.take_completed();
+        assert_eq!(done.len(), 1);
+        assert_eq!(resolve(wfp_ffi::FWP_ACTION_CALLOUT_UNKNOWN, done[0].classify_out.actionType, &r), Outcome::Block);
+        assert!(rt.kernel.held_locks().is_empty());
+        rt.assert_quiescent();
+    }
+}
+
+/// IOCTLs with hostile buffers through the shell's dispatch on the model:
+/// truncated, oversized, random bytes, wrong access bits, an IOCTL code
+/// that is not ours. Each gets an error reply (never a panic, never a
+/// change of state), and the reply fits the caller's buffer.
+#[test]
+fn hostile_ioctl_buffers_through_the_dispatch_are_refused() {
+    let mut rt = Runtime::new(Readings::default());
+    let mut lock = ModelLock::new(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+    let mut handles = Handles::new();
+    let reader = Caller { pid: 77, handle: HandleId(0xBEEF), access: Access::READ };
+    control(&mut lock, &mut rt, &mut handles, T0, |d| {
+        assert_eq!(open(d, &PROXY_CALLER), Status::Ok);
+        assert_eq!(open(d, &reader), Status::Ok);
+    });
+    let reg = ProxyRegistration { pid: PROXY_PID, v4: Some("127.0.0.1:8080".parse().unwrap()), v6: None };
+    let good = Request::RegisterProxy(reg).to_vec();
+    let mut oversized = good.clone();
+    oversized.resize(1 << 20, 0xAA);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut cases: Vec<(u32, Caller, Vec<u8>)> = vec![
+        (Op::RegisterProxy.ioctl(), PROXY_CALLER, good[..good.len() / 2].to_vec()),
+        (Op::RegisterProxy.ioctl(), PROXY_CALLER, Vec::new()),
+        (Op::RegisterProxy.ioctl(), PROXY_CALLER, oversized),
+        (Op::RegisterProxy.ioctl(), reader, good.clone()),
+        (0x0022_0000, PROXY_CALLER, good.clone()),
+    ];
+    for len in [1usize, 7, 16, 64, 300] {
+        let bytes: Vec<u8> = (0..len).map(|_| random() as u8).collect();
+        cases.push((Op::RegisterProxy.ioctl(), PROXY_CALLER, bytes));
+    }
+    for (i, (ioctl, caller, request)) in cases.iter().enumerate() {
+        for reply_len in [0usize, 3, 256] {
+            let mut reply = vec![0u8; reply_len];
+            let n = control(&mut lock, &mut rt, &mut handles, T0, |d| dispatch(d, *ioctl, caller, request, &mut reply));
+            assert!(n <= reply_len, "case {i}: reply of {n} B into {reply_len} B");
+            if let Ok(r) = Reply::decode(&reply[..n]) {
+                assert_ne!(r.status, Status::Ok, "case {i}: accepted");
+            }
+            assert_eq!(lock.callout.arbiter().proxy(), None, "case {i}: state changed");
+        }
+    }
+    // The good request still works afterwards.
+    let mut reply = vec![0u8; 256];
+    let n = control(&mut lock, &mut rt, &mut handles, T0, |d| {
+        dispatch(d, Op::RegisterProxy.ioctl(), &PROXY_CALLER, &good, &mut reply)
+    });
+    assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
+    assert!(rt.kernel.held_locks().is_empty());
 }

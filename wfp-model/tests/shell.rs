@@ -3,8 +3,12 @@
 //! once, unload with classifications held and with a callout still busy, and
 //! the IRQL rules of the registry read.
 
-use arbiter_callout::filters::FILTERS;
+use core::cell::Cell;
+use std::rc::Rc;
+
+use arbiter_callout::filters::{FILTERS, FilterLayer};
 use arbiter_callout::shell::{Kernel, Lifecycle, PASSIVE_LEVEL, STATUS_DEVICE_BUSY, Status};
+use arbiter_wfp_model::arbitration::Outcome;
 use arbiter_wfp_model::mgmt::STATUS_BFE_NOT_RUNNING;
 use arbiter_wfp_model::{Filter, Irql, Readings, Routine, Wfp};
 use wfp_ffi::{FWPM_SERVICE_RUNNING, FWPM_SERVICE_STOP_PENDING, FWPM_SERVICE_STOPPED};
@@ -21,6 +25,11 @@ struct OnModel<'a> {
     callout_ids: Vec<u32>,
     held: usize,
     completed_while_filtered: usize,
+    /// classifyFn calls of our callouts.
+    classified: Rc<Cell<usize>>,
+    /// Connect classifications made by the engine while unload completes
+    /// held ones, with their outcome.
+    during_unload: Vec<Outcome>,
 }
 
 impl<'a> OnModel<'a> {
@@ -32,6 +41,8 @@ impl<'a> OnModel<'a> {
             callout_ids: Vec::new(),
             held: 0,
             completed_while_filtered: 0,
+            classified: Rc::new(Cell::new(0)),
+            during_unload: Vec::new(),
         }
     }
 
@@ -40,7 +51,9 @@ impl<'a> OnModel<'a> {
         for (i, spec) in FILTERS.iter().enumerate() {
             let key = 0xc0 + i as u128;
             let _ = spec;
-            let id = self.wfp.callout_register(key, Box::new(|_, _, _| {})).expect("register");
+            let seen = Rc::clone(&self.classified);
+            let id =
+                self.wfp.callout_register(key, Box::new(move |_, _, _| seen.set(seen.get() + 1))).expect("register");
             self.callout_ids.push(id);
         }
         self.subscription = Some(self.wfp.bfe_subscribe(Box::new(|_| {})));
@@ -64,7 +77,8 @@ impl Kernel for OnModel<'_> {
         self.weight
     }
     fn open_engine(&mut self) -> Result<usize, Status> {
-        self.wfp.engine_open().map(|e| e as usize)
+        // The driver's session carries FWPM_SESSION_FLAG_DYNAMIC.
+        self.wfp.engine_open_dynamic().map(|e| e as usize)
     }
     fn add_filters(&mut self, engine: usize, weight: u16) -> Result<[u64; 2], Status> {
         let engine = engine as u64;
@@ -104,15 +118,7 @@ impl Kernel for OnModel<'_> {
         }
     }
     fn close_engine(&mut self, engine: usize) {
-        // The driver opens a dynamic session (FWPM_SESSION_FLAG_DYNAMIC:
-        // "objects added during a dynamic session are deleted when the
-        // session ends"). The model does not model dynamic sessions yet, so
-        // the end of the session's objects is done here, as the engine would.
-        let ours: Vec<u64> =
-            self.wfp.filters().iter().filter(|(_, f)| f.sublayer == SUBLAYER).map(|(id, _)| *id).collect();
-        for id in ours {
-            self.wfp.filter_delete(engine as u64, id);
-        }
+        // A dynamic session: the model deletes its objects as it ends.
         self.wfp.engine_close(engine as u64);
     }
     fn unsubscribe_bfe(&mut self) {
@@ -121,6 +127,11 @@ impl Kernel for OnModel<'_> {
         }
     }
     fn complete_held(&mut self) {
+        // New connections keep arriving while unload runs.
+        for layer in [FilterLayer::ConnectRedirectV4, FilterLayer::AuthConnectV4] {
+            let outcome = self.wfp.classify(layer);
+            self.during_unload.push(outcome);
+        }
         if self.our_filters() > 0 {
             self.completed_while_filtered += self.held;
         }
@@ -257,4 +268,35 @@ fn the_old_unload_order_completes_while_filters_remain() {
     k.unsubscribe_bfe();
     life.bfe_stopping(&mut k);
     assert_eq!(k.completed_while_filtered, 3);
+}
+
+/// Load with connections already live: the one commit that adds our filters
+/// reauthorizes each of them (the model's "adding filters reauthorizes
+/// existing flows"), so they meet our callouts too.
+#[test]
+fn load_with_connections_already_live_reauthorizes_them() {
+    let mut wfp = machine();
+    wfp.live_flows = 250;
+    let mut k = OnModel::new(&mut wfp);
+    let _life = driver_entry(&mut k);
+    assert_eq!(k.wfp.reauthorizations, 250);
+    assert_eq!(k.wfp.classify(FilterLayer::ConnectRedirectV4), Outcome::Permit);
+    assert_eq!(k.classified.get(), 1, "a live flow's reauthorization reaches our callout");
+}
+
+/// Classifications arriving during unload: once the filters are gone (before
+/// held ones are completed and the callouts unregistered), a new connection
+/// never reaches our callouts and is not blocked by a filter whose callout
+/// is about to go; after unload, neither.
+#[test]
+fn classifications_arriving_during_unload_never_reach_our_callouts() {
+    let mut wfp = machine();
+    let mut k = OnModel::new(&mut wfp);
+    let life = driver_entry(&mut k);
+    k.held = 2;
+    assert_eq!(life.stop(&mut k).unregister, Ok(()));
+    assert_eq!(k.during_unload, [Outcome::Permit, Outcome::Permit]);
+    assert_eq!(k.classified.get(), 0, "no classifyFn of ours during unload");
+    assert_eq!(k.wfp.classify(FilterLayer::ConnectRedirectV4), Outcome::Permit);
+    assert_eq!(k.classified.get(), 0);
 }
