@@ -393,8 +393,10 @@ pub(crate) fn run(args: &Args) -> u8 {
     } else {
         out!("{}", scenario_table(&reports, args.wide));
         outln!();
+        // The peer column fits the longest profile name in the run.
+        let peer_width = tallies.keys().map(|(_, p)| p.name().len()).max().unwrap_or(0).max("PEER".len());
         outln!(
-            "{:<10} {:<15} {:>9} {:>9} {:>7} {:>6} {:>11} {:>9}",
+            "{:<10} {:<peer_width$} {:>9} {:>9} {:>7} {:>6} {:>11} {:>9}",
             "OURS",
             "PEER",
             "SCENARIOS",
@@ -406,7 +408,7 @@ pub(crate) fn run(args: &Args) -> u8 {
         );
         for ((o, p), t) in &tallies {
             outln!(
-                "{:<10} {:<15} {:>9} {:>9} {:>7} {:>6} {:>11} {:>9.2}",
+                "{:<10} {:<peer_width$} {:>9} {:>9} {:>7} {:>6} {:>11} {:>9.2}",
                 o.name(),
                 p.name(),
                 t.scenarios,
