@@ -281,7 +281,7 @@ fn write_blob(input: &Path, output: &Path, blob: &[u8]) -> std::io::Result<()> {
 
 /// `arbiter rules compile FILE -o OUTPUT`: loads the file and writes its
 /// blob (via a new temporary file beside OUTPUT and a rename, so a reader
-/// never sees half a blob; see [`write_blob`] for what is refused). Returns 0 on success (warnings are printed), 2 when the file has
+/// never sees half a blob; see `write_blob` for what is refused). Returns 0 on success (warnings are printed), 2 when the file has
 /// errors or the blob cannot be written.
 pub fn compile_command(path: &Path, output: &Path, json: bool, out: &mut dyn Write) -> i32 {
     let (loaded, source) = match load_file_with_source(path) {
