@@ -258,7 +258,7 @@ fn timers_fire_when_the_clock_passes_them() {
 }
 
 fn filter(layer: FilterLayer, action_type: FWP_ACTION_TYPE, callout: u128) -> Filter {
-    Filter { layer, sublayer: 1, weight: 0, action_type, callout, flags: 0 }
+    Filter { key: 0, layer, sublayer: 1, weight: 0, action_type, callout, flags: 0, conditions: [None, None] }
 }
 
 #[test]
