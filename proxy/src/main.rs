@@ -26,10 +26,11 @@ struct Args {
     audit_max_bytes: u64,
     audit_keep: u32,
     poll: Duration,
+    rules: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: arbiter-proxy [--v4 ADDR|none] [--v6 ADDR|none] [--no-udp] \
-[--audit-dir DIR] [--audit-max-bytes N] [--audit-keep N] [--poll-ms N]
+[--audit-dir DIR] [--audit-max-bytes N] [--audit-keep N] [--poll-ms N] [--rules RULES.BLOB]
        arbiter-proxy install-boot RULES.BLOB | remove-boot";
 
 /// `--help`: the usage line, what each flag does, and the exit codes.
@@ -47,6 +48,9 @@ usage: arbiter-proxy [OPTIONS]
   --audit-max-bytes N    rotate audit.jsonl at N bytes [default: 16777216]
   --audit-keep N         rotated files kept [default: 8]
   --poll-ms N            control-device poll interval [default: 500]
+  --rules RULES.BLOB     compiled rules (`arbiter rules compile`) loaded into
+                         the driver before registering, and again after a
+                         driver reload [default: leave the driver's rules]
   -h, --help             print this help
 
   install-boot RULES.BLOB  add boot-time protection as the compiled rules'
@@ -113,6 +117,7 @@ fn parse_run(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         audit_max_bytes: 16 << 20,
         audit_keep: 8,
         poll: Duration::from_millis(500),
+        rules: None,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
@@ -127,6 +132,7 @@ fn parse_run(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 a.v6 = if v == "none" { None } else { Some(v.parse().map_err(|_| bad("an IPv6 socket address", &v))?) };
             }
             "--no-udp" => a.udp = false,
+            "--rules" => a.rules = Some(PathBuf::from(value()?)),
             "--audit-dir" => a.audit_dir = PathBuf::from(value()?),
             "--audit-max-bytes" => {
                 let v = value()?;
@@ -261,10 +267,18 @@ fn run(args: &Args) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    let rules_blob = match args.rules.as_ref().map(std::fs::read).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("arbiter-proxy: cannot read the rules blob: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let config = ServiceConfig {
         registration: service::registration(args.v4, args.v6),
         drain_max_bytes: 0,
         cursor_file: Some(args.audit_dir.join("audit.cursor")),
+        rules: rules_blob,
     };
     let mut svc = Service::new(DeviceChannel::open, config, log);
     let stop = AtomicBool::new(false);
