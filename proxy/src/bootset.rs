@@ -5,7 +5,7 @@
 //! What is added and in which order is `arbiter_callout::boot`'s plan
 //! ([`install_plan`], [`remove_plan`]), run by
 //! [`arbiter_callout::boot::run_plan`] over an engine session: here the
-//! real one ([`FwpmSession`], Windows only), in the tests the WFP model's.
+//! real one (`FwpmSession`, Windows only), in the tests the WFP model's.
 //! The structures are `arbiter_callout::boot_fwpm`'s, over `wfp-ffi`'s
 //! layout-checked `FWPM_*` declarations, the same the driver uses.
 //!
