@@ -390,6 +390,8 @@ mod tests {
         audited: Vec<GuardChange>,
         /// The BFE stopping while the guard adds the override.
         stop_during_guard: Option<*const Lifecycle>,
+        /// Another sync_guard while the guard adds the override.
+        guard_during_guard: Option<*const Lifecycle>,
     }
 
     impl Fake {
@@ -406,6 +408,7 @@ mod tests {
                 proxy: None,
                 audited: Vec::new(),
                 stop_during_guard: None,
+                guard_during_guard: None,
             }
         }
 
@@ -466,6 +469,12 @@ mod tests {
             if let Some(lifecycle) = self.stop_during_guard.take() {
                 // SAFETY: the test keeps the lifecycle alive across this call.
                 unsafe { &*lifecycle }.bfe_stopping(self);
+            }
+            if let Some(lifecycle) = self.guard_during_guard.take() {
+                // Another thread: the proxy's handle closes, its cleanup syncs the guard.
+                self.proxy = None;
+                // SAFETY: the test keeps the lifecycle alive across this call.
+                unsafe { &*lifecycle }.sync_guard(self);
             }
             Ok(0x900 + self.calls.len() as u64)
         }
@@ -558,6 +567,22 @@ mod tests {
         // The next pass sees the filters gone while the proxy is still there.
         life.sync_guard(&mut k);
         assert_eq!(k.audited, [GuardChange::Ready, GuardChange::FiltersGone]);
+    }
+
+    #[test]
+    fn a_guard_request_during_a_pass_is_served_by_the_running_pass() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        assert!(life.bfe_running(&mut k).is_ok());
+        k.proxy = Some(42);
+        k.guard_during_guard = Some(&life);
+        life.sync_guard(&mut k);
+        let overrides: Vec<_> =
+            k.calls.iter().filter(|c| matches!(c, Call::AddOverride(_) | Call::DeleteOverride(_))).collect();
+        assert_eq!(overrides.len(), 4, "both added, then both deleted by the second pass: {overrides:?}");
+        assert_eq!(life.override_ids(), [0, 0]);
+        assert_eq!(k.audited, [GuardChange::Ready, GuardChange::ProxyLost]);
+        assert!(life.filters_added(), "the engine is handed back");
     }
 
     #[test]

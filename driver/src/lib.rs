@@ -101,6 +101,8 @@ const fn eq_str(a: &str, b: &str) -> bool {
 
 /// `STATUS_FWP_FILTER_NOT_FOUND` (ntstatus.h): FwpmFilterDeleteById0 of a filter that is gone.
 const STATUS_FWP_FILTER_NOT_FOUND: NTSTATUS = 0xC022_0003_u32 as i32;
+/// `STATUS_FWP_NOT_FOUND` (ntstatus.h): the generic "object does not exist".
+const STATUS_FWP_NOT_FOUND: NTSTATUS = 0xC022_0008_u32 as i32;
 
 /// Our sublayer.
 const SUBLAYER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x02]);
@@ -477,7 +479,10 @@ impl Kernel for Wdm {
         // SAFETY: our open engine (PASSIVE_LEVEL, no lock held).
         let status = unsafe { FwpmFilterDeleteById0(engine as HANDLE, id) };
         // Gone already: the service removed the boot set, override included.
-        if status >= 0 || status == STATUS_FWP_FILTER_NOT_FOUND { Ok(()) } else { Err(status) }
+        match status {
+            s if s >= 0 || s == STATUS_FWP_FILTER_NOT_FOUND || s == STATUS_FWP_NOT_FOUND => Ok(()),
+            s => Err(s),
+        }
     }
 
     fn audit_guard(&mut self, record: GuardRecord) {

@@ -590,7 +590,8 @@ impl Wfp {
         if !self.sessions.contains_key(&engine) {
             return STATUS_INVALID_HANDLE;
         }
-        if self.filters.remove(&id).is_some() { STATUS_SUCCESS } else { STATUS_FWP_NOT_FOUND }
+        // "WFP Error Codes": FWP_E_FILTER_NOT_FOUND, "The filter does not exist".
+        if self.filters.remove(&id).is_some() { STATUS_SUCCESS } else { STATUS_FWP_FILTER_NOT_FOUND }
     }
 
     /// The filters in force.

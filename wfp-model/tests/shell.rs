@@ -13,7 +13,7 @@ use arbiter_callout::filters::{FILTERS, FilterLayer};
 use arbiter_callout::shell::{Kernel, Lifecycle, PASSIVE_LEVEL, STATUS_DEVICE_BUSY, Status};
 use arbiter_wfp_model::arbitration::Outcome;
 use arbiter_wfp_model::bootset;
-use arbiter_wfp_model::mgmt::{STATUS_BFE_NOT_RUNNING, STATUS_FWP_NOT_FOUND};
+use arbiter_wfp_model::mgmt::{STATUS_BFE_NOT_RUNNING, STATUS_FWP_FILTER_NOT_FOUND};
 use arbiter_wfp_model::{Filter, Irql, Readings, Routine, Wfp};
 use wfp_ffi::{FWPM_SERVICE_RUNNING, FWPM_SERVICE_STOP_PENDING, FWPM_SERVICE_STOPPED};
 
@@ -182,7 +182,7 @@ impl Kernel for OnModel<'_> {
     }
     fn delete_filter(&mut self, engine: usize, id: u64) -> Result<(), Status> {
         match self.wfp.filter_delete(engine as u64, id) {
-            s if s >= 0 || s == STATUS_FWP_NOT_FOUND => Ok(()),
+            s if s >= 0 || s == STATUS_FWP_FILTER_NOT_FOUND => Ok(()),
             s => Err(s),
         }
     }
