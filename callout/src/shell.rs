@@ -33,13 +33,12 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-use arbiter::audit::{GuardChange, GuardRecord};
+use arbiter::audit::GuardRecord;
 use arbiter::boot::BootMode;
 use arbiter::{Instant, Policy};
 
 use crate::adapter::Callout;
-use crate::boot::{BootFilter, override_filter};
-use crate::filters::FilterLayer;
+use crate::boot::BootFilter;
 use crate::fwps::Fwps;
 
 /// An NTSTATUS.
@@ -53,6 +52,8 @@ pub const STATUS_DEVICE_BUSY: Status = 0x8000_0011_u32 as i32;
 pub const PASSIVE_LEVEL: u8 = 0;
 
 pub use crate::filters::DEFAULT_SUBLAYER_WEIGHT;
+
+mod guard;
 
 /// What the lifecycle needs from the kernel. An engine handle is a non-zero
 /// `usize` (the driver's `HANDLE` as an address).
@@ -115,7 +116,7 @@ const ADDING: u8 = 1;
 const ADDED: u8 = 2;
 /// One caller is closing the engine.
 const CLOSING: u8 = 3;
-/// The filters are in; the guard is using the engine.
+/// The filters are in; the guard ([`Lifecycle::sync_guard`]) is using the engine.
 const GUARDING: u8 = 4;
 /// The BFE is stopping while the guard uses the engine: the guard closes it.
 const CLOSE_WHEN_GUARDED: u8 = 5;
@@ -230,81 +231,6 @@ impl Lifecycle {
         matches!(self.filters.load(Ordering::Acquire), ADDED | GUARDING)
     }
 
-    /// The override filters' run-time ids (V4, V6; 0 where not added).
-    pub fn override_ids(&self) -> [u64; 2] {
-        [self.overrides[0].load(Ordering::Acquire), self.overrides[1].load(Ordering::Acquire)]
-    }
-
-    /// Override adds that failed (`FwpmFilterAdd0`; e.g. block mode in the
-    /// rules but the boot set not installed, so there is no sublayer).
-    pub fn override_failures(&self) -> u64 {
-        self.override_failures.load(Ordering::Relaxed)
-    }
-
-    /// The boot guard: brings the override and the audit trail in line with
-    /// what is true now (filters in, proxy registered, mode). Call at
-    /// PASSIVE_LEVEL with no lock held, after the filters are added, after
-    /// every control request and handle cleanup, and after the BFE stops.
-    /// Callers that arrive while another runs leave a request that the
-    /// running one serves, so the engine is used by one thread at a time.
-    pub fn sync_guard<K: Kernel>(&self, kernel: &mut K) {
-        if self.guard_requests.fetch_add(1, Ordering::AcqRel) != 0 {
-            return;
-        }
-        loop {
-            let seen = self.guard_requests.load(Ordering::Acquire);
-            self.guard_pass(kernel);
-            if self.guard_requests.fetch_sub(seen, Ordering::AcqRel) == seen {
-                return;
-            }
-        }
-    }
-
-    fn guard_pass<K: Kernel>(&self, kernel: &mut K) {
-        let claimed = self.filters.compare_exchange(ADDED, GUARDING, Ordering::AcqRel, Ordering::Acquire).is_ok();
-        let (mode, proxy) = kernel.boot_state();
-        let want = if claimed { proxy.filter(|&p| p != 0) } else { None };
-        let had = Some(self.lifted_for.load(Ordering::Acquire)).filter(|&p| p != 0);
-        let engine = self.engine.load(Ordering::Acquire);
-        if !claimed {
-            // No engine of ours (never added, or closed with the BFE): the
-            // overrides went with the dynamic session.
-            for id in &self.overrides {
-                id.store(0, Ordering::Release);
-            }
-        }
-        let want_override = want.is_some() && mode == BootMode::Block;
-        for (slot, layer) in self.overrides.iter().zip([FilterLayer::AuthConnectV4, FilterLayer::AuthConnectV6]) {
-            let id = slot.load(Ordering::Acquire);
-            if claimed && id != 0 && !want_override {
-                // Gone already (the set was removed) counts as deleted.
-                let _ = kernel.delete_filter(engine, id);
-                slot.store(0, Ordering::Release);
-            } else if claimed && id == 0 && want_override {
-                match kernel.add_override(engine, &override_filter(layer)) {
-                    Ok(id) => slot.store(id, Ordering::Release),
-                    Err(_) => {
-                        self.override_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-        if had != want {
-            if let Some(pid) = had {
-                let change = if proxy == had { GuardChange::FiltersGone } else { GuardChange::ProxyLost };
-                kernel.audit_guard(GuardRecord { mode, change, proxy_pid: pid });
-            }
-            if let Some(pid) = want {
-                kernel.audit_guard(GuardRecord { mode, change: GuardChange::Ready, proxy_pid: pid });
-            }
-            self.lifted_for.store(want.unwrap_or(0), Ordering::Release);
-        }
-        if claimed && self.filters.compare_exchange(GUARDING, ADDED, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            // The BFE is stopping (CLOSE_WHEN_GUARDED): close for it.
-            self.close(kernel);
-        }
-    }
-
     /// Unload: no more BFE callbacks, filters removed (so no new
     /// classification reaches us), then the held classifications completed,
     /// then the callouts unregistered, whose result is returned.
@@ -359,6 +285,8 @@ pub fn complete_pended<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, f
 #[cfg(test)]
 mod tests {
     use alloc::vec::Vec;
+
+    use arbiter::audit::GuardChange;
 
     use super::*;
 
