@@ -343,7 +343,7 @@ fn boot_time_and_persistent_filters_each_enforce_in_their_window() {
     use wfp_ffi::{FWP_ACTION_BLOCK, FWPM_FILTER_FLAG_BOOTTIME, FWPM_FILTER_FLAG_PERSISTENT};
     let mut w = Wfp::new(Readings::default());
     let e = w.engine_open().unwrap();
-    assert_eq!(w.sublayer_add_with(e, 1, 0xFFFF, wfp_ffi::FWPM_SUBLAYER_FLAG_PERSISTENT), 0);
+    assert_eq!(w.sublayer_add_with(e, 1, 0xFFFF, FWPM_SUBLAYER_FLAG_PERSISTENT), 0);
     let boot = w.filter_add(e, plain(0xb0, FWPM_FILTER_FLAG_BOOTTIME, FWP_ACTION_BLOCK)).unwrap();
     assert_eq!(w.classify(FilterLayer::AuthConnectV4), Outcome::Permit, "a boot-time filter waits for the next boot");
     let _ = w.filter_add(e, plain(0x9e, 0, FWP_ACTION_BLOCK)).unwrap();
@@ -393,6 +393,6 @@ fn deletes_by_key_follow_the_transaction() {
 fn boottime_and_persistent_cannot_be_combined() {
     let mut w = Wfp::new(Readings::default());
     let e = w.engine_open().unwrap();
-    let both = wfp_ffi::FWPM_FILTER_FLAG_BOOTTIME | wfp_ffi::FWPM_FILTER_FLAG_PERSISTENT;
-    let _ = w.filter_add(e, plain(1, both, wfp_ffi::FWP_ACTION_BLOCK));
+    let both = FWPM_FILTER_FLAG_BOOTTIME | FWPM_FILTER_FLAG_PERSISTENT;
+    let _ = w.filter_add(e, plain(1, both, FWP_ACTION_BLOCK));
 }
