@@ -10,13 +10,17 @@ use core::net::{SocketAddrV4, SocketAddrV6};
 
 use ahash::RandomState;
 
-use crate::audit::{AuditRecord, AuthRecord, ConnectRecord, DepartedEntry, DepartureRecord, Event, FallbackRecord};
+use crate::audit::ring::AuditRing;
+use crate::audit::{
+    AuditRecord, AuthRecord, ConnectParts, ConnectRecord, DepartedEntry, DepartureRecord, Event, EventRef,
+    FallbackRecord, RecordRef,
+};
 use crate::decide::{
     self, ConnectFacts, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict,
 };
 use crate::flow::{AuthConnectInput, ConnectRedirectInput, Destination, Flow};
 use crate::packed::PackedEntry;
-use crate::policy::{PermitOrBlock, Policy, RuleHit};
+use crate::policy::{LoopPolicy, PermitOrBlock, Policy, RuleHit};
 use crate::reason::Reason;
 use crate::table::{BoundedTable, Departure, OutOfMemory};
 use crate::time::{Duration, Instant};
@@ -442,6 +446,65 @@ impl<P: Policy> Arbiter<P> {
     pub fn decide_connect_redirect<'a>(&mut self, input: &ConnectRedirectInput<'a>, now: Instant) -> Decision<'a> {
         let env = self.env();
         let loops = self.policy.loop_policy();
+        let mut consulted = Consulted::default();
+        let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
+        let mut departures = Departures::default();
+        self.connect_effects(input, &outcome, &loops, now, &mut departures);
+        let audit = AuditRecord {
+            seq: self.next_seq(),
+            at: now,
+            event: Event::ConnectRedirect(ConnectRecord {
+                input: *input,
+                env,
+                loops,
+                rules_id: self.policy.id(),
+                consulted,
+                outcome,
+            }),
+        };
+        Self::decision(outcome, audit, departures)
+    }
+
+    /// [`Self::decide_connect_redirect`] for the kernel: the same decision,
+    /// effects, counters and sequence numbers, but the audit record and any
+    /// departures go straight into `ring` (the bytes and order
+    /// [`AuditRing::push_record`] of the [`Decision`]'s records would give),
+    /// and only the outcome comes back. classifyFn runs on a small kernel
+    /// stack, where a [`Decision`] (some 780 bytes) is too much to hold.
+    pub fn decide_connect_redirect_into(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) -> Outcome {
+        let env = self.env();
+        let loops = self.policy.loop_policy();
+        let mut consulted = Consulted::default();
+        let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
+        let parts = ConnectParts {
+            input,
+            env: &env,
+            loops: &loops,
+            rules_id: self.policy.id(),
+            consulted: &consulted,
+            outcome: &outcome,
+        };
+        self.record_connect(&parts, now, ring);
+        outcome
+    }
+
+    /// Rows C1..C14 with live facts: the outcome, and the facts it
+    /// consulted in `memo`. Not inlined, so that the rules are matched
+    /// below a small frame.
+    #[inline(never)]
+    fn consult_connect(
+        &self,
+        input: &ConnectRedirectInput<'_>,
+        env: &Env,
+        loops: &LoopPolicy,
+        now: Instant,
+        memo: &mut Consulted,
+    ) -> Outcome {
         let mut live = Live {
             policy: &self.policy,
             destinations: &self.destinations,
@@ -451,11 +514,32 @@ impl<P: Policy> Arbiter<P> {
             window: loops.hop_window,
             memo: Consulted::default(),
         };
-        let outcome = decide::connect_redirect(input, &env, &loops, &mut live);
-        let consulted = live.memo;
-        let mut departures = Departures::default();
+        let outcome = decide::connect_redirect(input, env, loops, &mut live);
+        *memo = live.memo;
+        outcome
+    }
 
-        // Effects.
+    /// The effects of a connect-redirect decision, then its records into
+    /// `ring`. Not inlined: the caller's frame stays small while the rules
+    /// are matched, and this one is only live afterwards.
+    #[inline(never)]
+    fn record_connect(&mut self, parts: &ConnectParts<'_, '_>, now: Instant, ring: &mut AuditRing) {
+        let mut departures = Departures::default();
+        self.connect_effects(parts.input, parts.outcome, parts.loops, now, &mut departures);
+        let seq = self.next_seq();
+        push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(*parts) }, &departures);
+    }
+
+    /// What a connect-redirect outcome changes: the endpoint's cached verdict
+    /// or proxied record, the destination's hop count, the counters.
+    fn connect_effects(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        outcome: &Outcome,
+        loops: &LoopPolicy,
+        now: Instant,
+        departures: &mut Departures,
+    ) {
         let endpoint = input.flow.endpoint;
         let cached = match outcome.verdict {
             // Invariant 2: every block is enforced again at auth-connect (A1).
@@ -467,7 +551,7 @@ impl<P: Policy> Arbiter<P> {
             }
             _ => None,
         };
-        let entry = match (cached, outcome.redirect) {
+        let entry = match (cached, &outcome.redirect) {
             (Some(verdict), _) => Some(EndpointEntry::Cached { verdict, reason: outcome.reason }),
             (None, Some(r)) => {
                 Some(EndpointEntry::Proxied { target_pid: r.target_pid, destination: input.flow.remote })
@@ -475,7 +559,7 @@ impl<P: Policy> Arbiter<P> {
             (None, None) => None,
         };
         if let Some(entry) = entry {
-            self.store_endpoint(endpoint, entry, now, &mut departures);
+            self.store_endpoint(endpoint, entry, now, departures);
         }
         if outcome.verdict == Verdict::Proxy {
             // "Every proxy verdict counts one hop for its destination."
@@ -505,25 +589,45 @@ impl<P: Policy> Arbiter<P> {
         }
         self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
         self.count_verdict(outcome.verdict);
-
-        let audit = AuditRecord {
-            seq: self.next_seq(),
-            at: now,
-            event: Event::ConnectRedirect(ConnectRecord {
-                input: *input,
-                env,
-                loops,
-                rules_id: self.policy.id(),
-                consulted,
-                outcome,
-            }),
-        };
-        Self::decision(outcome, audit, departures)
     }
 
     /// Decides one FWPM_LAYER_ALE_AUTH_CONNECT indication (rows A1..A7). The
     /// endpoint's entry is consumed.
     pub fn decide_auth_connect<'a>(&mut self, input: &AuthConnectInput<'a>, now: Instant) -> Decision<'a> {
+        let mut departures = Departures::default();
+        let (entry, outcome) = self.auth_effects(input, now, &mut departures);
+        let audit = AuditRecord {
+            seq: self.next_seq(),
+            at: now,
+            event: Event::AuthConnect(AuthRecord { input: *input, entry, outcome }),
+        };
+        Self::decision(outcome, audit, departures)
+    }
+
+    /// [`Self::decide_auth_connect`] with its records written straight into
+    /// `ring`, as [`Self::decide_connect_redirect_into`] does.
+    pub fn decide_auth_connect_into(
+        &mut self,
+        input: &AuthConnectInput<'_>,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) -> Outcome {
+        let mut departures = Departures::default();
+        let (entry, outcome) = self.auth_effects(input, now, &mut departures);
+        let seq = self.next_seq();
+        let event = EventRef::Auth { input, entry: entry.as_ref(), outcome: &outcome };
+        push_decision(ring, &RecordRef { seq, at: now, event }, &departures);
+        outcome
+    }
+
+    /// Rows A1..A7 and their effects: the entry the endpoint held (now
+    /// consumed), the outcome; a learned proxy, the counters.
+    fn auth_effects(
+        &mut self,
+        input: &AuthConnectInput<'_>,
+        now: Instant,
+        departures: &mut Departures,
+    ) -> (Option<EndpointEntry>, Outcome) {
         let entry = match self.endpoints.remove(&input.flow.endpoint, now) {
             Some((e, true)) => Some(e),
             Some((_, false)) => {
@@ -533,7 +637,6 @@ impl<P: Policy> Arbiter<P> {
             None => None,
         };
         let outcome = decide::auth_connect(input, entry);
-        let mut departures = Departures::default();
         // A6, and the vocabulary's "known local proxy": any process a
         // redirector targets locally is one, whatever row decided. Learning
         // only at A6 misses a proxy whose flow met a cached verdict (A1/A2):
@@ -552,12 +655,7 @@ impl<P: Policy> Arbiter<P> {
         }
         self.counters.auth_connect = self.counters.auth_connect.wrapping_add(1);
         self.count_verdict(outcome.verdict);
-        let audit = AuditRecord {
-            seq: self.next_seq(),
-            at: now,
-            event: Event::AuthConnect(AuthRecord { input: *input, entry, outcome }),
-        };
-        Self::decision(outcome, audit, departures)
+        (entry, outcome)
     }
 
     const fn decision(outcome: Outcome, audit: AuditRecord<'_>, departures: Departures) -> Decision<'_> {
@@ -594,21 +692,51 @@ impl<P: Policy> Arbiter<P> {
         reason: Reason,
         now: Instant,
     ) -> Decision<'a> {
-        let verdict = if verdict == Verdict::Proxy { Verdict::Continue } else { verdict };
-        let outcome = Outcome { verdict, reason, redirect: None };
         let mut departures = Departures::default();
-        if verdict == Verdict::Block {
-            let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason };
-            self.store_endpoint(input.flow.endpoint, entry, now, &mut departures);
-        }
-        self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
-        self.count_verdict(outcome.verdict);
+        let outcome = self.without_table_effects(input, verdict, reason, now, &mut departures);
         let audit = AuditRecord {
             seq: self.next_seq(),
             at: now,
             event: Event::Fallback(FallbackRecord { input: *input, outcome }),
         };
         Self::decision(outcome, audit, departures)
+    }
+
+    /// [`Self::decide_without_table`] with its records written straight into
+    /// `ring`, as [`Self::decide_connect_redirect_into`] does.
+    pub fn decide_without_table_into(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        verdict: Verdict,
+        reason: Reason,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) -> Outcome {
+        let mut departures = Departures::default();
+        let outcome = self.without_table_effects(input, verdict, reason, now, &mut departures);
+        let seq = self.next_seq();
+        let event = EventRef::Fallback { input, outcome: &outcome };
+        push_decision(ring, &RecordRef { seq, at: now, event }, &departures);
+        outcome
+    }
+
+    fn without_table_effects(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        verdict: Verdict,
+        reason: Reason,
+        now: Instant,
+        departures: &mut Departures,
+    ) -> Outcome {
+        let verdict = if verdict == Verdict::Proxy { Verdict::Continue } else { verdict };
+        let outcome = Outcome { verdict, reason, redirect: None };
+        if verdict == Verdict::Block {
+            let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason };
+            self.store_endpoint(input.flow.endpoint, entry, now, departures);
+        }
+        self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
+        self.count_verdict(outcome.verdict);
+        outcome
     }
 
     /// ALE_ENDPOINT_CLOSURE: the socket is gone, so is its entry. Returns the
@@ -646,5 +774,15 @@ impl<P: Policy> Arbiter<P> {
             self.count_departure(TableId::KnownProxies, Departure::Expired);
         }
         n
+    }
+}
+
+/// A decision's record, then the records of what it pushed out of full
+/// tables: the order in which [`Decision::audit`] and
+/// [`Decision::departures`] are audited.
+fn push_decision(ring: &mut AuditRing, record: &RecordRef<'_, '_>, departures: &Departures) {
+    ring.push_ref(record);
+    for d in departures.iter() {
+        ring.push_departure(d);
     }
 }

@@ -450,6 +450,23 @@ pub unsafe fn walk_chain(
     own_filter: u64,
 ) -> Result<PreviousChain, ReadError> {
     let mut chain = PreviousChain::new();
+    // SAFETY: as this function's contract.
+    unsafe { walk_chain_into(request, own_filters, own_filter, &mut chain) }.map(|()| chain)
+}
+
+/// [`walk_chain`] into the input's own chain, which must start empty (the
+/// chain is some 140 bytes: classifyFn builds it in place rather than copy it
+/// on its small kernel stack). On error the chain is left empty.
+///
+/// # Safety
+///
+/// As for [`walk_chain`].
+pub unsafe fn walk_chain_into(
+    request: NonNull<FWPS_CONNECT_REQUEST0>,
+    own_filters: &[u64],
+    own_filter: u64,
+    chain: &mut PreviousChain,
+) -> Result<(), ReadError> {
     // SAFETY: valid until apply (contract).
     let mut next = unsafe { request.as_ref() }.previousVersion.cast_const();
     let mut hops = 0u32;
@@ -457,6 +474,7 @@ pub unsafe fn walk_chain(
     while let Some(v) = unsafe { next.as_ref() } {
         hops = hops.saturating_add(1);
         if hops > MAX_CHAIN_WALK {
+            *chain = PreviousChain::new();
             return Err(err("previousVersion", ReadErrorKind::ChainTooDeep));
         }
         // 0 is never one of our run-time ids: before `set_own_filters` runs
@@ -466,5 +484,5 @@ pub unsafe fn walk_chain(
         chain.push(PreviousEntry { filter, local_redirect_handle: !v.localRedirectHandle.is_null() });
         next = v.previousVersion.cast_const();
     }
-    Ok(chain)
+    Ok(())
 }
