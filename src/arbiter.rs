@@ -226,6 +226,10 @@ pub struct Arbiter<P> {
     known_proxies: BoundedTable<u64, ()>,
     counters: Counters,
     seq: u64,
+    /// What the decision under way pushed out of full tables, until its
+    /// records are written: empty between decisions. Kept here rather than
+    /// on the stack of the kernel's classifyFn, which is small.
+    departed: Departures,
 }
 
 /// The endpoint table: [`EndpointEntry`] outside, [`PackedEntry`] inside.
@@ -309,6 +313,7 @@ impl<P: Policy> Arbiter<P> {
             known_proxies: BoundedTable::new(capacities.known_proxies, seeded(3))?,
             counters: Counters::default(),
             seq: 0,
+            departed: Departures::default(),
         })
     }
 
@@ -434,11 +439,11 @@ impl<P: Policy> Arbiter<P> {
 
     /// Stores an endpoint's cached verdict or proxied record for its
     /// auth-connect, auditing whatever a full table pushes out.
-    fn store_endpoint(&mut self, endpoint: u64, entry: EndpointEntry, now: Instant, departures: &mut Departures) {
+    fn store_endpoint(&mut self, endpoint: u64, entry: EndpointEntry, now: Instant) {
         let deadline = now.saturating_add(self.config.endpoint_ttl);
         if let Some((k, v, why)) = self.endpoints.insert(endpoint, entry, deadline, now) {
             let rec = self.departure(TableId::Endpoints, why, DepartedEntry::Endpoint { endpoint: k, entry: v }, now);
-            departures.push(rec);
+            self.departed.push(rec);
         }
     }
 
@@ -448,8 +453,7 @@ impl<P: Policy> Arbiter<P> {
         let loops = self.policy.loop_policy();
         let mut consulted = Consulted::default();
         let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
-        let mut departures = Departures::default();
-        self.connect_effects(input, &outcome, &loops, now, &mut departures);
+        self.connect_effects(input, &outcome, &loops, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
             at: now,
@@ -462,6 +466,7 @@ impl<P: Policy> Arbiter<P> {
                 outcome,
             }),
         };
+        let departures = core::mem::take(&mut self.departed);
         Self::decision(outcome, audit, departures)
     }
 
@@ -471,6 +476,8 @@ impl<P: Policy> Arbiter<P> {
     /// [`AuditRing::push_record`] of the [`Decision`]'s records would give),
     /// and only the outcome comes back. classifyFn runs on a small kernel
     /// stack, where a [`Decision`] (some 780 bytes) is too much to hold.
+    /// Never inlined, so that its few locals stay off the caller's frame.
+    #[inline(never)]
     pub fn decide_connect_redirect_into(
         &mut self,
         input: &ConnectRedirectInput<'_>,
@@ -524,10 +531,9 @@ impl<P: Policy> Arbiter<P> {
     /// are matched, and this one is only live afterwards.
     #[inline(never)]
     fn record_connect(&mut self, parts: &ConnectParts<'_, '_>, now: Instant, ring: &mut AuditRing) {
-        let mut departures = Departures::default();
-        self.connect_effects(parts.input, parts.outcome, parts.loops, now, &mut departures);
+        self.connect_effects(parts.input, parts.outcome, parts.loops, now);
         let seq = self.next_seq();
-        push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(*parts) }, &departures);
+        self.push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(*parts) });
     }
 
     /// What a connect-redirect outcome changes: the endpoint's cached verdict
@@ -538,7 +544,6 @@ impl<P: Policy> Arbiter<P> {
         outcome: &Outcome,
         loops: &LoopPolicy,
         now: Instant,
-        departures: &mut Departures,
     ) {
         let endpoint = input.flow.endpoint;
         let cached = match outcome.verdict {
@@ -559,30 +564,10 @@ impl<P: Policy> Arbiter<P> {
             (None, None) => None,
         };
         if let Some(entry) = entry {
-            self.store_endpoint(endpoint, entry, now, departures);
+            self.store_endpoint(endpoint, entry, now);
         }
         if outcome.verdict == Verdict::Proxy {
-            // "Every proxy verdict counts one hop for its destination."
-            let dest = input.flow.destination();
-            let window = loops.hop_window;
-            let departed = self.destinations.upsert(dest, now, |live| match live {
-                // Same window: count the hop; the deadline (window end) stays,
-                // and so does the entry's place in the age order.
-                Some(h) if h.open_at(now, window) => {
-                    let hop = HopCount { start: h.start, count: h.count.saturating_add(1) };
-                    (hop, h.start.saturating_add(window), false)
-                }
-                _ => (HopCount { start: now, count: 1 }, now.saturating_add(window), true),
-            });
-            if let Some((k, v, why)) = departed {
-                let rec = self.departure(
-                    TableId::Destinations,
-                    why,
-                    DepartedEntry::Destination { destination: k, hops: v },
-                    now,
-                );
-                departures.push(rec);
-            }
+            self.count_hop(&input.flow, loops.hop_window, now);
         }
         if outcome.reason == Reason::LoopSuspected {
             self.counters.loops_suspected = self.counters.loops_suspected.wrapping_add(1);
@@ -591,43 +576,59 @@ impl<P: Policy> Arbiter<P> {
         self.count_verdict(outcome.verdict);
     }
 
+    /// "Every proxy verdict counts one hop for its destination." Its own
+    /// frame (never inlined): the table update beside the endpoint's, not
+    /// on top of it.
+    #[inline(never)]
+    fn count_hop(&mut self, flow: &Flow<'_>, window: Duration, now: Instant) {
+        let departed = self.destinations.upsert(flow.destination(), now, |live| match live {
+            // Same window: count the hop; the deadline (window end) stays,
+            // and so does the entry's place in the age order.
+            Some(h) if h.open_at(now, window) => {
+                let hop = HopCount { start: h.start, count: h.count.saturating_add(1) };
+                (hop, h.start.saturating_add(window), false)
+            }
+            _ => (HopCount { start: now, count: 1 }, now.saturating_add(window), true),
+        });
+        if let Some((k, v, why)) = departed {
+            let rec =
+                self.departure(TableId::Destinations, why, DepartedEntry::Destination { destination: k, hops: v }, now);
+            self.departed.push(rec);
+        }
+    }
+
     /// Decides one FWPM_LAYER_ALE_AUTH_CONNECT indication (rows A1..A7). The
     /// endpoint's entry is consumed.
     pub fn decide_auth_connect<'a>(&mut self, input: &AuthConnectInput<'a>, now: Instant) -> Decision<'a> {
-        let mut departures = Departures::default();
-        let (entry, outcome) = self.auth_effects(input, now, &mut departures);
+        let (entry, outcome) = self.auth_effects(input, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
             at: now,
             event: Event::AuthConnect(AuthRecord { input: *input, entry, outcome }),
         };
+        let departures = core::mem::take(&mut self.departed);
         Self::decision(outcome, audit, departures)
     }
 
     /// [`Self::decide_auth_connect`] with its records written straight into
     /// `ring`, as [`Self::decide_connect_redirect_into`] does.
+    #[inline(never)]
     pub fn decide_auth_connect_into(
         &mut self,
         input: &AuthConnectInput<'_>,
         now: Instant,
         ring: &mut AuditRing,
     ) -> Outcome {
-        let mut departures = Departures::default();
-        let (entry, outcome) = self.auth_effects(input, now, &mut departures);
+        let (entry, outcome) = self.auth_effects(input, now);
         let seq = self.next_seq();
         let event = EventRef::Auth { input, entry: entry.as_ref(), outcome: &outcome };
-        push_decision(ring, &RecordRef { seq, at: now, event }, &departures);
+        self.push_decision(ring, &RecordRef { seq, at: now, event });
         outcome
     }
 
     /// Rows A1..A7 and their effects: the entry the endpoint held (now
     /// consumed), the outcome; a learned proxy, the counters.
-    fn auth_effects(
-        &mut self,
-        input: &AuthConnectInput<'_>,
-        now: Instant,
-        departures: &mut Departures,
-    ) -> (Option<EndpointEntry>, Outcome) {
+    fn auth_effects(&mut self, input: &AuthConnectInput<'_>, now: Instant) -> (Option<EndpointEntry>, Outcome) {
         let entry = match self.endpoints.remove(&input.flow.endpoint, now) {
             Some((e, true)) => Some(e),
             Some((_, false)) => {
@@ -650,12 +651,23 @@ impl<P: Policy> Arbiter<P> {
             let until = now.saturating_add(self.config.known_proxy_ttl);
             if let Some((k, _, why)) = self.known_proxies.insert(pid, (), until, now) {
                 let rec = self.departure(TableId::KnownProxies, why, DepartedEntry::KnownProxy { pid: k }, now);
-                departures.push(rec);
+                self.departed.push(rec);
             }
         }
         self.counters.auth_connect = self.counters.auth_connect.wrapping_add(1);
         self.count_verdict(outcome.verdict);
         (entry, outcome)
+    }
+
+    /// A decision's record, then the records of what it pushed out of full
+    /// tables (emptying [`Self::departed`]): the order in which
+    /// [`Decision::audit`] and [`Decision::departures`] are audited.
+    fn push_decision(&mut self, ring: &mut AuditRing, record: &RecordRef<'_, '_>) {
+        ring.push_ref(record);
+        for d in self.departed.iter() {
+            ring.push_departure(d);
+        }
+        self.departed = Departures::default();
     }
 
     const fn decision(outcome: Outcome, audit: AuditRecord<'_>, departures: Departures) -> Decision<'_> {
@@ -692,18 +704,19 @@ impl<P: Policy> Arbiter<P> {
         reason: Reason,
         now: Instant,
     ) -> Decision<'a> {
-        let mut departures = Departures::default();
-        let outcome = self.without_table_effects(input, verdict, reason, now, &mut departures);
+        let outcome = self.without_table_effects(input, verdict, reason, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
             at: now,
             event: Event::Fallback(FallbackRecord { input: *input, outcome }),
         };
+        let departures = core::mem::take(&mut self.departed);
         Self::decision(outcome, audit, departures)
     }
 
     /// [`Self::decide_without_table`] with its records written straight into
     /// `ring`, as [`Self::decide_connect_redirect_into`] does.
+    #[inline(never)]
     pub fn decide_without_table_into(
         &mut self,
         input: &ConnectRedirectInput<'_>,
@@ -712,11 +725,10 @@ impl<P: Policy> Arbiter<P> {
         now: Instant,
         ring: &mut AuditRing,
     ) -> Outcome {
-        let mut departures = Departures::default();
-        let outcome = self.without_table_effects(input, verdict, reason, now, &mut departures);
+        let outcome = self.without_table_effects(input, verdict, reason, now);
         let seq = self.next_seq();
         let event = EventRef::Fallback { input, outcome: &outcome };
-        push_decision(ring, &RecordRef { seq, at: now, event }, &departures);
+        self.push_decision(ring, &RecordRef { seq, at: now, event });
         outcome
     }
 
@@ -726,13 +738,12 @@ impl<P: Policy> Arbiter<P> {
         verdict: Verdict,
         reason: Reason,
         now: Instant,
-        departures: &mut Departures,
     ) -> Outcome {
         let verdict = if verdict == Verdict::Proxy { Verdict::Continue } else { verdict };
         let outcome = Outcome { verdict, reason, redirect: None };
         if verdict == Verdict::Block {
             let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason };
-            self.store_endpoint(input.flow.endpoint, entry, now, departures);
+            self.store_endpoint(input.flow.endpoint, entry, now);
         }
         self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
         self.count_verdict(outcome.verdict);
@@ -774,15 +785,5 @@ impl<P: Policy> Arbiter<P> {
             self.count_departure(TableId::KnownProxies, Departure::Expired);
         }
         n
-    }
-}
-
-/// A decision's record, then the records of what it pushed out of full
-/// tables: the order in which [`Decision::audit`] and
-/// [`Decision::departures`] are audited.
-fn push_decision(ring: &mut AuditRing, record: &RecordRef<'_, '_>, departures: &Departures) {
-    ring.push_ref(record);
-    for d in departures.iter() {
-        ring.push_departure(d);
     }
 }

@@ -40,7 +40,7 @@ use crate::complete::Completions;
 use crate::fwps::Fwps;
 use crate::pend::{Fallback, Hold, PendConfig, PendQueue, PendTimer};
 pub use crate::read::Family;
-use crate::read::{Indexes, Indication, ReadError, walk_chain, walk_chain_into};
+use crate::read::{BLANK_FLOW, Indexes, Indication, ReadError, walk_chain, walk_chain_into};
 use crate::sockaddr::write_storage;
 
 /// The filter id the core is configured with (`Config::own_filter`).
@@ -262,28 +262,30 @@ impl<P: Policy> Callout<P> {
             return write_verdict(out, Verdict::Continue, 0, write_right);
         };
         self.tick(now);
+        // The input is built once, in place, and read into: it is some 280
+        // bytes of a small kernel stack.
+        let mut input = ConnectRedirectInput {
+            flow: BLANK_FLOW,
+            state: RedirectState::NotRedirected,
+            write_right,
+            reauthorize: false,
+            previous: PreviousChain::new(),
+        };
         // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
         let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::connect_redirect(family)) }
-            .and_then(|ind| Ok((ind, ind.flags()?)));
-        let read = read.and_then(|(ind, flags)| {
-            // Built once, in place: the input is some 280 bytes of a small stack.
-            let input = ConnectRedirectInput {
-                flow: ind.flow()?,
-                state: RedirectState::NotRedirected,
-                write_right,
-                reauthorize: flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0,
-                previous: PreviousChain::new(),
-            };
-            Ok((ind, input))
-        });
-        let (ind, mut input) = match read {
+            .and_then(|ind| {
+                input.reauthorize = ind.flags()? & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0;
+                ind.read_flow_into(&mut input.flow)?;
+                Ok(ind.redirect_records())
+            });
+        let records = match read {
             Ok(r) => r,
             Err(e) => {
                 self.malformed(e);
                 return write_verdict(out, Verdict::Continue, filter.flags, write_right);
             }
         };
-        if let Some(records) = ind.redirect_records() {
+        if let Some(records) = records {
             let raw_state = fwps.query_redirect_state(records, self.redirect_handle());
             match u8::try_from(raw_state).ok().and_then(RedirectState::from_u8) {
                 Some(s) => input.state = s,
@@ -581,26 +583,30 @@ impl<P: Policy> Callout<P> {
             return write_verdict(out, Verdict::Continue, 0, write_right);
         };
         self.tick(now);
+        // Read into in place, as at connect-redirect.
+        let mut input = AuthConnectInput {
+            flow: BLANK_FLOW,
+            reauthorize: false,
+            redirected: false,
+            target_pid: None,
+            original_destination: None,
+        };
         // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
         let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::auth_connect(family)) }
             .and_then(|ind| {
                 let flags = ind.flags()?;
-                Ok(AuthConnectInput {
-                    flow: ind.flow()?,
-                    reauthorize: flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0,
-                    redirected: flags & FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED != 0,
-                    target_pid: ind.target_pid(),
-                    original_destination: ind.original_destination()?,
-                })
+                input.reauthorize = flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0;
+                input.redirected = flags & FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED != 0;
+                ind.read_flow_into(&mut input.flow)?;
+                input.target_pid = ind.target_pid();
+                input.original_destination = ind.original_destination()?;
+                Ok(())
             });
-        let input = match read {
-            Ok(i) => i,
-            Err(e) => {
-                // Unreadable: left alone (continue), explicitly, counted.
-                self.malformed(e);
-                return write_verdict(out, Verdict::Continue, filter.flags, write_right);
-            }
-        };
+        if let Err(e) = read {
+            // Unreadable: left alone (continue), explicitly, counted.
+            self.malformed(e);
+            return write_verdict(out, Verdict::Continue, filter.flags, write_right);
+        }
         let decision = self.arbiter.decide_auth_connect_into(&input, now, &mut self.ring);
         write_verdict(out, decision.verdict, filter.flags, write_right);
     }
