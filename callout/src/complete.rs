@@ -153,7 +153,7 @@ impl<'a, F: Fwps> Deferred<'a, F> {
     /// Makes the kept calls, in the order they were asked for. Call with the
     /// lock released, before classifyFn returns.
     pub fn finish(self) {
-        for call in self.later.into_iter().flatten() {
+        for call in self.later.iter().flatten().copied() {
             match call {
                 Later::Apply { handle, request, flags } => {
                     self.inner.apply_modified_layer_data(handle, request, flags);
