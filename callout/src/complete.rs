@@ -153,12 +153,36 @@ impl<'a, F: Fwps> Deferred<'a, F> {
     /// Makes the kept calls, in the order they were asked for. Call with the
     /// lock released, before classifyFn returns.
     pub fn finish(self) {
-        for call in self.later.into_iter().flatten() {
+        let Self { inner, later } = self;
+        Kept(later).run(inner);
+    }
+
+    /// The kept calls, to be made later with [`Kept::run`] (when the lock is
+    /// released by a caller that cannot keep this borrow of the Fwps).
+    pub const fn into_kept(self) -> Kept {
+        Kept(self.later)
+    }
+}
+
+/// The calls a [`Deferred`] kept, detached from its Fwps.
+#[must_use = "the kept apply and release calls must be made before classifyFn returns"]
+pub struct Kept([Option<Later>; DEFERRED_CALLS]);
+
+impl core::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Kept").field("calls", &self.0.iter().flatten().count()).finish()
+    }
+}
+
+impl Kept {
+    /// Makes the kept calls, in the order they were asked for, on the Fwps
+    /// of the same classify. Call with the lock released, before classifyFn
+    /// returns.
+    pub fn run<F: Fwps>(self, fwps: &mut F) {
+        for call in self.0.into_iter().flatten() {
             match call {
-                Later::Apply { handle, request, flags } => {
-                    self.inner.apply_modified_layer_data(handle, request, flags);
-                }
-                Later::Release(handle) => self.inner.release_classify_handle(handle),
+                Later::Apply { handle, request, flags } => fwps.apply_modified_layer_data(handle, request, flags),
+                Later::Release(handle) => fwps.release_classify_handle(handle),
             }
         }
     }

@@ -22,13 +22,23 @@
 //!   again on the same thread would spin on it forever. The adapter decides
 //!   under the lock and queues the calls; [`complete_pended`] runs them with
 //!   the lock released.
+//! - One classifyFn ([`classify`]) runs the adapter under the lock with
+//!   `FwpsApplyModifiedLayerData0` and `FwpsReleaseClassifyHandle0` kept for
+//!   after it, and with no callout (unload) leaves the flow alone, explicitly.
+//!   The driver's classifyFns are this function; `lab/tests/shell_on_model.rs`
+//!   runs the lab matrix's flows through it on the WFP model.
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use arbiter::{Instant, Policy};
 
-use crate::adapter::Callout;
+use wfp_ffi::FWP_ACTION_CONTINUE;
+
+use crate::adapter::{Callout, RawClassify};
+use crate::complete::Deferred;
 use crate::fwps::Fwps;
+use crate::pend::PendTimer;
+use crate::read::Family;
 
 /// An NTSTATUS.
 pub type Status = i32;
@@ -212,6 +222,71 @@ pub fn complete_pended<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, f
         });
         if more != Some(true) {
             return;
+        }
+    }
+}
+
+/// Unload's completion of held classifications (after the filters are
+/// gone). Returns how many classifications were still between the two
+/// holds of the lock of their classifyFn; the caller waits and calls again
+/// until none is.
+pub fn complete_held<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, fwps: &mut F) -> usize {
+    complete_pended(lock, fwps, Instant::from_millis(u64::MAX));
+    0
+}
+
+/// Which classifyFn WFP called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// FWPM_LAYER_ALE_CONNECT_REDIRECT_V4/V6.
+    ConnectRedirect(Family),
+    /// FWPM_LAYER_ALE_AUTH_CONNECT_V4/V6.
+    AuthConnect(Family),
+    /// FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4/V6.
+    Closure(Family),
+}
+
+/// One classifyFn, as the driver runs it: the adapter under the lock with a
+/// [`Deferred`] Fwps (apply and release kept), the pend timer synced, then
+/// the kept calls made with the lock released, still inside classifyFn.
+/// With no callout (before DriverEntry is done, or during unload) the flow
+/// is left alone, explicitly: `continue` (fail open).
+///
+/// # Safety
+///
+/// `raw` holds the arguments WFP passed to the classifyFn in progress (each
+/// pointer null or valid), the call is made before it returns, and `fwps`
+/// acts on that classify.
+pub unsafe fn classify<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
+    lock: &mut L,
+    fwps: &mut F,
+    timer: &mut T,
+    entry: Entry,
+    raw: &RawClassify,
+    now: Instant,
+) {
+    let kept = lock.with(fwps, |c, fwps| {
+        let mut deferred = Deferred::new(fwps);
+        match entry {
+            // SAFETY: `raw` holds this classifyFn's arguments; we are inside it (contract).
+            Entry::ConnectRedirect(f) => unsafe { c.classify_connect_redirect(&mut deferred, f, raw, now) },
+            // SAFETY: as above.
+            Entry::AuthConnect(f) => unsafe { c.classify_auth_connect(f, raw, now) },
+            // SAFETY: as above.
+            Entry::Closure(f) => unsafe { c.classify_endpoint_closure(f, raw, now) },
+        }
+        // Held classifications time out on the pend timer, not here.
+        c.sync_timer(timer);
+        deferred.into_kept()
+    });
+    match kept {
+        // The lock is released: the kept apply and release calls now.
+        Some(kept) => kept.run(fwps),
+        None => {
+            // SAFETY: classifyOut of the classifyFn we are in (contract).
+            if let Some(out) = unsafe { raw.classify_out.as_mut() } {
+                out.actionType = FWP_ACTION_CONTINUE;
+            }
         }
     }
 }
