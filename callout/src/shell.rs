@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use arbiter::{Instant, Policy};
 
-use wfp_ffi::FWP_ACTION_CONTINUE;
+use wfp_ffi::{FWP_ACTION_CONTINUE, FWPS_CLASSIFY_OUT0, FWPS_RIGHT_ACTION_WRITE};
 
 use crate::adapter::{Callout, RawClassify};
 use crate::complete::Deferred;
@@ -231,8 +231,9 @@ pub fn complete_pended<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, f
 /// holds of the lock of their classifyFn; the caller waits and calls again
 /// until none is.
 pub fn complete_held<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, fwps: &mut F) -> usize {
+    let _ = lock.with(fwps, |c, _| c.stop_holding());
     complete_pended(lock, fwps, Instant::from_millis(u64::MAX));
-    0
+    lock.with(fwps, |c, _| c.reserved()).unwrap_or(0)
 }
 
 /// Which classifyFn WFP called.
@@ -252,6 +253,15 @@ pub enum Entry {
 /// With no callout (before DriverEntry is done, or during unload) the flow
 /// is left alone, explicitly: `continue` (fail open).
 ///
+/// A flow to hold is only reserved under the lock; `FwpsPendClassify0` is
+/// made with the lock released, and the lock is taken again to commit the
+/// hold, or to roll it back and decide the flow without holding it when
+/// the pend failed. Between the two holds, another CPU may register our
+/// proxy (the hold is then committed with the timer due at once, since the
+/// registration's completions could not see it) or begin unload
+/// ([`complete_held`] reports the reservation, and the driver waits for the
+/// commit).
+///
 /// # Safety
 ///
 /// `raw` holds the arguments WFP passed to the classifyFn in progress (each
@@ -265,29 +275,75 @@ pub unsafe fn classify<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
     raw: &RawClassify,
     now: Instant,
 ) {
-    let kept = lock.with(fwps, |c, fwps| {
-        let mut deferred = Deferred::new(fwps);
-        match entry {
-            // SAFETY: `raw` holds this classifyFn's arguments; we are inside it (contract).
-            Entry::ConnectRedirect(f) => unsafe { c.classify_connect_redirect(&mut deferred, f, raw, now) },
-            // SAFETY: as above.
-            Entry::AuthConnect(f) => unsafe { c.classify_auth_connect(f, raw, now) },
-            // SAFETY: as above.
-            Entry::Closure(f) => unsafe { c.classify_endpoint_closure(f, raw, now) },
-        }
-        // Held classifications time out on the pend timer, not here.
-        c.sync_timer(timer);
-        deferred.into_kept()
-    });
-    match kept {
+    // The second pass, if any, holds nothing: a pend refused and rolled back.
+    let mut hold = true;
+    loop {
+        let first = lock.with(fwps, |c, fwps| {
+            let mut deferred = Deferred::new(fwps);
+            let ticket = match entry {
+                // SAFETY: `raw` holds this classifyFn's arguments; we are inside it (contract).
+                Entry::ConnectRedirect(f) => unsafe {
+                    c.classify_connect_redirect_pass(&mut deferred, f, raw, now, hold)
+                },
+                // SAFETY: as above.
+                Entry::AuthConnect(f) => unsafe {
+                    c.classify_auth_connect(f, raw, now);
+                    None
+                },
+                // SAFETY: as above.
+                Entry::Closure(f) => unsafe {
+                    c.classify_endpoint_closure(f, raw, now);
+                    None
+                },
+            };
+            // Held classifications time out on the pend timer, not here.
+            c.sync_timer(timer);
+            (deferred.into_kept(), ticket)
+        });
+        let Some((kept, ticket)) = first else { return leave_alone(raw) };
         // The lock is released: the kept apply and release calls now.
-        Some(kept) => kept.run(fwps),
-        None => {
-            // SAFETY: classifyOut of the classifyFn we are in (contract).
-            if let Some(out) = unsafe { raw.classify_out.as_mut() } {
-                out.actionType = FWP_ACTION_CONTINUE;
+        kept.run(fwps);
+        let Some(ticket) = ticket else { return };
+        // SAFETY: the same classify's arguments (contract).
+        let pended = unsafe { ticket.pend(fwps, raw) };
+        let held = lock.with(fwps, |c, _| {
+            let held = c.commit_pend(ticket, pended, now);
+            c.sync_timer(timer);
+            held
+        });
+        match (held, pended) {
+            (Some(true), _) => return,
+            // Rolled back: the core's own answer, without holding.
+            (Some(false), _) => hold = false,
+            (None, Ok(handle)) => {
+                // The callout went while we pended. Unload waits for every
+                // reservation (`complete_held`) before it takes the callout,
+                // so this is not expected; should it happen, nothing else
+                // would ever complete the classification: complete it now,
+                // left alone (classifyOut keeps the pend's BLOCK, as the seed
+                // returns it).
+                // SAFETY: classifyOut of the classifyFn we are in (contract).
+                if let Some(out) = unsafe { raw.classify_out.as_ref() } {
+                    let done = FWPS_CLASSIFY_OUT0 {
+                        actionType: FWP_ACTION_CONTINUE,
+                        rights: out.rights | FWPS_RIGHT_ACTION_WRITE,
+                        ..*out
+                    };
+                    fwps.complete_classify(handle, &done);
+                }
+                fwps.release_classify_handle(handle);
+                return;
             }
+            (None, Err(_)) => return leave_alone(raw),
         }
+    }
+}
+
+/// No callout to ask: the flow is left alone, explicitly (`continue`).
+fn leave_alone(raw: &RawClassify) {
+    // SAFETY: classifyOut of the classifyFn we are in (the callers' contract).
+    if let Some(out) = unsafe { raw.classify_out.as_mut() } {
+        out.actionType = FWP_ACTION_CONTINUE;
     }
 }
 

@@ -442,8 +442,17 @@ impl Kernel for Wdm {
     fn complete_held(&mut self) {
         // SAFETY: completions use the handles they were pended with.
         let mut fwps = unsafe { KernelFwps::new() };
-        // Decided under the lock, completed after it.
-        shell::complete_pended(&mut DriverLock, &mut fwps, Instant::from_millis(u64::MAX));
+        // Decided under the lock, completed after it; a classifyFn that is
+        // pending with the lock released is waited for (up to 5 s), then its
+        // hold is completed too.
+        for _ in 0..500 {
+            if shell::complete_held(&mut DriverLock, &mut fwps) == 0 {
+                break;
+            }
+            let mut one_ms = LARGE_INTEGER { QuadPart: -10_000 };
+            // SAFETY: PASSIVE_LEVEL (unload); a relative interval we own.
+            let _ = unsafe { KeDelayExecutionThread(_MODE::KernelMode as i8, 0, &mut one_ms) };
+        }
     }
 
     fn unregister_callouts(&mut self) -> Result<(), i32> {

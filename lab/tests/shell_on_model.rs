@@ -7,7 +7,8 @@
 //! `callout::filters::FILTERS` added in one transaction of a dynamic
 //! session, their run-time ids handed to the adapter), each indication goes
 //! through `shell::classify` (the adapter under the driver's spin lock,
-//! apply and release after it), and the driver unloads
+//! apply and release after it; the model fails any pend, apply, completion
+//! or release made under that lock), and the driver unloads
 //! (`Lifecycle::stop`). The same steps fed to the lab's own path
 //! (`ArbiterCallout::feed`) are the reference.
 //!
@@ -137,7 +138,8 @@ impl Kernel for Machine {
     }
     fn unsubscribe_bfe(&mut self) {}
     fn complete_held(&mut self) {
-        shell::complete_pended(&mut self.driver, &mut self.wfp.rt, Instant::from_millis(u64::MAX));
+        // One thread: no classifyFn can be between its holds of the lock.
+        assert_eq!(shell::complete_held(&mut self.driver, &mut self.wfp.rt), 0);
     }
     fn unregister_callouts(&mut self) -> Result<(), Status> {
         let mut result = Ok(());
@@ -159,6 +161,8 @@ impl Machine {
         wfp.rt.kernel.trace = true;
         let lock = wfp.rt.kernel.new_spin_lock();
         wfp.rt.kernel.mark_classify_lock(lock);
+        // No pend, apply, completion or release under the driver's lock.
+        wfp.rt.kernel.forbid_engine_calls_under(lock);
         let mut m = Self {
             wfp,
             driver: Driver { callout: Some(callout), lock },
