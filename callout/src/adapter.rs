@@ -565,6 +565,7 @@ impl<P: Policy> Callout<P> {
     /// classifyOut, BLOCK without the write right for now) is
     /// [`PendTicket::pend`], made with the driver's lock released. `None`
     /// (nothing reserved, the miss counted) when it cannot be held.
+    #[inline(never)]
     fn reserve_pend(
         &mut self,
         filter: &FWPS_FILTER3,

@@ -315,28 +315,30 @@ pub unsafe fn classify<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
             (Some(true), _) => return,
             // Rolled back: the core's own answer, without holding.
             (Some(false), _) => hold = false,
-            (None, Ok(handle)) => {
-                // The callout went while we pended. Unload waits for every
-                // reservation (`complete_held`) before it takes the callout,
-                // so this is not expected; should it happen, nothing else
-                // would ever complete the classification: complete it now,
-                // left alone (classifyOut keeps the pend's BLOCK, as the seed
-                // returns it).
-                // SAFETY: classifyOut of the classifyFn we are in (contract).
-                if let Some(out) = unsafe { raw.classify_out.as_ref() } {
-                    let done = FWPS_CLASSIFY_OUT0 {
-                        actionType: FWP_ACTION_CONTINUE,
-                        rights: out.rights | FWPS_RIGHT_ACTION_WRITE,
-                        ..*out
-                    };
-                    fwps.complete_classify(handle, &done);
-                }
-                fwps.release_classify_handle(handle);
-                return;
-            }
+            (None, Ok(handle)) => return orphaned(fwps, handle, raw),
             (None, Err(_)) => return leave_alone(raw),
         }
     }
+}
+
+/// The callout went while its classifyFn pended. Unload waits for every
+/// reservation ([`complete_held`]) before it takes the callout, so this is
+/// not expected; should it happen, nothing else would ever complete the
+/// classification: it is completed now, left alone (classifyOut keeps the
+/// pend's BLOCK, as the seed returns it).
+#[cold]
+#[inline(never)]
+fn orphaned<F: Fwps>(fwps: &mut F, handle: u64, raw: &RawClassify) {
+    // SAFETY: classifyOut of the classifyFn we are in (the caller's contract).
+    if let Some(out) = unsafe { raw.classify_out.as_ref() } {
+        let done = FWPS_CLASSIFY_OUT0 {
+            actionType: FWP_ACTION_CONTINUE,
+            rights: out.rights | FWPS_RIGHT_ACTION_WRITE,
+            ..*out
+        };
+        fwps.complete_classify(handle, &done);
+    }
+    fwps.release_classify_handle(handle);
 }
 
 /// No callout to ask: the flow is left alone, explicitly (`continue`).
