@@ -383,7 +383,6 @@ impl<P: Policy> Callout<P> {
 
     /// The connect-redirect classifyFn; with `hold`, a flow to hold gets a
     /// reserved slot and its ticket back, nothing else written.
-    #[inline]
     unsafe fn connect_redirect<F: Fwps>(
         &mut self,
         fwps: &mut F,

@@ -34,8 +34,8 @@ use arbiter::{Instant, Policy};
 
 use wfp_ffi::{FWP_ACTION_CONTINUE, FWPS_CLASSIFY_OUT0, FWPS_RIGHT_ACTION_WRITE};
 
-use crate::adapter::{Callout, RawClassify};
-use crate::complete::Deferred;
+use crate::adapter::{Callout, PendTicket, RawClassify};
+use crate::complete::{Deferred, Kept};
 use crate::fwps::Fwps;
 use crate::pend::PendTimer;
 use crate::read::Family;
@@ -277,9 +277,11 @@ pub unsafe fn classify<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
 ) {
     // The second pass, if any, holds nothing: a pend refused and rolled back.
     let mut hold = true;
+    // The kept apply and release calls: owned here, never moved.
+    let mut kept = Kept::default();
     loop {
-        let first = lock.with(fwps, |c, fwps| {
-            let mut deferred = Deferred::new(fwps);
+        let ticket = lock.with(fwps, |c, fwps| {
+            let mut deferred = Deferred::new(fwps, &mut kept);
             let ticket = match entry {
                 // SAFETY: `raw` holds this classifyFn's arguments; we are inside it (contract).
                 Entry::ConnectRedirect(f) => unsafe {
@@ -298,25 +300,55 @@ pub unsafe fn classify<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
             };
             // Held classifications time out on the pend timer, not here.
             c.sync_timer(timer);
-            (deferred.into_kept(), ticket)
+            ticket
         });
-        let Some((kept, ticket)) = first else { return leave_alone(raw) };
+        let Some(ticket) = ticket else { return leave_alone(raw) };
         // The lock is released: the kept apply and release calls now.
         kept.run(fwps);
         let Some(ticket) = ticket else { return };
         // SAFETY: the same classify's arguments (contract).
-        let pended = unsafe { ticket.pend(fwps, raw) };
-        let held = lock.with(fwps, |c, _| {
-            let held = c.commit_pend(ticket, pended, now);
-            c.sync_timer(timer);
-            held
-        });
-        match (held, pended) {
-            (Some(true), _) => return,
-            // Rolled back: the core's own answer, without holding.
-            (Some(false), _) => hold = false,
-            (None, Ok(handle)) => return orphaned(fwps, handle, raw),
-            (None, Err(_)) => return leave_alone(raw),
+        if !unsafe { pend_unlocked(lock, fwps, timer, ticket, raw, now) } {
+            return;
+        }
+        // Rolled back: the core's own answer, without holding.
+        hold = false;
+    }
+}
+
+/// The hold's second half, with the lock released: `FwpsPendClassify0`,
+/// then the commit (or roll-back) under the lock again. True when it was
+/// rolled back and the flow must be decided again without holding it. Its
+/// own frame, off the classify path's deepest chain.
+///
+/// # Safety
+///
+/// As for [`classify`].
+#[inline(never)]
+unsafe fn pend_unlocked<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
+    lock: &mut L,
+    fwps: &mut F,
+    timer: &mut T,
+    ticket: PendTicket,
+    raw: &RawClassify,
+    now: Instant,
+) -> bool {
+    // SAFETY: the same classify's arguments (contract).
+    let pended = unsafe { ticket.pend(fwps, raw) };
+    let held = lock.with(fwps, |c, _| {
+        let held = c.commit_pend(ticket, pended, now);
+        c.sync_timer(timer);
+        held
+    });
+    match (held, pended) {
+        (Some(true), _) => false,
+        (Some(false), _) => true,
+        (None, Ok(handle)) => {
+            orphaned(fwps, handle, raw);
+            false
+        }
+        (None, Err(_)) => {
+            leave_alone(raw);
+            false
         }
     }
 }

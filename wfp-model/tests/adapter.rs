@@ -14,7 +14,7 @@ use arbiter::control::{Access, Caller, HandleId, Handles, Op, Reply, Request, Ru
 use arbiter::policy::Rule;
 use arbiter::{Action, Arbiter, Capacities, Config, Duration, Instant, Reason, RuleSet, Verdict};
 use arbiter_callout::Fwps;
-use arbiter_callout::complete::Deferred;
+use arbiter_callout::complete::{Deferred, Kept};
 use arbiter_callout::control::{Device, cleanup, dispatch, open};
 use arbiter_callout::filters::{FILTERS, FilterLayer, filter_for};
 use arbiter_callout::pend::{Fallback, PendConfig, PendTimer};
@@ -495,7 +495,8 @@ fn cr_locked(lock: &mut ModelLock, rt: &mut Runtime, f: &FlowInfo, deferred: boo
     let mut watch = Watch { rt, lock: lock.lock, under_lock: Vec::new() };
     watch.rt.kernel.acquire_spin_lock(lock.lock);
     if deferred {
-        let mut d = Deferred::new(&mut watch);
+        let mut kept = Kept::default();
+        let mut d = Deferred::new(&mut watch, &mut kept);
         // SAFETY: every pointer in `raw` points into `ind`, alive for the call.
         unsafe { lock.callout.classify_connect_redirect(&mut d, Family::V4, &raw, T0) };
         d.inner_mut().rt.kernel.release_spin_lock(lock.lock);
