@@ -3,8 +3,7 @@
 
 use std::collections::HashSet;
 
-#[allow(clippy::wildcard_imports, reason = "the explorer's parts share their items")]
-use super::setups::*;
+use super::setups::Setup;
 use crate::scenario::Outcome;
 
 /// Counts over a set of explored setups.

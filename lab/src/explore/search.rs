@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arbiter::RuleSet;
 
-#[allow(clippy::wildcard_imports, reason = "the explorer's parts share their items")]
-use super::{report::*, setups::*, world::*};
+use super::report::{Counterexample, Exploration, Findings, SetupResult, Tally};
+use super::setups::{Bounds, RulesCache, Setup, setups};
+use super::world::{Move, Phase, World, run_alone};
 use crate::scenario::{Ours, Outcome};
 
 /// The search over one setup.

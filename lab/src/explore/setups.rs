@@ -7,7 +7,7 @@ use core::hash::Hash;
 use core::net::SocketAddr;
 use std::collections::HashMap;
 
-use arbiter::{Capacities, Protocol, RuleSet};
+use arbiter::{Protocol, RuleSet};
 
 use crate::engine::Identity;
 use crate::profiles::Profile;
@@ -27,9 +27,6 @@ pub(super) const APPS: [(u64, &str); 3] = [
     (4343, r"\device\harddiskvolume3\apps\mail.exe"),
     (4444, r"\device\harddiskvolume3\apps\updater.exe"),
 ];
-/// Table sizes for the explored arbiter: far above what any execution
-/// fills (checked: an eviction is a model error), small to rebuild fast.
-pub(super) const CAPACITIES: Capacities = Capacities { endpoints: 256, destinations: 64, known_proxies: 64 };
 
 /// One peer vendor in a configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -9,10 +9,9 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::rc::Rc;
 
-use arbiter::{Arbiter, Config as CoreConfig, Instant, Layer, Protocol, RuleSet, Verdict};
+use arbiter::{Arbiter, Capacities, Config as CoreConfig, Instant, Layer, Protocol, RuleSet, Verdict};
 
-#[allow(clippy::wildcard_imports, reason = "the explorer's parts share their items")]
-use super::setups::*;
+use super::setups::{APPS, HOP_WINDOW_MS, OUR_V4, OUR_V6, Setup, peer_identity};
 use crate::engine::{
     AuthAction, AuthDecision, AuthView, Callout, Classifying, ConnectAction, ConnectDecision, ConnectView, Connection,
     Engine, HopResult, Identity, MAX_CHAIN, ProxyProcess, Vendor,
@@ -21,6 +20,10 @@ use crate::fixture::{Expect, Step};
 use crate::ours::{ArbiterCallout, Fed, OWN_FILTER, OWN_HANDLE, OWN_PROXY_APP, OWN_PROXY_PID, auth_step, connect_step};
 use crate::profiles::{AuthBlocker, Profile, Sampler, Wants};
 use crate::scenario::{Ours, Outcome};
+
+/// Table sizes for the explored arbiter: far above what any execution
+/// fills (checked: an eviction is a model error), small to rebuild fast.
+const CAPACITIES: Capacities = Capacities { endpoints: 256, destinations: 64, known_proxies: 64 };
 
 /// Our arbiter's side of the machine, shared between its callout and the
 /// search: the real adapter on the WFP model (the lab's own
