@@ -10,13 +10,17 @@ use core::net::{SocketAddrV4, SocketAddrV6};
 
 use ahash::RandomState;
 
-use crate::audit::{AuditRecord, AuthRecord, ConnectRecord, DepartedEntry, DepartureRecord, Event, FallbackRecord};
+use crate::audit::ring::AuditRing;
+use crate::audit::{
+    AuditRecord, AuthRecord, ConnectParts, ConnectRecord, DepartedEntry, DepartureRecord, Event, EventRef,
+    FallbackRecord, RecordRef,
+};
 use crate::decide::{
     self, ConnectFacts, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict,
 };
 use crate::flow::{AuthConnectInput, ConnectRedirectInput, Destination, Flow};
 use crate::packed::PackedEntry;
-use crate::policy::{PermitOrBlock, Policy, RuleHit};
+use crate::policy::{LoopPolicy, PermitOrBlock, Policy, RuleHit};
 use crate::reason::Reason;
 use crate::table::{BoundedTable, Departure, OutOfMemory};
 use crate::time::{Duration, Instant};
@@ -222,6 +226,10 @@ pub struct Arbiter<P> {
     known_proxies: BoundedTable<u64, ()>,
     counters: Counters,
     seq: u64,
+    /// What the decision under way pushed out of full tables, until its
+    /// records are written: empty between decisions. Kept here rather than
+    /// on the stack of the kernel's classifyFn, which is small.
+    departed: Departures,
 }
 
 /// The endpoint table: [`EndpointEntry`] outside, [`PackedEntry`] inside.
@@ -305,6 +313,7 @@ impl<P: Policy> Arbiter<P> {
             known_proxies: BoundedTable::new(capacities.known_proxies, seeded(3))?,
             counters: Counters::default(),
             seq: 0,
+            departed: Departures::default(),
         })
     }
 
@@ -430,11 +439,11 @@ impl<P: Policy> Arbiter<P> {
 
     /// Stores an endpoint's cached verdict or proxied record for its
     /// auth-connect, auditing whatever a full table pushes out.
-    fn store_endpoint(&mut self, endpoint: u64, entry: EndpointEntry, now: Instant, departures: &mut Departures) {
+    fn store_endpoint(&mut self, endpoint: u64, entry: EndpointEntry, now: Instant) {
         let deadline = now.saturating_add(self.config.endpoint_ttl);
         if let Some((k, v, why)) = self.endpoints.insert(endpoint, entry, deadline, now) {
             let rec = self.departure(TableId::Endpoints, why, DepartedEntry::Endpoint { endpoint: k, entry: v }, now);
-            departures.push(rec);
+            self.departed.push(rec);
         }
     }
 
@@ -442,70 +451,9 @@ impl<P: Policy> Arbiter<P> {
     pub fn decide_connect_redirect<'a>(&mut self, input: &ConnectRedirectInput<'a>, now: Instant) -> Decision<'a> {
         let env = self.env();
         let loops = self.policy.loop_policy();
-        let mut live = Live {
-            policy: &self.policy,
-            destinations: &self.destinations,
-            known_proxies: &self.known_proxies,
-            flow: &input.flow,
-            now,
-            window: loops.hop_window,
-            memo: Consulted::default(),
-        };
-        let outcome = decide::connect_redirect(input, &env, &loops, &mut live);
-        let consulted = live.memo;
-        let mut departures = Departures::default();
-
-        // Effects.
-        let endpoint = input.flow.endpoint;
-        let cached = match outcome.verdict {
-            // Invariant 2: every block is enforced again at auth-connect (A1).
-            Verdict::Block => Some(PermitOrBlock::Block),
-            // A2 lists the permits of C3 and C8 only: C5 must reach A6 so the
-            // other vendor's proxy is learned, and C7's flow has nothing to verify.
-            Verdict::Permit if matches!(outcome.reason, Reason::RevisitPermitted | Reason::LoopSuspected) => {
-                Some(PermitOrBlock::Permit)
-            }
-            _ => None,
-        };
-        let entry = match (cached, outcome.redirect) {
-            (Some(verdict), _) => Some(EndpointEntry::Cached { verdict, reason: outcome.reason }),
-            (None, Some(r)) => {
-                Some(EndpointEntry::Proxied { target_pid: r.target_pid, destination: input.flow.remote })
-            }
-            (None, None) => None,
-        };
-        if let Some(entry) = entry {
-            self.store_endpoint(endpoint, entry, now, &mut departures);
-        }
-        if outcome.verdict == Verdict::Proxy {
-            // "Every proxy verdict counts one hop for its destination."
-            let dest = input.flow.destination();
-            let window = loops.hop_window;
-            let departed = self.destinations.upsert(dest, now, |live| match live {
-                // Same window: count the hop; the deadline (window end) stays,
-                // and so does the entry's place in the age order.
-                Some(h) if h.open_at(now, window) => {
-                    let hop = HopCount { start: h.start, count: h.count.saturating_add(1) };
-                    (hop, h.start.saturating_add(window), false)
-                }
-                _ => (HopCount { start: now, count: 1 }, now.saturating_add(window), true),
-            });
-            if let Some((k, v, why)) = departed {
-                let rec = self.departure(
-                    TableId::Destinations,
-                    why,
-                    DepartedEntry::Destination { destination: k, hops: v },
-                    now,
-                );
-                departures.push(rec);
-            }
-        }
-        if outcome.reason == Reason::LoopSuspected {
-            self.counters.loops_suspected = self.counters.loops_suspected.wrapping_add(1);
-        }
-        self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
-        self.count_verdict(outcome.verdict);
-
+        let mut consulted = Consulted::default();
+        let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
+        self.connect_effects(input, &outcome, &loops, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
             at: now,
@@ -518,12 +466,169 @@ impl<P: Policy> Arbiter<P> {
                 outcome,
             }),
         };
+        let departures = core::mem::take(&mut self.departed);
         Self::decision(outcome, audit, departures)
+    }
+
+    /// [`Self::decide_connect_redirect`] for the kernel: the same decision,
+    /// effects, counters and sequence numbers, but the audit record and any
+    /// departures go straight into `ring` (the bytes and order
+    /// [`AuditRing::push_record`] of the [`Decision`]'s records would give),
+    /// and only the outcome comes back. classifyFn runs on a small kernel
+    /// stack, where a [`Decision`] (some 780 bytes) is too much to hold.
+    /// Never inlined, so that its few locals stay off the caller's frame.
+    #[inline(never)]
+    pub fn decide_connect_redirect_into(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) -> Outcome {
+        let env = self.env();
+        let loops = self.policy.loop_policy();
+        let mut consulted = Consulted::default();
+        let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
+        let parts = ConnectParts {
+            input,
+            env: &env,
+            loops: &loops,
+            rules_id: self.policy.id(),
+            consulted: &consulted,
+            outcome: &outcome,
+        };
+        self.record_connect(&parts, now, ring);
+        outcome
+    }
+
+    /// Rows C1..C14 with live facts: the outcome, and the facts it
+    /// consulted in `memo`. Not inlined, so that the rules are matched
+    /// below a small frame.
+    #[inline(never)]
+    fn consult_connect(
+        &self,
+        input: &ConnectRedirectInput<'_>,
+        env: &Env,
+        loops: &LoopPolicy,
+        now: Instant,
+        memo: &mut Consulted,
+    ) -> Outcome {
+        let mut live = Live {
+            policy: &self.policy,
+            destinations: &self.destinations,
+            known_proxies: &self.known_proxies,
+            flow: &input.flow,
+            now,
+            window: loops.hop_window,
+            memo: Consulted::default(),
+        };
+        let outcome = decide::connect_redirect(input, env, loops, &mut live);
+        *memo = live.memo;
+        outcome
+    }
+
+    /// The effects of a connect-redirect decision, then its records into
+    /// `ring`. Not inlined: the caller's frame stays small while the rules
+    /// are matched, and this one is only live afterwards.
+    #[inline(never)]
+    fn record_connect(&mut self, parts: &ConnectParts<'_, '_>, now: Instant, ring: &mut AuditRing) {
+        self.connect_effects(parts.input, parts.outcome, parts.loops, now);
+        let seq = self.next_seq();
+        self.push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(*parts) });
+    }
+
+    /// What a connect-redirect outcome changes: the endpoint's cached verdict
+    /// or proxied record, the destination's hop count, the counters.
+    fn connect_effects(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        outcome: &Outcome,
+        loops: &LoopPolicy,
+        now: Instant,
+    ) {
+        let endpoint = input.flow.endpoint;
+        let cached = match outcome.verdict {
+            // Invariant 2: every block is enforced again at auth-connect (A1).
+            Verdict::Block => Some(PermitOrBlock::Block),
+            // A2 lists the permits of C3 and C8 only: C5 must reach A6 so the
+            // other vendor's proxy is learned, and C7's flow has nothing to verify.
+            Verdict::Permit if matches!(outcome.reason, Reason::RevisitPermitted | Reason::LoopSuspected) => {
+                Some(PermitOrBlock::Permit)
+            }
+            _ => None,
+        };
+        let entry = match (cached, &outcome.redirect) {
+            (Some(verdict), _) => Some(EndpointEntry::Cached { verdict, reason: outcome.reason }),
+            (None, Some(r)) => {
+                Some(EndpointEntry::Proxied { target_pid: r.target_pid, destination: input.flow.remote })
+            }
+            (None, None) => None,
+        };
+        if let Some(entry) = entry {
+            self.store_endpoint(endpoint, entry, now);
+        }
+        if outcome.verdict == Verdict::Proxy {
+            self.count_hop(&input.flow, loops.hop_window, now);
+        }
+        if outcome.reason == Reason::LoopSuspected {
+            self.counters.loops_suspected = self.counters.loops_suspected.wrapping_add(1);
+        }
+        self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
+        self.count_verdict(outcome.verdict);
+    }
+
+    /// "Every proxy verdict counts one hop for its destination." Its own
+    /// frame (never inlined): the table update beside the endpoint's, not
+    /// on top of it.
+    #[inline(never)]
+    fn count_hop(&mut self, flow: &Flow<'_>, window: Duration, now: Instant) {
+        let departed = self.destinations.upsert(flow.destination(), now, |live| match live {
+            // Same window: count the hop; the deadline (window end) stays,
+            // and so does the entry's place in the age order.
+            Some(h) if h.open_at(now, window) => {
+                let hop = HopCount { start: h.start, count: h.count.saturating_add(1) };
+                (hop, h.start.saturating_add(window), false)
+            }
+            _ => (HopCount { start: now, count: 1 }, now.saturating_add(window), true),
+        });
+        if let Some((k, v, why)) = departed {
+            let rec =
+                self.departure(TableId::Destinations, why, DepartedEntry::Destination { destination: k, hops: v }, now);
+            self.departed.push(rec);
+        }
     }
 
     /// Decides one FWPM_LAYER_ALE_AUTH_CONNECT indication (rows A1..A7). The
     /// endpoint's entry is consumed.
     pub fn decide_auth_connect<'a>(&mut self, input: &AuthConnectInput<'a>, now: Instant) -> Decision<'a> {
+        let (entry, outcome) = self.auth_effects(input, now);
+        let audit = AuditRecord {
+            seq: self.next_seq(),
+            at: now,
+            event: Event::AuthConnect(AuthRecord { input: *input, entry, outcome }),
+        };
+        let departures = core::mem::take(&mut self.departed);
+        Self::decision(outcome, audit, departures)
+    }
+
+    /// [`Self::decide_auth_connect`] with its records written straight into
+    /// `ring`, as [`Self::decide_connect_redirect_into`] does.
+    #[inline(never)]
+    pub fn decide_auth_connect_into(
+        &mut self,
+        input: &AuthConnectInput<'_>,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) -> Outcome {
+        let (entry, outcome) = self.auth_effects(input, now);
+        let seq = self.next_seq();
+        let event = EventRef::Auth { input, entry: entry.as_ref(), outcome: &outcome };
+        self.push_decision(ring, &RecordRef { seq, at: now, event });
+        outcome
+    }
+
+    /// Rows A1..A7 and their effects: the entry the endpoint held (now
+    /// consumed), the outcome; a learned proxy, the counters.
+    fn auth_effects(&mut self, input: &AuthConnectInput<'_>, now: Instant) -> (Option<EndpointEntry>, Outcome) {
         let entry = match self.endpoints.remove(&input.flow.endpoint, now) {
             Some((e, true)) => Some(e),
             Some((_, false)) => {
@@ -533,7 +638,6 @@ impl<P: Policy> Arbiter<P> {
             None => None,
         };
         let outcome = decide::auth_connect(input, entry);
-        let mut departures = Departures::default();
         // A6, and the vocabulary's "known local proxy": any process a
         // redirector targets locally is one, whatever row decided. Learning
         // only at A6 misses a proxy whose flow met a cached verdict (A1/A2):
@@ -547,17 +651,23 @@ impl<P: Policy> Arbiter<P> {
             let until = now.saturating_add(self.config.known_proxy_ttl);
             if let Some((k, _, why)) = self.known_proxies.insert(pid, (), until, now) {
                 let rec = self.departure(TableId::KnownProxies, why, DepartedEntry::KnownProxy { pid: k }, now);
-                departures.push(rec);
+                self.departed.push(rec);
             }
         }
         self.counters.auth_connect = self.counters.auth_connect.wrapping_add(1);
         self.count_verdict(outcome.verdict);
-        let audit = AuditRecord {
-            seq: self.next_seq(),
-            at: now,
-            event: Event::AuthConnect(AuthRecord { input: *input, entry, outcome }),
-        };
-        Self::decision(outcome, audit, departures)
+        (entry, outcome)
+    }
+
+    /// A decision's record, then the records of what it pushed out of full
+    /// tables (emptying [`Self::departed`]): the order in which
+    /// [`Decision::audit`] and [`Decision::departures`] are audited.
+    fn push_decision(&mut self, ring: &mut AuditRing, record: &RecordRef<'_, '_>) {
+        ring.push_ref(record);
+        for d in self.departed.iter() {
+            ring.push_departure(d);
+        }
+        self.departed = Departures::default();
     }
 
     const fn decision(outcome: Outcome, audit: AuditRecord<'_>, departures: Departures) -> Decision<'_> {
@@ -594,21 +704,50 @@ impl<P: Policy> Arbiter<P> {
         reason: Reason,
         now: Instant,
     ) -> Decision<'a> {
-        let verdict = if verdict == Verdict::Proxy { Verdict::Continue } else { verdict };
-        let outcome = Outcome { verdict, reason, redirect: None };
-        let mut departures = Departures::default();
-        if verdict == Verdict::Block {
-            let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason };
-            self.store_endpoint(input.flow.endpoint, entry, now, &mut departures);
-        }
-        self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
-        self.count_verdict(outcome.verdict);
+        let outcome = self.without_table_effects(input, verdict, reason, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
             at: now,
             event: Event::Fallback(FallbackRecord { input: *input, outcome }),
         };
+        let departures = core::mem::take(&mut self.departed);
         Self::decision(outcome, audit, departures)
+    }
+
+    /// [`Self::decide_without_table`] with its records written straight into
+    /// `ring`, as [`Self::decide_connect_redirect_into`] does.
+    #[inline(never)]
+    pub fn decide_without_table_into(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        verdict: Verdict,
+        reason: Reason,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) -> Outcome {
+        let outcome = self.without_table_effects(input, verdict, reason, now);
+        let seq = self.next_seq();
+        let event = EventRef::Fallback { input, outcome: &outcome };
+        self.push_decision(ring, &RecordRef { seq, at: now, event });
+        outcome
+    }
+
+    fn without_table_effects(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        verdict: Verdict,
+        reason: Reason,
+        now: Instant,
+    ) -> Outcome {
+        let verdict = if verdict == Verdict::Proxy { Verdict::Continue } else { verdict };
+        let outcome = Outcome { verdict, reason, redirect: None };
+        if verdict == Verdict::Block {
+            let entry = EndpointEntry::Cached { verdict: PermitOrBlock::Block, reason };
+            self.store_endpoint(input.flow.endpoint, entry, now);
+        }
+        self.counters.connect_redirect = self.counters.connect_redirect.wrapping_add(1);
+        self.count_verdict(outcome.verdict);
+        outcome
     }
 
     /// ALE_ENDPOINT_CLOSURE: the socket is gone, so is its entry. Returns the

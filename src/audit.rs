@@ -284,33 +284,12 @@ impl<'a> AuditRecord<'a> {
 
     /// Exact encoded size.
     pub fn encoded_len(&self) -> usize {
-        let mut sink = Counter(0);
-        let _ = self.write_body(&mut sink);
-        HEADER_LEN.saturating_add(sink.0)
+        self.view().encoded_len()
     }
 
     /// Encodes into `out`, returning the bytes written.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
-        let need = self.encoded_len();
-        if out.len() < need {
-            return Err(EncodeError::BufferTooSmall);
-        }
-        let mut w = Writer::new(out);
-        let kind = match self.event {
-            Event::ConnectRedirect(_) => KIND_CONNECT,
-            Event::AuthConnect(_) => KIND_AUTH,
-            Event::Departure(_) => KIND_DEPARTURE,
-            Event::Fallback(f) if f.outcome.reason == Reason::PendTimeout => KIND_FALLBACK,
-            Event::Fallback(_) => KIND_UNCLASSIFIED,
-            Event::Rebind(_) => KIND_REBIND,
-            Event::Guard(_) => KIND_GUARD,
-        };
-        let body_len = u32::try_from(need.saturating_sub(HEADER_LEN)).map_err(|_| EncodeError::AppIdTooLong)?;
-        let header =
-            w.put(&MAGIC).and_then(|()| w.u8(VERSION)).and_then(|()| w.u8(kind)).and_then(|()| w.u32(body_len));
-        header.map_err(|_| EncodeError::BufferTooSmall)?;
-        self.write_body(&mut w)?;
-        Ok(w.written())
+        self.view().encode_into(out)
     }
 
     /// Encodes into a new vector.
@@ -322,17 +301,24 @@ impl<'a> AuditRecord<'a> {
         Ok(v)
     }
 
-    fn write_body(&self, w: &mut impl Sink) -> Result<(), EncodeError> {
-        w.u64(self.seq)?;
-        w.u64(self.at.as_millis())?;
-        match &self.event {
-            Event::ConnectRedirect(c) => write_connect(w, c),
-            Event::AuthConnect(a) => write_auth(w, a),
-            Event::Departure(d) => write_departure(w, d),
-            Event::Fallback(f) => write_connect_input(w, &f.input).and_then(|()| write_outcome(w, &f.outcome)),
-            Event::Rebind(r) => other::write_rebind(w, r),
-            Event::Guard(g) => other::write_guard(w, g),
-        }
+    /// The record as the encoder reads it.
+    pub(crate) const fn view(&self) -> RecordRef<'_, 'a> {
+        let event = match &self.event {
+            Event::ConnectRedirect(c) => EventRef::Connect(ConnectParts {
+                input: &c.input,
+                env: &c.env,
+                loops: &c.loops,
+                rules_id: c.rules_id,
+                consulted: &c.consulted,
+                outcome: &c.outcome,
+            }),
+            Event::AuthConnect(a) => EventRef::Auth { input: &a.input, entry: a.entry.as_ref(), outcome: &a.outcome },
+            Event::Departure(d) => EventRef::Departure(d),
+            Event::Fallback(f) => EventRef::Fallback { input: &f.input, outcome: &f.outcome },
+            Event::Rebind(r) => EventRef::Rebind(r),
+            Event::Guard(g) => EventRef::Guard(g),
+        };
+        RecordRef { seq: self.seq, at: self.at, event }
     }
 
     /// Decodes one record from the front of `bytes`, returning it and the
@@ -363,6 +349,98 @@ impl<'a> AuditRecord<'a> {
             return Err(b.err(DecodeErrorKind::TrailingBytes));
         }
         Ok((record, HEADER_LEN.saturating_add(len)))
+    }
+}
+
+/// A record whose parts are borrowed from where they were made: what the
+/// encoder reads. The arbiter writes its decisions into the audit ring
+/// through it (`Arbiter::decide_*_into`), so a record is never first copied
+/// whole into an [`AuditRecord`], whose largest event is some 500 bytes: too
+/// much for the kernel stack classifyFn runs on. It encodes exactly as the
+/// [`AuditRecord`] with the same parts ([`AuditRecord::view`]).
+#[derive(Clone, Copy)]
+pub(crate) struct RecordRef<'r, 'a> {
+    /// Sequence number.
+    pub(crate) seq: u64,
+    /// When.
+    pub(crate) at: Instant,
+    /// What happened, borrowed.
+    pub(crate) event: EventRef<'r, 'a>,
+}
+
+/// An [`Event`], borrowed.
+#[derive(Clone, Copy)]
+pub(crate) enum EventRef<'r, 'a> {
+    /// Kind 1.
+    Connect(ConnectParts<'r, 'a>),
+    /// Kind 2.
+    Auth { input: &'r AuthConnectInput<'a>, entry: Option<&'r EndpointEntry>, outcome: &'r Outcome },
+    /// Kind 3.
+    Departure(&'r DepartureRecord),
+    /// Kind 4 (`pend-timeout`) or 5.
+    Fallback { input: &'r ConnectRedirectInput<'a>, outcome: &'r Outcome },
+    /// Kind 6.
+    Rebind(&'r RebindRecord<'a>),
+    /// Kind 7.
+    Guard(&'r GuardRecord),
+}
+
+/// A [`ConnectRecord`], borrowed.
+#[derive(Clone, Copy)]
+pub(crate) struct ConnectParts<'r, 'a> {
+    pub(crate) input: &'r ConnectRedirectInput<'a>,
+    pub(crate) env: &'r Env,
+    pub(crate) loops: &'r LoopPolicy,
+    pub(crate) rules_id: u32,
+    pub(crate) consulted: &'r Consulted,
+    pub(crate) outcome: &'r Outcome,
+}
+
+impl RecordRef<'_, '_> {
+    /// Exact encoded size.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let mut sink = Counter(0);
+        let _ = self.write_body(&mut sink);
+        HEADER_LEN.saturating_add(sink.0)
+    }
+
+    /// Encodes into `out`, returning the bytes written.
+    pub(crate) fn encode_into(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let need = self.encoded_len();
+        if out.len() < need {
+            return Err(EncodeError::BufferTooSmall);
+        }
+        let mut w = Writer::new(out);
+        let kind = match self.event {
+            EventRef::Connect(_) => KIND_CONNECT,
+            EventRef::Auth { .. } => KIND_AUTH,
+            EventRef::Departure(_) => KIND_DEPARTURE,
+            EventRef::Fallback { outcome, .. } if outcome.reason == Reason::PendTimeout => KIND_FALLBACK,
+            EventRef::Fallback { .. } => KIND_UNCLASSIFIED,
+            EventRef::Rebind(_) => KIND_REBIND,
+            EventRef::Guard(_) => KIND_GUARD,
+        };
+        let body_len = u32::try_from(need.saturating_sub(HEADER_LEN)).map_err(|_| EncodeError::AppIdTooLong)?;
+        let header =
+            w.put(&MAGIC).and_then(|()| w.u8(VERSION)).and_then(|()| w.u8(kind)).and_then(|()| w.u32(body_len));
+        header.map_err(|_| EncodeError::BufferTooSmall)?;
+        self.write_body(&mut w)?;
+        Ok(w.written())
+    }
+
+    fn write_body(&self, w: &mut impl Sink) -> Result<(), EncodeError> {
+        w.u64(self.seq)?;
+        w.u64(self.at.as_millis())?;
+        match self.event {
+            EventRef::Connect(c) => write_connect(w, &c),
+            EventRef::Auth { input, entry, outcome } => write_auth(w, input, entry, outcome),
+            EventRef::Departure(d) => write_departure(w, d),
+            EventRef::Fallback { input, outcome } => {
+                write_connect_input(w, input).and_then(|()| write_outcome(w, outcome))
+            }
+            EventRef::Rebind(r) => other::write_rebind(w, r),
+            EventRef::Guard(g) => other::write_guard(w, g),
+        }
     }
 }
 
@@ -483,8 +561,8 @@ fn write_connect_input(w: &mut impl Sink, i: &ConnectRedirectInput<'_>) -> Resul
     Ok(())
 }
 
-fn write_connect(w: &mut impl Sink, c: &ConnectRecord<'_>) -> Result<(), EncodeError> {
-    write_connect_input(w, &c.input)?;
+fn write_connect(w: &mut impl Sink, c: &ConnectParts<'_, '_>) -> Result<(), EncodeError> {
+    write_connect_input(w, c.input)?;
     w.u64(c.env.own_filter)?;
     match &c.env.proxy {
         Some(p) => {
@@ -500,7 +578,7 @@ fn write_connect(w: &mut impl Sink, c: &ConnectRecord<'_>) -> Result<(), EncodeE
     w.u16(c.loops.max_hops)?;
     w.u64(c.loops.hop_window.as_millis())?;
     w.u32(c.rules_id)?;
-    let f = &c.consulted;
+    let f = c.consulted;
     let mask = u8::from(f.rule.is_some())
         | u8::from(f.trusted.is_some()) << 1
         | u8::from(f.known_local_proxy.is_some()) << 2
@@ -513,7 +591,7 @@ fn write_connect(w: &mut impl Sink, c: &ConnectRecord<'_>) -> Result<(), EncodeE
     w.u8(u8::from(f.trusted.unwrap_or(false)))?;
     w.u8(u8::from(f.known_local_proxy.unwrap_or(false)))?;
     w.u16(f.hops.unwrap_or(0))?;
-    write_outcome(w, &c.outcome)
+    write_outcome(w, c.outcome)
 }
 
 fn write_entry(w: &mut impl Sink, e: &EndpointEntry) -> Result<(), EncodeError> {
@@ -531,8 +609,12 @@ fn write_entry(w: &mut impl Sink, e: &EndpointEntry) -> Result<(), EncodeError> 
     }
 }
 
-fn write_auth(w: &mut impl Sink, a: &AuthRecord<'_>) -> Result<(), EncodeError> {
-    let i = &a.input;
+fn write_auth(
+    w: &mut impl Sink,
+    i: &AuthConnectInput<'_>,
+    entry: Option<&EndpointEntry>,
+    outcome: &Outcome,
+) -> Result<(), EncodeError> {
     write_flow(w, &i.flow)?;
     w.u8(u8::from(i.reauthorize) | u8::from(i.redirected) << 1)?;
     match i.target_pid {
@@ -540,11 +622,11 @@ fn write_auth(w: &mut impl Sink, a: &AuthRecord<'_>) -> Result<(), EncodeError> 
         None => w.u8(0)?,
     }
     write_opt_addr(w, i.original_destination)?;
-    match &a.entry {
+    match entry {
         Some(e) => write_entry(w, e)?,
         None => w.u8(0)?,
     }
-    write_outcome(w, &a.outcome)
+    write_outcome(w, outcome)
 }
 
 fn write_departure(w: &mut impl Sink, d: &DepartureRecord) -> Result<(), EncodeError> {

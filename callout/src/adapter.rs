@@ -28,7 +28,7 @@ use core::ptr::NonNull;
 use arbiter::audit::ring::AuditRing;
 use arbiter::context::CONTEXT_LEN;
 use arbiter::flow::{AuthConnectInput, ConnectRedirectInput, PreviousChain, RedirectState};
-use arbiter::{Action, Arbiter, Decision, Instant, OutOfMemory, Policy, Reason, RedirectTarget, Verdict};
+use arbiter::{Action, Arbiter, Instant, OutOfMemory, Policy, Reason, RedirectTarget, Verdict};
 use wfp_ffi::{
     FWP_ACTION_BLOCK, FWP_ACTION_CONTINUE, FWP_ACTION_PERMIT, FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED,
     FWP_CONDITION_FLAG_IS_REAUTHORIZE, FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS, FWPS_CLASSIFY_OUT0,
@@ -40,7 +40,7 @@ use crate::complete::Completions;
 use crate::fwps::Fwps;
 use crate::pend::{Fallback, Hold, PendConfig, PendQueue, PendTimer};
 pub use crate::read::Family;
-use crate::read::{Indexes, Indication, ReadError, walk_chain};
+use crate::read::{BLANK_FLOW, Indexes, Indication, ReadError, walk_chain, walk_chain_into};
 use crate::sockaddr::write_storage;
 
 /// The filter id the core is configured with (`Config::own_filter`).
@@ -277,15 +277,12 @@ impl<P: Policy> Callout<P> {
         self.closing = true;
     }
 
-    fn audit(&mut self, decision: &Decision<'_>) {
-        audit_into(&mut self.ring, decision);
-    }
-
     /// Expires the core's tables, auditing what it reports.
+    #[inline(never)]
     pub fn tick(&mut self, now: Instant) {
         let ring = &mut self.ring;
         self.arbiter.expire(now, |d| {
-            ring.push_record(&d.record());
+            ring.push_departure(&d);
         });
     }
 
@@ -298,9 +295,9 @@ impl<P: Policy> Callout<P> {
     /// (`continue`, fail open: without the chain C5/C6 cannot be ruled out,
     /// so changing the flow could start a loop, and blocking it would break
     /// connectivity for a fault of ours), audited with its reason.
+    #[inline(never)]
     fn unclassified(&mut self, input: &ConnectRedirectInput<'_>, reason: Reason, now: Instant) {
-        let d = self.arbiter.decide_without_table(input, Verdict::Continue, reason, now);
-        audit_into(&mut self.ring, &d);
+        self.arbiter.decide_without_table_into(input, Verdict::Continue, reason, now, &mut self.ring);
     }
 
     /// FWPM_LAYER_ALE_CONNECT_REDIRECT_V4/V6 classifyFn.
@@ -382,7 +379,9 @@ impl<P: Policy> Callout<P> {
     }
 
     /// The connect-redirect classifyFn; with `hold`, a flow to hold gets a
-    /// reserved slot and its ticket back, nothing else written.
+    /// reserved slot and its ticket back, nothing else written. Its own
+    /// frame, off the frames of the callers.
+    #[inline(never)]
     unsafe fn connect_redirect<F: Fwps>(
         &mut self,
         fwps: &mut F,
@@ -405,10 +404,23 @@ impl<P: Policy> Callout<P> {
             return None;
         };
         self.tick(now);
+        // The input is built once, in place, and read into: it is some 280
+        // bytes of a small kernel stack.
+        let mut input = ConnectRedirectInput {
+            flow: BLANK_FLOW,
+            state: RedirectState::NotRedirected,
+            write_right,
+            reauthorize: false,
+            previous: PreviousChain::new(),
+        };
         // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
         let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::connect_redirect(family)) }
-            .and_then(|ind| Ok((ind, ind.flow()?, ind.flags()?)));
-        let (ind, flow, flags) = match read {
+            .and_then(|ind| {
+                input.reauthorize = ind.flags()? & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0;
+                ind.read_flow_into(&mut input.flow)?;
+                Ok(ind.redirect_records())
+            });
+        let records = match read {
             Ok(r) => r,
             Err(e) => {
                 self.malformed(e);
@@ -416,37 +428,25 @@ impl<P: Policy> Callout<P> {
                 return None;
             }
         };
-        let reauthorize = flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0;
-        let state = match ind.redirect_records() {
-            Some(records) => {
-                let raw_state = fwps.query_redirect_state(records, self.redirect_handle());
-                match u8::try_from(raw_state).ok().and_then(RedirectState::from_u8) {
-                    Some(s) => s,
-                    None => {
-                        self.malformed(ReadError {
-                            field: "FwpsQueryConnectionRedirectState0",
-                            kind: crate::read::ReadErrorKind::BadRedirectState(raw_state),
-                        });
-                        let input = ConnectRedirectInput {
-                            flow,
-                            state: RedirectState::RedirectedByOther,
-                            write_right,
-                            reauthorize,
-                            previous: PreviousChain::new(),
-                        };
-                        self.unclassified(&input, Reason::UnreadableIndication, now);
-                        write_verdict(out, Verdict::Continue, filter.flags, write_right);
-                        return None;
-                    }
+        if let Some(records) = records {
+            let raw_state = fwps.query_redirect_state(records, self.redirect_handle());
+            match u8::try_from(raw_state).ok().and_then(RedirectState::from_u8) {
+                Some(s) => input.state = s,
+                None => {
+                    self.malformed(ReadError {
+                        field: "FwpsQueryConnectionRedirectState0",
+                        kind: crate::read::ReadErrorKind::BadRedirectState(raw_state),
+                    });
+                    input.state = RedirectState::RedirectedByOther;
+                    self.unclassified(&input, Reason::UnreadableIndication, now);
+                    write_verdict(out, Verdict::Continue, filter.flags, write_right);
+                    return None;
                 }
             }
-            None => RedirectState::NotRedirected,
-        };
-        let mut input = ConnectRedirectInput { flow, state, write_right, reauthorize, previous: PreviousChain::new() };
+        }
         if !write_right {
             // The rows that read the chain come after C4: nothing to acquire.
-            let decision = self.arbiter.decide_connect_redirect(&input, now);
-            self.audit(&decision);
+            let decision = self.arbiter.decide_connect_redirect_into(&input, now, &mut self.ring);
             write_verdict(out, decision.verdict, filter.flags, false);
             return None;
         }
@@ -467,20 +467,16 @@ impl<P: Policy> Callout<P> {
             return None;
         };
         // SAFETY: the request was just acquired for this classify.
-        match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
-            Ok(c) => input.previous = c,
-            Err(e) => {
-                fwps.apply_modified_layer_data(h.handle, h.request, 0);
-                fwps.release_classify_handle(h.handle);
-                self.malformed(e);
-                self.unclassified(&input, Reason::UnreadableIndication, now);
-                write_verdict(out, Verdict::Continue, filter.flags, true);
-                return None;
-            }
+        if let Err(e) = unsafe { walk_chain_into(h.request, &self.own_filters, OWN_FILTER, &mut input.previous) } {
+            fwps.apply_modified_layer_data(h.handle, h.request, 0);
+            fwps.release_classify_handle(h.handle);
+            self.malformed(e);
+            self.unclassified(&input, Reason::UnreadableIndication, now);
+            write_verdict(out, Verdict::Continue, filter.flags, true);
+            return None;
         }
-        let decision = self.arbiter.decide_connect_redirect(&input, now);
-        self.audit(&decision);
-        let flags = self.finish_connect(fwps, h, decision.verdict, decision.redirect, out, filter.flags);
+        let decision = self.arbiter.decide_connect_redirect_into(&input, now, &mut self.ring);
+        let flags = self.finish_connect(fwps, h, decision.verdict, decision.redirect.as_ref(), out, filter.flags);
         fwps.apply_modified_layer_data(h.handle, h.request, flags);
         fwps.release_classify_handle(h.handle);
         None
@@ -509,13 +505,13 @@ impl<P: Policy> Callout<P> {
         fwps: &mut F,
         h: Held,
         verdict: Verdict,
-        redirect: Option<RedirectTarget>,
+        redirect: Option<&RedirectTarget>,
         out: &mut FWPS_CLASSIFY_OUT0,
         filter_flags: u16,
     ) -> u32 {
         let verdict = match (verdict, redirect) {
             (Verdict::Proxy, Some(target)) => {
-                if self.rewrite(fwps, h, &target) {
+                if self.rewrite(fwps, h, target) {
                     write_verdict(out, Verdict::Proxy, filter_flags, true);
                     return FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS;
                 }
@@ -628,8 +624,7 @@ impl<P: Policy> Callout<P> {
                 self.counters.acquire_failed = self.counters.acquire_failed.saturating_add(1);
                 let verdict = if proxy_ready { Verdict::Continue } else { fallback_verdict(fallback) };
                 let reason = if proxy_ready { Reason::LayerDataUnavailable } else { Reason::PendTimeout };
-                let d = self.arbiter.decide_without_table(&input, verdict, reason, now);
-                audit_into(&mut self.ring, &d);
+                self.arbiter.decide_without_table_into(&input, verdict, reason, now, &mut self.ring);
                 write_verdict(&mut p.classify_out, verdict, p.filter_flags, true);
                 batch.push(p.classify_handle, None, &p.classify_out);
                 continue;
@@ -639,31 +634,29 @@ impl<P: Policy> Callout<P> {
                 let (verdict, redirect) = match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
                     Ok(previous) => {
                         input.previous = previous;
-                        let d = self.arbiter.decide_connect_redirect(&input, now);
-                        audit_into(&mut self.ring, &d);
+                        let d = self.arbiter.decide_connect_redirect_into(&input, now, &mut self.ring);
                         (d.verdict, d.redirect)
                     }
                     Err(_) => {
                         self.counters.malformed = self.counters.malformed.saturating_add(1);
-                        let d = self.arbiter.decide_without_table(
+                        self.arbiter.decide_without_table_into(
                             &input,
                             Verdict::Continue,
                             Reason::UnreadableIndication,
                             now,
+                            &mut self.ring,
                         );
-                        audit_into(&mut self.ring, &d);
                         (Verdict::Continue, None)
                     }
                 };
                 self.counters.pend_completed = self.counters.pend_completed.saturating_add(1);
-                self.finish_connect(fwps, h, verdict, redirect, &mut p.classify_out, p.filter_flags)
+                self.finish_connect(fwps, h, verdict, redirect.as_ref(), &mut p.classify_out, p.filter_flags)
             } else {
                 // Audited like a decision, and a fallback block is cached for
                 // auth-connect (A1): a block at a redirect layer alone does not
                 // reliably stop the flow.
                 let verdict = fallback_verdict(fallback);
-                let d = self.arbiter.decide_fallback(&input, verdict, now);
-                audit_into(&mut self.ring, &d);
+                self.arbiter.decide_without_table_into(&input, verdict, Reason::PendTimeout, now, &mut self.ring);
                 self.counters.pend_timed_out = self.counters.pend_timed_out.saturating_add(1);
                 self.finish_connect(fwps, h, verdict, None, &mut p.classify_out, p.filter_flags)
             };
@@ -712,6 +705,7 @@ impl<P: Policy> Callout<P> {
     /// # Safety
     ///
     /// As for [`Self::classify_connect_redirect`].
+    #[inline(never)]
     pub unsafe fn classify_auth_connect(&mut self, family: Family, raw: &RawClassify, now: Instant) {
         // SAFETY: valid for the classify (contract).
         let Some(out) = (unsafe { raw.classify_out.as_mut() }) else {
@@ -725,28 +719,31 @@ impl<P: Policy> Callout<P> {
             return write_verdict(out, Verdict::Continue, 0, write_right);
         };
         self.tick(now);
+        // Read into in place, as at connect-redirect.
+        let mut input = AuthConnectInput {
+            flow: BLANK_FLOW,
+            reauthorize: false,
+            redirected: false,
+            target_pid: None,
+            original_destination: None,
+        };
         // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
         let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::auth_connect(family)) }
             .and_then(|ind| {
                 let flags = ind.flags()?;
-                Ok(AuthConnectInput {
-                    flow: ind.flow()?,
-                    reauthorize: flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0,
-                    redirected: flags & FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED != 0,
-                    target_pid: ind.target_pid(),
-                    original_destination: ind.original_destination()?,
-                })
+                input.reauthorize = flags & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0;
+                input.redirected = flags & FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED != 0;
+                ind.read_flow_into(&mut input.flow)?;
+                input.target_pid = ind.target_pid();
+                input.original_destination = ind.original_destination()?;
+                Ok(())
             });
-        let input = match read {
-            Ok(i) => i,
-            Err(e) => {
-                // Unreadable: left alone (continue), explicitly, counted.
-                self.malformed(e);
-                return write_verdict(out, Verdict::Continue, filter.flags, write_right);
-            }
-        };
-        let decision = self.arbiter.decide_auth_connect(&input, now);
-        self.audit(&decision);
+        if let Err(e) = read {
+            // Unreadable: left alone (continue), explicitly, counted.
+            self.malformed(e);
+            return write_verdict(out, Verdict::Continue, filter.flags, write_right);
+        }
+        let decision = self.arbiter.decide_auth_connect_into(&input, now, &mut self.ring);
         write_verdict(out, decision.verdict, filter.flags, write_right);
     }
 
@@ -756,6 +753,7 @@ impl<P: Policy> Callout<P> {
     /// # Safety
     ///
     /// As for [`Self::classify_connect_redirect`].
+    #[inline(never)]
     pub unsafe fn classify_endpoint_closure(&mut self, family: Family, raw: &RawClassify, now: Instant) {
         self.counters.closures = self.counters.closures.saturating_add(1);
         // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
@@ -786,15 +784,6 @@ fn acquire<F: Fwps>(
             fwps.release_classify_handle(handle);
             None
         }
-    }
-}
-
-/// Pushes a decision's audit record and its departures into the ring. A free
-/// function so callers holding a borrow of the pend queue can use it.
-fn audit_into(ring: &mut AuditRing, decision: &Decision<'_>) {
-    ring.push_record(&decision.audit);
-    for d in decision.departures.iter() {
-        ring.push_record(&d.record());
     }
 }
 

@@ -7,7 +7,7 @@
 //! type is an error naming the field, never a misread.
 
 use core::fmt;
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use core::ptr::NonNull;
 
 use arbiter::flow::{AppId, Flow, PreviousChain, PreviousEntry, Protocol, SID_MAX_SUB_AUTHORITIES, Sid};
@@ -368,13 +368,23 @@ impl<'a> Indication<'a> {
 
     /// The socket: protocol, addresses, endpoint, PID, app ids, package.
     pub fn flow(&self) -> Result<Flow<'a>, ReadError> {
+        let mut flow = BLANK_FLOW;
+        self.read_flow_into(&mut flow)?;
+        Ok(flow)
+    }
+
+    /// [`Self::flow`], read into `flow` in place: classifyFn builds its
+    /// input where it stays instead of copying the flow (136 bytes) across
+    /// its small kernel stack. On error `flow` is partly written.
+    pub fn read_flow_into(&self, flow: &mut Flow<'a>) -> Result<(), ReadError> {
         let ix = &self.indexes;
-        let protocol = Protocol(self.u8_at(ix.protocol, "IP_PROTOCOL")?);
+        flow.protocol = Protocol(self.u8_at(ix.protocol, "IP_PROTOCOL")?);
         let local_ip = self.ip_at(ix.local_addr, "IP_LOCAL_ADDRESS")?;
         let local_port = self.u16_at(ix.local_port, "IP_LOCAL_PORT")?;
+        flow.local = SocketAddr::new(local_ip, local_port);
         let remote_ip = self.ip_at(ix.remote_addr, "IP_REMOTE_ADDRESS")?;
         let remote_port = self.u16_at(ix.remote_port, "IP_REMOTE_PORT")?;
-        let remote = match remote_ip {
+        flow.remote = match remote_ip {
             IpAddr::V6(ip) => {
                 let scope = if self.has(FWPS_METADATA_FIELD_REMOTE_SCOPE_ID) { self.meta.remoteScopeId } else { 0 };
                 SocketAddr::V6(SocketAddrV6::new(ip, remote_port, 0, scope))
@@ -382,24 +392,30 @@ impl<'a> Indication<'a> {
             ip @ IpAddr::V4(_) => SocketAddr::new(ip, remote_port),
         };
         let app = AppId::from_utf16le(self.blob_at(ix.app, "ALE_APP_ID")?.unwrap_or(&[]));
+        flow.app = app;
         // Not proxied: WFP reports the app itself (and the closure layer has no such field).
-        let original_app = match ix.original_app {
+        flow.original_app = match ix.original_app {
             Some(i) => self.blob_at(i, "ALE_ORIGINAL_APP_ID")?.map_or(app, AppId::from_utf16le),
             None => app,
         };
-        let package = self.sid_at(ix.package, "ALE_PACKAGE_ID")?;
-        Ok(Flow {
-            protocol,
-            local: SocketAddr::new(local_ip, local_port),
-            remote,
-            endpoint: self.endpoint()?,
-            pid: self.pid(),
-            app,
-            original_app,
-            package,
-        })
+        flow.package = self.sid_at(ix.package, "ALE_PACKAGE_ID")?;
+        flow.endpoint = self.endpoint()?;
+        flow.pid = self.pid();
+        Ok(())
     }
 }
+
+/// A flow before [`Indication::read_flow_into`] fills it in.
+pub const BLANK_FLOW: Flow<'static> = Flow {
+    protocol: Protocol(0),
+    local: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+    remote: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+    endpoint: 0,
+    pid: 0,
+    app: AppId::EMPTY,
+    original_app: AppId::EMPTY,
+    package: None,
+};
 
 /// The bytes of an `FWP_BYTE_BLOB`; `None` when `data` is null but `size` is not 0.
 ///
@@ -450,6 +466,23 @@ pub unsafe fn walk_chain(
     own_filter: u64,
 ) -> Result<PreviousChain, ReadError> {
     let mut chain = PreviousChain::new();
+    // SAFETY: as this function's contract.
+    unsafe { walk_chain_into(request, own_filters, own_filter, &mut chain) }.map(|()| chain)
+}
+
+/// [`walk_chain`] into the input's own chain, which must start empty (the
+/// chain is some 140 bytes: classifyFn builds it in place rather than copy it
+/// on its small kernel stack). On error the chain is left empty.
+///
+/// # Safety
+///
+/// As for [`walk_chain`].
+pub unsafe fn walk_chain_into(
+    request: NonNull<FWPS_CONNECT_REQUEST0>,
+    own_filters: &[u64],
+    own_filter: u64,
+    chain: &mut PreviousChain,
+) -> Result<(), ReadError> {
     // SAFETY: valid until apply (contract).
     let mut next = unsafe { request.as_ref() }.previousVersion.cast_const();
     let mut hops = 0u32;
@@ -457,6 +490,7 @@ pub unsafe fn walk_chain(
     while let Some(v) = unsafe { next.as_ref() } {
         hops = hops.saturating_add(1);
         if hops > MAX_CHAIN_WALK {
+            *chain = PreviousChain::new();
             return Err(err("previousVersion", ReadErrorKind::ChainTooDeep));
         }
         // 0 is never one of our run-time ids: before `set_own_filters` runs
@@ -466,5 +500,5 @@ pub unsafe fn walk_chain(
         chain.push(PreviousEntry { filter, local_redirect_handle: !v.localRedirectHandle.is_null() });
         next = v.previousVersion.cast_const();
     }
-    Ok(chain)
+    Ok(())
 }

@@ -12,7 +12,7 @@
 
 use alloc::vec::Vec;
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, DepartureRecord, EventRef, RecordRef};
 use crate::table::OutOfMemory;
 use crate::wire::{Reader, Writer};
 
@@ -176,6 +176,18 @@ impl AuditRing {
     /// Encodes a record straight into the ring (no allocation), returning
     /// its sequence number.
     pub fn push_record(&mut self, record: &AuditRecord<'_>) -> u64 {
+        self.push_ref(&record.view())
+    }
+
+    /// Encodes a departure's record straight into the ring, as
+    /// [`Self::push_record`] of [`DepartureRecord::record`] does, without
+    /// first making the whole [`AuditRecord`] on the stack.
+    pub fn push_departure(&mut self, departure: &DepartureRecord) -> u64 {
+        self.push_ref(&RecordRef { seq: departure.seq, at: departure.at, event: EventRef::Departure(departure) })
+    }
+
+    /// Encodes a record given by its borrowed parts straight into the ring.
+    pub(crate) fn push_ref(&mut self, record: &RecordRef<'_, '_>) -> u64 {
         let len = record.encoded_len();
         self.push_with(len, |slot| record.encode_into(slot).is_ok_and(|n| n == slot.len()))
     }
