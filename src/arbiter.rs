@@ -452,7 +452,7 @@ impl<P: Policy> Arbiter<P> {
         let env = self.env();
         let loops = self.policy.loop_policy();
         let mut consulted = Consulted::default();
-        let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
+        let outcome = self.consult_connect(input, now, &mut consulted);
         self.connect_effects(input, &outcome, &loops, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
@@ -484,19 +484,9 @@ impl<P: Policy> Arbiter<P> {
         now: Instant,
         ring: &mut AuditRing,
     ) -> Outcome {
-        let env = self.env();
-        let loops = self.policy.loop_policy();
         let mut consulted = Consulted::default();
-        let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
-        let parts = ConnectParts {
-            input,
-            env: &env,
-            loops: &loops,
-            rules_id: self.policy.id(),
-            consulted: &consulted,
-            outcome: &outcome,
-        };
-        self.record_connect(&parts, now, ring);
+        let outcome = self.consult_connect(input, now, &mut consulted);
+        self.record_connect(input, &consulted, &outcome, now, ring);
         outcome
     }
 
@@ -504,14 +494,9 @@ impl<P: Policy> Arbiter<P> {
     /// consulted in `memo`. Not inlined, so that the rules are matched
     /// below a small frame.
     #[inline(never)]
-    fn consult_connect(
-        &self,
-        input: &ConnectRedirectInput<'_>,
-        env: &Env,
-        loops: &LoopPolicy,
-        now: Instant,
-        memo: &mut Consulted,
-    ) -> Outcome {
+    fn consult_connect(&self, input: &ConnectRedirectInput<'_>, now: Instant, memo: &mut Consulted) -> Outcome {
+        let env = self.env();
+        let loops = self.policy.loop_policy();
         let mut live = Live {
             policy: &self.policy,
             destinations: &self.destinations,
@@ -521,19 +506,31 @@ impl<P: Policy> Arbiter<P> {
             window: loops.hop_window,
             memo: Consulted::default(),
         };
-        let outcome = decide::connect_redirect(input, env, loops, &mut live);
+        let outcome = decide::connect_redirect(input, &env, &loops, &mut live);
         *memo = live.memo;
         outcome
     }
 
     /// The effects of a connect-redirect decision, then its records into
     /// `ring`. Not inlined: the caller's frame stays small while the rules
-    /// are matched, and this one is only live afterwards.
+    /// are matched, and this one is only live afterwards. The environment
+    /// and loop policy are read again: nothing between the two calls
+    /// changes them.
     #[inline(never)]
-    fn record_connect(&mut self, parts: &ConnectParts<'_, '_>, now: Instant, ring: &mut AuditRing) {
-        self.connect_effects(parts.input, parts.outcome, parts.loops, now);
+    fn record_connect(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        consulted: &Consulted,
+        outcome: &Outcome,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) {
+        let env = self.env();
+        let loops = self.policy.loop_policy();
+        self.connect_effects(input, outcome, &loops, now);
         let seq = self.next_seq();
-        self.push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(*parts) });
+        let parts = ConnectParts { input, env: &env, loops: &loops, rules_id: self.policy.id(), consulted, outcome };
+        self.push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(parts) });
     }
 
     /// What a connect-redirect outcome changes: the endpoint's cached verdict
