@@ -143,9 +143,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
             let s = self.slot(i)?;
             (s.key, s.value, s.deadline)
         };
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index
-            .remove(self.hasher.hash_one(key), i, |j| slots.get(j as usize).map_or(0, |s| hasher.hash_one(s.key)));
+        self.index.remove(self.hasher.hash_one(key), i);
         self.unlink(i);
         let free = self.free;
         if let Some(s) = self.slot_mut(i) {
