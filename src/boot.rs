@@ -179,6 +179,16 @@ mod blob_tests {
     }
 
     #[test]
+    fn the_mode_reaches_the_compiled_rules() {
+        use crate::Policy;
+        let compiled = crate::compiled::blob::decode(&encode(&block()).unwrap()).unwrap();
+        assert_eq!(compiled.boot_mode(), BootMode::Block, "the driver's guard reads it from the rules it was sent");
+        assert_eq!(block().boot_mode(), BootMode::Block);
+        let plain = crate::compiled::blob::decode(&encode(&RuleSet::default()).unwrap()).unwrap();
+        assert_eq!(plain.boot_mode(), BootMode::Open);
+    }
+
+    #[test]
     fn block_mode_round_trips() {
         let rs = block();
         let blob = encode(&rs).unwrap();

@@ -223,6 +223,8 @@ pub struct CompiledRules {
     loop_policy: LoopPolicy,
     proxy: ProxyListeners,
     id: u32,
+    /// `[boot] mode` (the driver's boot guard reads it).
+    boot_mode: crate::boot::BootMode,
     /// Every rule, flattened for checking.
     rules: RuleTable,
     /// Check rule by rule instead of looking up the indexes.
@@ -396,6 +398,7 @@ impl CompiledRules {
             loop_policy: rs.loop_policy,
             proxy: rs.proxy,
             id: rs.id,
+            boot_mode: rs.boot.mode,
             rules,
             scan,
             pool,
@@ -574,5 +577,9 @@ impl Policy for CompiledRules {
 
     fn id(&self) -> u32 {
         self.id
+    }
+
+    fn boot_mode(&self) -> crate::boot::BootMode {
+        self.boot_mode
     }
 }

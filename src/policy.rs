@@ -142,6 +142,11 @@ pub trait Policy {
     fn id(&self) -> u32 {
         0
     }
+    /// The `[boot] mode`: what the driver's boot guard falls back to while
+    /// our proxy is away.
+    fn boot_mode(&self) -> crate::boot::BootMode {
+        crate::boot::BootMode::Open
+    }
 }
 
 /// An app-id glob: `*` matches any run of code units, `?` exactly one; case
@@ -366,6 +371,10 @@ impl Policy for RuleSet {
     fn id(&self) -> u32 {
         self.id
     }
+
+    fn boot_mode(&self) -> crate::boot::BootMode {
+        self.boot.mode
+    }
 }
 
 /// A boxed policy: the compiled rules are over 1.5 KiB, and a kernel caller
@@ -386,6 +395,9 @@ impl<P: Policy + ?Sized> Policy for alloc::boxed::Box<P> {
     fn id(&self) -> u32 {
         (**self).id()
     }
+    fn boot_mode(&self) -> crate::boot::BootMode {
+        (**self).boot_mode()
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for &P {
@@ -403,6 +415,9 @@ impl<P: Policy + ?Sized> Policy for &P {
     }
     fn id(&self) -> u32 {
         (**self).id()
+    }
+    fn boot_mode(&self) -> crate::boot::BootMode {
+        (**self).boot_mode()
     }
 }
 

@@ -37,8 +37,9 @@ use arbiter::Protocol;
 use arbiter::audit::{GuardChange, GuardRecord};
 use arbiter::boot::{BootConfig, BootMode};
 use wfp_ffi::{
-    FWP_ACTION_BLOCK, FWP_ACTION_PERMIT, FWP_ACTION_TYPE, FWPM_FILTER_FLAG_BOOTTIME, FWPM_FILTER_FLAG_PERSISTENT,
-    FWPM_PROVIDER_FLAG_PERSISTENT, FWPM_SUBLAYER_FLAG_PERSISTENT, GUID,
+    FWP_ACTION_BLOCK, FWP_ACTION_PERMIT, FWP_ACTION_TYPE, FWPM_FILTER_FLAG_BOOTTIME,
+    FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT, FWPM_FILTER_FLAG_PERSISTENT, FWPM_PROVIDER_FLAG_PERSISTENT,
+    FWPM_SUBLAYER_FLAG_PERSISTENT, GUID,
 };
 
 use crate::filters::FilterLayer;
@@ -90,6 +91,14 @@ pub struct BootFilter {
 }
 
 impl BootFilter {
+    /// `FWPM_FILTER0.flags` as added: [`Self::flags`], plus
+    /// `FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT` on the blocks, so a permit in a
+    /// lower sublayer cannot override them (Filter Arbitration: an action
+    /// without the write right is hard).
+    pub const fn fwpm_flags(&self) -> u32 {
+        if self.action == FWP_ACTION_BLOCK { self.flags | FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT } else { self.flags }
+    }
+
     /// Does an outbound flow match every condition?
     pub fn matches(&self, protocol: Protocol, remote_port: u16, loopback: bool) -> bool {
         self.conditions.iter().flatten().all(|c| match *c {
@@ -167,6 +176,168 @@ pub const fn override_filter(layer: FilterLayer) -> BootFilter {
         weight: OVERRIDE_WEIGHT,
         conditions: [None, None],
     }
+}
+
+/// One step of installing or removing the boot set, run in order inside one
+/// FWPM transaction (`FwpmTransactionBegin0` .. `FwpmTransactionCommit0`;
+/// any failure aborts it, so the machine keeps what it had). A delete of an
+/// object that is not there (`FWP_E_*_NOT_FOUND`) is not a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootStep {
+    /// `FwpmFilterDeleteByKey0`.
+    DeleteFilter(GUID),
+    /// `FwpmSubLayerDeleteByKey0` of [`SUBLAYER_KEY`].
+    DeleteSublayer,
+    /// `FwpmProviderDeleteByKey0` of [`PROVIDER_KEY`].
+    DeleteProvider,
+    /// `FwpmProviderAdd0`: [`PROVIDER_KEY`], [`PROVIDER_FLAGS`], no service name.
+    AddProvider,
+    /// `FwpmSubLayerAdd0`: [`SUBLAYER_KEY`], [`SUBLAYER_FLAGS`], [`SUBLAYER_WEIGHT`].
+    AddSublayer,
+    /// `FwpmFilterAdd0` of this filter, in [`SUBLAYER_KEY`], provider [`PROVIDER_KEY`].
+    AddFilter(BootFilter),
+}
+
+/// Every filter key our boot provider can ever own: each index
+/// [`boot_filters`] may use (whatever allow-list the set was installed
+/// with) and the driver's two override keys.
+fn every_key() -> impl Iterator<Item = GUID> {
+    let most = u16::try_from(MAX_BOOT_FILTERS).unwrap_or(u16::MAX);
+    (0..most).chain([0xFFF0, 0xFFF1]).map(key)
+}
+
+/// Removing boot-time protection: every object of our boot provider,
+/// filters first (a sublayer that holds filters cannot be deleted:
+/// `FWP_E_IN_USE`), then the sublayer, then the provider. It needs neither
+/// the rules nor the driver, so it recovers a machine whose driver is gone.
+/// The driver's override (in its own dynamic session) is deleted too: the
+/// sublayer could not go while it is there, and it lifts nothing once the
+/// set is gone.
+pub fn remove_plan() -> impl Iterator<Item = BootStep> {
+    every_key().map(BootStep::DeleteFilter).chain([BootStep::DeleteSublayer, BootStep::DeleteProvider])
+}
+
+/// Installing boot-time protection for `config`: whatever set was there
+/// is removed ([`remove_plan`]) and, in block mode, the provider, the
+/// sublayer and [`boot_filters`] are added, all in one transaction, so a
+/// changed allow-list replaces the old one at once. In open mode this is
+/// the removal alone.
+pub fn install_plan(config: &BootConfig) -> impl Iterator<Item = BootStep> + '_ {
+    let on = config.mode == BootMode::Block;
+    remove_plan().chain(
+        [BootStep::AddProvider, BootStep::AddSublayer]
+            .into_iter()
+            .filter(move |_| on)
+            .chain(boot_filters(config).map(BootStep::AddFilter)),
+    )
+}
+
+/// The management calls a [`BootStep`] plan needs, over one engine
+/// session: the service implements it over fwpuclnt's `Fwpm*` routines, the
+/// tests over the WFP model. Statuses are the routines' own (a user-mode
+/// `DWORD`, a kernel `NTSTATUS`), as `i32`.
+pub trait BootEngine {
+    /// `FwpmTransactionBegin0`.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn begin(&mut self) -> Result<(), i32>;
+    /// `FwpmTransactionCommit0`.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn commit(&mut self) -> Result<(), i32>;
+    /// `FwpmTransactionAbort0`.
+    fn abort(&mut self);
+    /// `FwpmProviderAdd0` of our boot provider.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn add_provider(&mut self) -> Result<(), i32>;
+    /// `FwpmSubLayerAdd0` of our boot sublayer.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn add_sublayer(&mut self) -> Result<(), i32>;
+    /// `FwpmFilterAdd0` of `filter`.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn add_filter(&mut self, filter: &BootFilter) -> Result<(), i32>;
+    /// `FwpmFilterDeleteByKey0`: `Ok(false)` when there is no such filter.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn delete_filter(&mut self, key: GUID) -> Result<bool, i32>;
+    /// `FwpmSubLayerDeleteByKey0` of our boot sublayer: `Ok(false)` when absent.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status (e.g. `FWP_E_IN_USE`).
+    fn delete_sublayer(&mut self) -> Result<bool, i32>;
+    /// `FwpmProviderDeleteByKey0` of our boot provider: `Ok(false)` when absent.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn delete_provider(&mut self) -> Result<bool, i32>;
+}
+
+/// What a plan did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanDone {
+    /// Objects added.
+    pub added: usize,
+    /// Objects deleted (those that were not there are not counted).
+    pub deleted: usize,
+}
+
+/// A plan step failed: the transaction was aborted, nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanFailed {
+    /// The step (`None`: beginning or committing the transaction).
+    pub step: Option<BootStep>,
+    /// The routine's status.
+    pub status: i32,
+}
+
+/// Runs `steps` in one transaction: begin, every step in order, commit; on
+/// the first failure, abort.
+///
+/// # Errors
+///
+/// The failing step and its status; the machine keeps what it had.
+pub fn run_plan<E: BootEngine>(engine: &mut E, steps: impl Iterator<Item = BootStep>) -> Result<PlanDone, PlanFailed> {
+    engine.begin().map_err(|status| PlanFailed { step: None, status })?;
+    let mut done = PlanDone::default();
+    for step in steps {
+        let r = match step {
+            BootStep::DeleteFilter(key) => engine.delete_filter(key).map(|d| (0, usize::from(d))),
+            BootStep::DeleteSublayer => engine.delete_sublayer().map(|d| (0, usize::from(d))),
+            BootStep::DeleteProvider => engine.delete_provider().map(|d| (0, usize::from(d))),
+            BootStep::AddProvider => engine.add_provider().map(|()| (1, 0)),
+            BootStep::AddSublayer => engine.add_sublayer().map(|()| (1, 0)),
+            BootStep::AddFilter(f) => engine.add_filter(&f).map(|()| (1, 0)),
+        };
+        match r {
+            Ok((a, d)) => {
+                done.added = done.added.saturating_add(a);
+                done.deleted = done.deleted.saturating_add(d);
+            }
+            Err(status) => {
+                engine.abort();
+                return Err(PlanFailed { step: Some(step), status });
+            }
+        }
+    }
+    engine.commit().map_err(|status| PlanFailed { step: None, status })?;
+    Ok(done)
 }
 
 /// What the boot sublayer decides for an outbound flow, given the filters
@@ -301,6 +472,30 @@ mod tests {
         let mut with = set.clone();
         with.push(override_filter(FilterLayer::AuthConnectV4));
         assert_eq!(decide(&with, Protocol::TCP, 443, false), Some(FWP_ACTION_PERMIT));
+    }
+
+    #[test]
+    fn removal_deletes_every_key_then_the_sublayer_then_the_provider() {
+        let steps: Vec<_> = remove_plan().collect();
+        assert_eq!(steps.len(), MAX_BOOT_FILTERS + 2 + 2);
+        assert_eq!(steps[steps.len() - 2..], [BootStep::DeleteSublayer, BootStep::DeleteProvider]);
+        // Every key the largest set uses, and the override's.
+        let big = BootConfig { mode: BootMode::Block, allow: (1..=16).map(BootAllow::tcp).collect() };
+        for f in boot_filters(&big).chain([override_filter(FilterLayer::AuthConnectV4)]) {
+            assert!(steps.contains(&BootStep::DeleteFilter(f.key)), "{f:?}");
+        }
+        assert!(install_plan(&BootConfig::default()).eq(remove_plan()), "open mode: removal only");
+        let install: Vec<_> = install_plan(&block()).collect();
+        assert_eq!(install[steps.len()], BootStep::AddProvider);
+        assert_eq!(install.len(), steps.len() + 2 + boot_filters(&block()).count());
+    }
+
+    #[test]
+    fn blocks_clear_the_action_right() {
+        for f in boot_filters(&block()) {
+            assert_eq!(f.fwpm_flags() & FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT != 0, f.action == FWP_ACTION_BLOCK);
+        }
+        assert_eq!(override_filter(FilterLayer::AuthConnectV6).fwpm_flags(), 0, "the override stays soft");
     }
 
     #[test]

@@ -40,6 +40,7 @@ extern crate std;
 pub mod adapter;
 pub mod bind;
 pub mod boot;
+pub mod boot_fwpm;
 pub mod complete;
 pub mod control;
 pub mod filters;

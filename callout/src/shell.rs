@@ -22,12 +22,23 @@
 //!   again on the same thread would spin on it forever. The adapter decides
 //!   under the lock and queues the calls; [`complete_pended`] runs them with
 //!   the lock released.
+//! - Boot guard (issue 14, `[boot] mode = "block"`): once our filters are in
+//!   and a proxy is registered, the override filter
+//!   ([`crate::boot::override_filter`]) is added in our dynamic session; when
+//!   the proxy goes (unregistered, its handle's IRP_MJ_CLEANUP) it is
+//!   deleted by id; when the BFE stops it goes with the session; each change
+//!   is audited (record kind 7). [`Lifecycle::sync_guard`], called at
+//!   PASSIVE_LEVEL with no lock held after every event that can change the
+//!   answer.
 
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
+use arbiter::audit::GuardRecord;
+use arbiter::boot::BootMode;
 use arbiter::{Instant, Policy};
 
 use crate::adapter::Callout;
+use crate::boot::BootFilter;
 use crate::fwps::Fwps;
 
 /// An NTSTATUS.
@@ -41,6 +52,8 @@ pub const STATUS_DEVICE_BUSY: Status = 0x8000_0011_u32 as i32;
 pub const PASSIVE_LEVEL: u8 = 0;
 
 pub use crate::filters::DEFAULT_SUBLAYER_WEIGHT;
+
+mod guard;
 
 /// What the lifecycle needs from the kernel. An engine handle is a non-zero
 /// `usize` (the driver's `HANDLE` as an address).
@@ -74,6 +87,25 @@ pub trait Kernel {
     ///
     /// The first failure, e.g. [`STATUS_DEVICE_BUSY`].
     fn unregister_callouts(&mut self) -> Result<(), Status>;
+    /// The rules' `[boot] mode` and the registered proxy's PID, read under
+    /// the callout's lock (the control plane changes both).
+    fn boot_state(&mut self) -> (BootMode, Option<u64>);
+    /// `FwpmFilterAdd0` of the boot override `filter` in the dynamic
+    /// session `engine` (PASSIVE_LEVEL only); returns its run-time id.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status (e.g. the boot sublayer is not installed).
+    fn add_override(&mut self, engine: usize, filter: &BootFilter) -> Result<u64, Status>;
+    /// `FwpmFilterDeleteById0` (PASSIVE_LEVEL only). A filter already gone
+    /// (removed with the boot set) is not an error.
+    ///
+    /// # Errors
+    ///
+    /// The routine's status.
+    fn delete_filter(&mut self, engine: usize, id: u64) -> Result<(), Status>;
+    /// Writes a boot-guard audit record (kind 7) into the ring.
+    fn audit_guard(&mut self, record: GuardRecord);
 }
 
 /// No filters, no engine.
@@ -84,6 +116,10 @@ const ADDING: u8 = 1;
 const ADDED: u8 = 2;
 /// One caller is closing the engine.
 const CLOSING: u8 = 3;
+/// The filters are in; the guard ([`Lifecycle::sync_guard`]) is using the engine.
+const GUARDING: u8 = 4;
+/// The BFE is stopping while the guard uses the engine: the guard closes it.
+const CLOSE_WHEN_GUARDED: u8 = 5;
 
 /// The driver's lifecycle state. Its methods take `&self`: DriverEntry and
 /// the BFE callback may run at once, and an atomic claim decides which one
@@ -93,6 +129,15 @@ pub struct Lifecycle {
     weight: u16,
     filters: AtomicU8,
     engine: AtomicUsize,
+    /// Boot guard: callers of [`Self::sync_guard`] not yet served (the
+    /// first one runs the passes; the others leave their request).
+    guard_requests: AtomicUsize,
+    /// The proxy the guard was lifted for (0: not lifted).
+    lifted_for: AtomicU64,
+    /// The override filters' run-time ids (V4, V6; 0: not added).
+    overrides: [AtomicU64; 2],
+    /// Override adds that failed (the boot set then still applies).
+    override_failures: AtomicU64,
 }
 
 /// What unload did.
@@ -111,6 +156,10 @@ impl Lifecycle {
             weight: weight.unwrap_or(DEFAULT_SUBLAYER_WEIGHT),
             filters: AtomicU8::new(IDLE),
             engine: AtomicUsize::new(0),
+            guard_requests: AtomicUsize::new(0),
+            lifted_for: AtomicU64::new(0),
+            overrides: [AtomicU64::new(0), AtomicU64::new(0)],
+            override_failures: AtomicU64::new(0),
         }
     }
 
@@ -154,19 +203,32 @@ impl Lifecycle {
     /// BFE is stopping: close the engine (its dynamic session's filters go
     /// with it). Nothing to do when no filters were added.
     pub fn bfe_stopping<K: Kernel>(&self, kernel: &mut K) {
+        // While the guard uses the engine, it closes it when done.
+        if self.filters.compare_exchange(GUARDING, CLOSE_WHEN_GUARDED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return;
+        }
         if self.filters.compare_exchange(ADDED, CLOSING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return;
         }
+        self.close(kernel);
+    }
+
+    /// Closes the engine (state CLOSING or CLOSE_WHEN_GUARDED): the dynamic
+    /// session's filters, the override with them, go.
+    fn close<K: Kernel>(&self, kernel: &mut K) {
         let engine = self.engine.swap(0, Ordering::AcqRel);
         if engine != 0 {
             kernel.close_engine(engine);
+        }
+        for id in &self.overrides {
+            id.store(0, Ordering::Release);
         }
         self.filters.store(IDLE, Ordering::Release);
     }
 
     /// Whether our filters are in the engine.
     pub fn filters_added(&self) -> bool {
-        self.filters.load(Ordering::Acquire) == ADDED
+        matches!(self.filters.load(Ordering::Acquire), ADDED | GUARDING)
     }
 
     /// Unload: no more BFE callbacks, filters removed (so no new
@@ -174,7 +236,11 @@ impl Lifecycle {
     /// then the callouts unregistered, whose result is returned.
     pub fn stop<K: Kernel>(&self, kernel: &mut K) -> Stopped {
         kernel.unsubscribe_bfe();
+        // No control request is in progress (the I/O manager unloads a
+        // driver only once its handles are closed) and no BFE callback
+        // follows: the guard is idle, the override goes with the session.
         self.bfe_stopping(kernel);
+        self.lifted_for.store(0, Ordering::Release);
         kernel.complete_held();
         Stopped { unregister: kernel.unregister_callouts() }
     }
@@ -220,6 +286,8 @@ pub fn complete_pended<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, f
 mod tests {
     use alloc::vec::Vec;
 
+    use arbiter::audit::GuardChange;
+
     use super::*;
 
     /// What the fake saw, in order, with the IRQL of each call.
@@ -232,6 +300,8 @@ mod tests {
         Unsubscribe,
         CompleteHeld,
         Unregister,
+        AddOverride(usize),
+        DeleteOverride(u64),
     }
 
     struct Fake {
@@ -244,6 +314,12 @@ mod tests {
         /// The BFE callback arriving while `add_filters` runs.
         reenter: Option<*const Lifecycle>,
         reentered: Option<Result<Option<[u64; 2]>, Status>>,
+        proxy: Option<u64>,
+        audited: Vec<GuardChange>,
+        /// The BFE stopping while the guard adds the override.
+        stop_during_guard: Option<*const Lifecycle>,
+        /// Another sync_guard while the guard adds the override.
+        guard_during_guard: Option<*const Lifecycle>,
     }
 
     impl Fake {
@@ -257,6 +333,10 @@ mod tests {
                 unregister: Ok(()),
                 reenter: None,
                 reentered: None,
+                proxy: None,
+                audited: Vec::new(),
+                stop_during_guard: None,
+                guard_during_guard: None,
             }
         }
 
@@ -308,6 +388,30 @@ mod tests {
         fn unregister_callouts(&mut self) -> Result<(), Status> {
             self.calls.push(Call::Unregister);
             self.unregister
+        }
+        fn boot_state(&mut self) -> (BootMode, Option<u64>) {
+            (BootMode::Block, self.proxy)
+        }
+        fn add_override(&mut self, engine: usize, _: &BootFilter) -> Result<u64, Status> {
+            self.calls.push(Call::AddOverride(engine));
+            if let Some(lifecycle) = self.stop_during_guard.take() {
+                // SAFETY: the test keeps the lifecycle alive across this call.
+                unsafe { &*lifecycle }.bfe_stopping(self);
+            }
+            if let Some(lifecycle) = self.guard_during_guard.take() {
+                // Another thread: the proxy's handle closes, its cleanup syncs the guard.
+                self.proxy = None;
+                // SAFETY: the test keeps the lifecycle alive across this call.
+                unsafe { &*lifecycle }.sync_guard(self);
+            }
+            Ok(0x900 + self.calls.len() as u64)
+        }
+        fn delete_filter(&mut self, _: usize, id: u64) -> Result<(), Status> {
+            self.calls.push(Call::DeleteOverride(id));
+            Ok(())
+        }
+        fn audit_guard(&mut self, record: GuardRecord) {
+            self.audited.push(record.change);
         }
     }
 
@@ -375,6 +479,38 @@ mod tests {
         let stopped = life.stop(&mut k);
         assert_eq!(k.calls, [Call::Unsubscribe, Call::Close(0x101), Call::CompleteHeld, Call::Unregister]);
         assert_eq!(stopped.unregister, Ok(()));
+    }
+
+    #[test]
+    fn a_bfe_stop_while_the_guard_adds_is_closed_by_the_guard() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        assert!(life.bfe_running(&mut k).is_ok());
+        k.proxy = Some(42);
+        k.stop_during_guard = Some(&life);
+        life.sync_guard(&mut k);
+        assert!(k.open_engines().is_empty(), "the guard closed the engine the BFE callback could not");
+        assert!(!life.filters_added());
+        assert_eq!(life.override_ids(), [0, 0], "the overrides went with the session");
+        // The next pass sees the filters gone while the proxy is still there.
+        life.sync_guard(&mut k);
+        assert_eq!(k.audited, [GuardChange::Ready, GuardChange::FiltersGone]);
+    }
+
+    #[test]
+    fn a_guard_request_during_a_pass_is_served_by_the_running_pass() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        assert!(life.bfe_running(&mut k).is_ok());
+        k.proxy = Some(42);
+        k.guard_during_guard = Some(&life);
+        life.sync_guard(&mut k);
+        let overrides: Vec<_> =
+            k.calls.iter().filter(|c| matches!(c, Call::AddOverride(_) | Call::DeleteOverride(_))).collect();
+        assert_eq!(overrides.len(), 4, "both added, then both deleted by the second pass: {overrides:?}");
+        assert_eq!(life.override_ids(), [0, 0]);
+        assert_eq!(k.audited, [GuardChange::Ready, GuardChange::ProxyLost]);
+        assert!(life.filters_added(), "the engine is handed back");
     }
 
     #[test]

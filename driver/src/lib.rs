@@ -34,6 +34,9 @@ use core::ffi::c_void;
 use core::ptr::{null, null_mut};
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use arbiter::Policy;
+use arbiter::audit::{AuditRecord, Event, GuardRecord};
+use arbiter::boot::BootMode;
 use arbiter::compiled::CompiledRules;
 use arbiter::compiled::blob::{self, BlobError};
 use arbiter::control::{
@@ -41,6 +44,8 @@ use arbiter::control::{
 };
 use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 use arbiter_callout::adapter::RawClassify;
+use arbiter_callout::boot::BootFilter;
+use arbiter_callout::boot_fwpm;
 use arbiter_callout::complete::Deferred;
 use arbiter_callout::control::{self, Device};
 use arbiter_callout::filters::{FILTERS, FilterLayer};
@@ -93,6 +98,11 @@ const fn eq_str(a: &str, b: &str) -> bool {
     }
     true
 }
+
+/// `STATUS_FWP_FILTER_NOT_FOUND` (ntstatus.h): FwpmFilterDeleteById0 of a filter that is gone.
+const STATUS_FWP_FILTER_NOT_FOUND: NTSTATUS = 0xC022_0003_u32 as i32;
+/// `STATUS_FWP_NOT_FOUND` (ntstatus.h): the generic "object does not exist".
+const STATUS_FWP_NOT_FOUND: NTSTATUS = 0xC022_0008_u32 as i32;
 
 /// Our sublayer.
 const SUBLAYER_KEY: GUID = GUID::new(0xa7b1_e4f0, 0x5c2d, 0x4e8a, [0x9b, 0x61, 0x3f, 0x0d, 0x2c, 0x7e, 0x1a, 0x02]);
@@ -447,6 +457,44 @@ impl Kernel for Wdm {
         shell::complete_pended(&mut DriverLock, &mut fwps, Instant::from_millis(u64::MAX));
     }
 
+    fn boot_state(&mut self) -> (BootMode, Option<u64>) {
+        let state = STATE.with(|s| {
+            let a = s.as_ref()?.callout.arbiter();
+            Some((a.policy().boot_mode(), a.proxy().map(|p| p.pid)))
+        });
+        state.unwrap_or((BootMode::Open, None))
+    }
+
+    fn add_override(&mut self, engine: usize, filter: &BootFilter) -> Result<u64, i32> {
+        let (mut conditions, mut provider) = ([boot_fwpm::NO_CONDITION; 2], GUID::default());
+        let f =
+            boot_fwpm::filter(filter, &mut conditions, &mut provider, w!("arbiter boot override").as_ptr().cast_mut());
+        let mut id = 0u64;
+        // SAFETY: our open engine (PASSIVE_LEVEL, no lock held); `f` and what it points at live across the call.
+        let status = unsafe { FwpmFilterAdd0(engine as HANDLE, &f, null_mut(), &mut id) };
+        if status < 0 { Err(status) } else { Ok(id) }
+    }
+
+    fn delete_filter(&mut self, engine: usize, id: u64) -> Result<(), i32> {
+        // SAFETY: our open engine (PASSIVE_LEVEL, no lock held).
+        let status = unsafe { FwpmFilterDeleteById0(engine as HANDLE, id) };
+        // Gone already: the service removed the boot set, override included.
+        match status {
+            s if s >= 0 || s == STATUS_FWP_FILTER_NOT_FOUND || s == STATUS_FWP_NOT_FOUND => Ok(()),
+            s => Err(s),
+        }
+    }
+
+    fn audit_guard(&mut self, record: GuardRecord) {
+        let at = now();
+        STATE.with(|s| {
+            if let Some(d) = s.as_mut() {
+                let (arbiter, ring) = d.callout.parts_mut();
+                ring.push_record(&AuditRecord { seq: arbiter.allocate_seq(), at, event: Event::Guard(record) });
+            }
+        });
+    }
+
     fn unregister_callouts(&mut self) -> Result<(), i32> {
         let ids = STATE.with(|s| s.as_ref().map(|d| d.callout_ids)).unwrap_or([0; 6]);
         let mut result = Ok(());
@@ -539,6 +587,8 @@ unsafe extern "system" fn bfe_changed(_context: *mut c_void, state: FWPM_SERVICE
         FWPM_SERVICE_STOP_PENDING => {
             if let Some(life) = life() {
                 life.bfe_stopping(&mut Wdm { driver: null_mut() });
+                // Audits that the boot set applies again (block mode).
+                life.sync_guard(&mut Wdm { driver: null_mut() });
             }
         }
         _ => {}
@@ -558,6 +608,8 @@ fn add_filters(driver: *mut DRIVER_OBJECT) -> NTSTATUS {
                     d.callout.set_own_filters(v4, v6);
                 }
             });
+            // A proxy registered before the BFE came up: lift the boot set now.
+            life.sync_guard(&mut Wdm { driver });
             STATUS_SUCCESS
         }
         Ok(None) => STATUS_SUCCESS,
@@ -896,6 +948,11 @@ where
     // A proxy that registered: what it decided is completed with the lock released.
     shell::complete_pended(&mut DriverLock, &mut fwps, t);
     let _ = DriverLock.with(&mut fwps, |c, _| c.sync_timer(&mut PendKTimer));
+    // Registered, unregistered, handle gone or rules swapped: the boot guard
+    // follows (IRP dispatch: PASSIVE_LEVEL, lock released).
+    if let Some(life) = life() {
+        life.sync_guard(&mut Wdm { driver: null_mut() });
+    }
     r
 }
 

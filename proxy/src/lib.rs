@@ -20,11 +20,13 @@
 //! - [`service`]: registration, re-registration and the audit drain.
 //! - [`auditlog`]: the rotating JSON-lines audit file.
 //! - [`acl`]: who may read and write it (SYSTEM and administrators only).
+//! - [`bootset`]: `install-boot` / `remove-boot`, boot-time protection in the filter engine.
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core, reason = "std crate: host tool")]
 
 pub mod acl;
 pub mod auditlog;
+pub mod bootset;
 pub mod redirect;
 pub mod service;
 pub mod tcp;

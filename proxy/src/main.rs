@@ -26,16 +26,20 @@ struct Args {
     audit_max_bytes: u64,
     audit_keep: u32,
     poll: Duration,
+    rules: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: arbiter-proxy [--v4 ADDR|none] [--v6 ADDR|none] [--no-udp] \
-[--audit-dir DIR] [--audit-max-bytes N] [--audit-keep N] [--poll-ms N]";
+[--audit-dir DIR] [--audit-max-bytes N] [--audit-keep N] [--poll-ms N] [--rules RULES.BLOB]
+       arbiter-proxy install-boot RULES.BLOB | remove-boot";
 
 /// `--help`: the usage line, what each flag does, and the exit codes.
 const HELP: &str = "\
 arbiter-proxy: the arbiter's reference local proxy and control service (Windows).
 
 usage: arbiter-proxy [OPTIONS]
+       arbiter-proxy install-boot RULES.BLOB
+       arbiter-proxy remove-boot
 
   --v4 ADDR|none         TCP and UDP listener for IPv4 [default: 127.0.0.1:34010]
   --v6 ADDR|none         TCP and UDP listener for IPv6 [default: [::1]:34010]
@@ -44,11 +48,24 @@ usage: arbiter-proxy [OPTIONS]
   --audit-max-bytes N    rotate audit.jsonl at N bytes [default: 16777216]
   --audit-keep N         rotated files kept [default: 8]
   --poll-ms N            control-device poll interval [default: 500]
+  --rules RULES.BLOB     compiled rules (`arbiter rules compile`) loaded into
+                         the driver before registering, and again after a
+                         driver reload [default: leave the driver's rules]
   -h, --help             print this help
 
+  install-boot RULES.BLOB  add boot-time protection as the compiled rules'
+                           [boot] section says (`arbiter rules compile`): in
+                           block mode the boot-time and persistent filter set,
+                           replacing any set installed before; in open mode,
+                           remove it. One transaction; needs an elevated prompt.
+  remove-boot              delete every object of the boot provider (filters,
+                           sublayer, provider) in one transaction; needs
+                           neither the rules nor the driver (recovery).
+
 exit codes:
-  0  --help, or a clean stop
-  1  a listener or the audit directory could not be opened
+  0  --help, or a clean stop, or install-boot/remove-boot done
+  1  a listener or the audit directory could not be opened, or the filter
+     engine refused install-boot/remove-boot (nothing was changed)
   2  bad arguments
   3  the driver's control device \\\\.\\ArbiterControl cannot be opened
      (driver not installed or not started, or not an elevated prompt),
@@ -68,6 +85,10 @@ const EXIT_NO_DEVICE: u8 = 3;
 enum Command {
     Run(Args),
     Help,
+    /// `install-boot RULES.BLOB`.
+    InstallBoot(PathBuf),
+    /// `remove-boot`.
+    RemoveBoot,
 }
 
 fn parse_args(it: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -76,7 +97,15 @@ fn parse_args(it: impl Iterator<Item = String>) -> Result<Command, String> {
     if all.iter().any(|a| a == "-h" || a == "--help") {
         return Ok(Command::Help);
     }
-    parse_run(all.into_iter()).map(Command::Run)
+    match all.first().map(String::as_str) {
+        Some("install-boot") => match all.get(1..) {
+            Some([blob]) => Ok(Command::InstallBoot(PathBuf::from(blob))),
+            _ => Err(format!("install-boot takes one compiled rules blob\n{USAGE}")),
+        },
+        Some("remove-boot") if all.len() == 1 => Ok(Command::RemoveBoot),
+        Some("remove-boot") => Err(format!("remove-boot takes no arguments\n{USAGE}")),
+        _ => parse_run(all.into_iter()).map(Command::Run),
+    }
 }
 
 fn parse_run(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -88,6 +117,7 @@ fn parse_run(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         audit_max_bytes: 16 << 20,
         audit_keep: 8,
         poll: Duration::from_millis(500),
+        rules: None,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
@@ -102,6 +132,7 @@ fn parse_run(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 a.v6 = if v == "none" { None } else { Some(v.parse().map_err(|_| bad("an IPv6 socket address", &v))?) };
             }
             "--no-udp" => a.udp = false,
+            "--rules" => a.rules = Some(PathBuf::from(value()?)),
             "--audit-dir" => a.audit_dir = PathBuf::from(value()?),
             "--audit-max-bytes" => {
                 let v = value()?;
@@ -136,6 +167,8 @@ fn main() -> ExitCode {
             print!("{HELP}");
             ExitCode::SUCCESS
         }
+        Ok(Command::InstallBoot(blob)) => install_boot(&blob),
+        Ok(Command::RemoveBoot) => boot_plan(None),
         Err(e) => {
             eprintln!("arbiter-proxy: {e}");
             ExitCode::from(EXIT_USAGE)
@@ -234,10 +267,18 @@ fn run(args: &Args) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    let rules_blob = match args.rules.as_ref().map(std::fs::read).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("arbiter-proxy: cannot read the rules blob: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let config = ServiceConfig {
         registration: service::registration(args.v4, args.v6),
         drain_max_bytes: 0,
         cursor_file: Some(args.audit_dir.join("audit.cursor")),
+        rules: rules_blob,
     };
     let mut svc = Service::new(DeviceChannel::open, config, log);
     let stop = AtomicBool::new(false);
@@ -307,6 +348,57 @@ fn no_device_message(e: &std::io::Error) -> String {
     )
 }
 
+/// `install-boot`: reads the blob's `[boot]` section, then installs.
+fn install_boot(blob: &std::path::Path) -> ExitCode {
+    let config = std::fs::read(blob)
+        .map_err(|e| format!("cannot read {}: {e}", blob.display()))
+        .and_then(|b| arbiter_proxy::bootset::config_from_blob(&b).map_err(|e| format!("{}: {e}", blob.display())));
+    match config {
+        Ok(config) => boot_plan(Some(&config)),
+        Err(e) => {
+            eprintln!("arbiter-proxy: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Installs `config`'s set (`None`: removes the set) in the local filter engine.
+#[cfg(windows)]
+fn boot_plan(config: Option<&arbiter::boot::BootConfig>) -> ExitCode {
+    use arbiter_proxy::bootset::{self, FwpmSession};
+    let mut session = match FwpmSession::open() {
+        Ok(s) => s,
+        Err(status) => {
+            eprintln!(
+                "arbiter-proxy: FwpmEngineOpen0 failed with 0x{status:08x} (an elevated prompt is needed, and the \
+                 Base Filtering Engine must run)"
+            );
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let done = match config {
+        Some(c) => bootset::install(&mut session, c),
+        None => bootset::remove(&mut session),
+    };
+    match done {
+        Ok(d) => {
+            println!("boot-time protection: {} objects deleted, {} added", d.deleted, d.added);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("arbiter-proxy: {}", bootset::describe(&e));
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+#[cfg(not(windows))]
+fn boot_plan(config: Option<&arbiter::boot::BootConfig>) -> ExitCode {
+    let what = config.map_or("remove-boot", |_| "install-boot");
+    eprintln!("arbiter-proxy: {what} needs the Windows filter engine (exit {EXIT_NO_DEVICE})");
+    ExitCode::from(EXIT_NO_DEVICE)
+}
+
 #[cfg(not(windows))]
 fn run(args: &Args) -> ExitCode {
     let listen: Vec<SocketAddr> = args.v4.map(SocketAddr::V4).into_iter().chain(args.v6.map(SocketAddr::V6)).collect();
@@ -326,8 +418,18 @@ mod tests {
     fn args(list: &[&str]) -> Result<Args, String> {
         match parse_args(list.iter().map(|s| (*s).to_string()))? {
             Command::Run(a) => Ok(a),
-            Command::Help => Err("help".into()),
+            other => Err(format!("{other:?}")),
         }
+    }
+
+    #[test]
+    fn boot_commands_parse() {
+        let cmd = |list: &[&str]| parse_args(list.iter().map(|s| (*s).to_string()));
+        assert!(matches!(cmd(&["install-boot", "r.blob"]), Ok(Command::InstallBoot(p)) if p.as_os_str() == "r.blob"));
+        assert!(matches!(cmd(&["remove-boot"]), Ok(Command::RemoveBoot)));
+        assert!(cmd(&["install-boot"]).is_err());
+        assert!(cmd(&["remove-boot", "x"]).is_err());
+        assert!(matches!(cmd(&["remove-boot", "--help"]), Ok(Command::Help)));
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct Tick {
     pub instance: u64,
     /// We (re-)registered this tick.
     pub registered: bool,
+    /// We (re-)loaded the rules this tick.
+    pub rules_loaded: bool,
     /// Records written to the audit file.
     pub records: u64,
     /// Records the driver reported lost.
@@ -108,6 +110,11 @@ pub struct ServiceConfig {
     pub drain_max_bytes: u32,
     /// Where the drain cursor is saved (`None`: not saved).
     pub cursor_file: Option<PathBuf>,
+    /// A compiled rules blob (`arbiter rules compile`) to load into the
+    /// driver before registering, and again whenever the driver's rules
+    /// differ from it (a reload): how the rules, their `[boot] mode`
+    /// included, reach the driver. `None`: leave the driver's rules alone.
+    pub rules: Option<Vec<u8>>,
 }
 
 /// Largest reply buffer the service grows to.
@@ -124,6 +131,8 @@ pub struct Service<C, O> {
     instance: Option<u64>,
     cursor: u64,
     reply: Vec<u8>,
+    /// The id the driver gave our rules when it last accepted them.
+    rules_id: Option<u32>,
 }
 
 impl<C, O> fmt::Debug for Service<C, O> {
@@ -141,7 +150,16 @@ impl<C: ControlChannel, O: FnMut() -> io::Result<C>> Service<C, O> {
     pub fn new(open: O, config: ServiceConfig, log: AuditLog) -> Self {
         let (instance, cursor) =
             config.cursor_file.as_ref().and_then(load_cursor).map_or((None, 0), |(i, c)| (Some(i), c));
-        Self { open, channel: None, config, log, instance, cursor, reply: vec![0u8; MIN_REPLY_BUFFER + 64 * 1024] }
+        Self {
+            open,
+            channel: None,
+            config,
+            log,
+            instance,
+            cursor,
+            reply: vec![0u8; MIN_REPLY_BUFFER + 64 * 1024],
+            rules_id: None,
+        }
     }
 
     /// The next audit sequence number we will ask for.
@@ -197,6 +215,15 @@ impl<C: ControlChannel, O: FnMut() -> io::Result<C>> Service<C, O> {
             self.instance = Some(instance);
             self.cursor = 0;
         }
+        if let Some(blob) = self.config.rules.take() {
+            // Rules first, so the registration meets them (the boot guard's mode).
+            let loaded = if self.rules_id == Some(info.rules_id) { Ok(None) } else { self.load_rules(&blob).map(Some) };
+            self.config.rules = Some(blob);
+            if let Some(id) = loaded? {
+                self.rules_id = Some(id);
+                tick.rules_loaded = true;
+            }
+        }
         if info.proxy != Some(self.config.registration) {
             let reply = self.call(&Request::RegisterProxy(self.config.registration))?;
             Self::expect_ok(&reply, "register-proxy")?;
@@ -204,6 +231,15 @@ impl<C: ControlChannel, O: FnMut() -> io::Result<C>> Service<C, O> {
         }
         self.drain(&mut tick)?;
         Ok(tick)
+    }
+
+    fn load_rules(&mut self, blob: &[u8]) -> Result<u32, ServiceError> {
+        let reply = self.call(&Request::SetRules(blob))?;
+        let status = reply.status;
+        match reply.rules()? {
+            Ok(id) => Ok(id),
+            Err(_) => Err(ServiceError::Refused { op: "set-rules", status }),
+        }
     }
 
     fn drain(&mut self, tick: &mut Tick) -> Result<(), ServiceError> {
@@ -359,13 +395,13 @@ impl Sim {
     }
 
     /// Runs `f` on the driver's control target, as the driver's dispatch does under its lock.
-    fn with_device<R>(&mut self, f: impl FnOnce(&mut Device<'_, RuleSet, RejectBlobs, NoFwps>) -> R) -> R {
+    fn with_device<R>(&mut self, f: impl FnOnce(&mut Device<'_, RuleSet, DecodeBlob, NoFwps>) -> R) -> R {
         let mut fwps = NoFwps;
         let mut device = Device {
             callout: &mut self.callout,
             handles: &mut self.handles,
-            // No compiled-rules decoder here: blobs are refused, as a driver without one would.
-            decode_rules: reject_blobs as RejectBlobs,
+            // The driver's decoder, into the reference rule set.
+            decode_rules: decode_blob as DecodeBlob,
             instance: self.instance,
             fwps: &mut fwps,
             now: arbiter::Instant::from_millis(0),
@@ -374,10 +410,10 @@ impl Sim {
     }
 }
 
-type RejectBlobs = fn(&[u8]) -> Result<RuleSet, RulesRejected>;
+type DecodeBlob = fn(&[u8]) -> Result<RuleSet, RulesRejected>;
 
-fn reject_blobs(_: &[u8]) -> Result<RuleSet, RulesRejected> {
-    Err(RulesRejected { code: u32::MAX, offset: 0 })
+fn decode_blob(blob: &[u8]) -> Result<RuleSet, RulesRejected> {
+    arbiter::compiled::blob::decode_rule_set(blob).map_err(|_| RulesRejected { code: 8, offset: 0 })
 }
 
 /// The driver's control device, simulated in process with the driver's own
@@ -431,6 +467,12 @@ impl LocalDriver {
     /// The registered proxy.
     pub fn registration(&self) -> Option<ProxyRegistration> {
         self.sim().callout.arbiter().proxy().copied()
+    }
+
+    /// The `[boot] mode` of the rules loaded.
+    pub fn boot_mode(&self) -> arbiter::boot::BootMode {
+        use arbiter::Policy;
+        self.sim().callout.arbiter().policy().boot_mode()
     }
 
     /// Opens a handle for reading and writing from this process, as

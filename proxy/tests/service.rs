@@ -46,8 +46,12 @@ fn service(
 ) -> Service<arbiter_proxy::service::LocalChannel, impl FnMut() -> std::io::Result<arbiter_proxy::service::LocalChannel>>
 {
     let d = driver.clone();
-    let config =
-        ServiceConfig { registration: reg(), drain_max_bytes: 128, cursor_file: Some(dir.join("audit.cursor")) };
+    let config = ServiceConfig {
+        registration: reg(),
+        drain_max_bytes: 128,
+        cursor_file: Some(dir.join("audit.cursor")),
+        rules: None,
+    };
     Service::new(move || d.open_as(5151, Access::READ_WRITE), config, AuditLog::open(dir, 1 << 20, 2).unwrap())
 }
 
@@ -243,4 +247,32 @@ fn audit_files_rotate_by_size_and_keep_a_bounded_number() {
     let all: Vec<u64> = two.iter().chain(&one).chain(&live).map(|l| l["n"].as_u64().unwrap()).collect();
     assert_eq!(*all.last().unwrap(), 29);
     assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "{all:?}");
+}
+
+/// The rules blob (its `[boot] mode` included) reaches the driver before the
+/// registration, once per driver load, and again after a reload.
+#[test]
+fn the_rules_blob_reaches_the_driver_and_is_reloaded_after_a_restart() {
+    use arbiter::boot::{BootConfig, BootMode};
+    let dir = tempfile::tempdir().unwrap();
+    let driver = LocalDriver::new(21, 4096).unwrap();
+    let rules =
+        arbiter::RuleSet { boot: BootConfig { mode: BootMode::Block, ..BootConfig::default() }, ..Default::default() };
+    let blob = arbiter::compiled::blob::encode(&rules).unwrap();
+    let d = driver.clone();
+    let config =
+        ServiceConfig { registration: reg(), drain_max_bytes: 128, cursor_file: None, rules: Some(blob.clone()) };
+    let mut svc = Service::new(
+        move || d.open_as(5151, Access::READ_WRITE),
+        config,
+        AuditLog::open(dir.path(), 1 << 20, 2).unwrap(),
+    );
+    let t = svc.tick().unwrap();
+    assert!(t.rules_loaded && t.registered);
+    assert_eq!(driver.boot_mode(), BootMode::Block);
+    assert!(!svc.tick().unwrap().rules_loaded, "loaded once");
+    driver.restart(22).unwrap();
+    let t = svc.tick().unwrap();
+    assert!(t.rules_loaded && t.registered, "a new driver load gets the rules again");
+    assert_eq!(driver.boot_mode(), BootMode::Block);
 }

@@ -45,6 +45,10 @@ pub enum GuardChange {
     /// The driver is unloading: the persistent filters (block mode) are what
     /// remains.
     Unloading = 3,
+    /// Our filters left the engine (the BFE stopped) while our proxy was
+    /// registered: the boot set (block mode) applies until the filters are
+    /// back.
+    FiltersGone = 4,
 }
 
 impl GuardChange {
@@ -54,6 +58,7 @@ impl GuardChange {
             Self::Ready => "ready",
             Self::ProxyLost => "proxy-lost",
             Self::Unloading => "unloading",
+            Self::FiltersGone => "filters-gone",
         }
     }
 
@@ -62,6 +67,7 @@ impl GuardChange {
             1 => Some(Self::Ready),
             2 => Some(Self::ProxyLost),
             3 => Some(Self::Unloading),
+            4 => Some(Self::FiltersGone),
             _ => None,
         }
     }

@@ -40,7 +40,15 @@
 //! - callouts: [`Wfp::callout_register`] (a [`ClassifyFn`]),
 //!   [`Wfp::callout_unregister_by_id`] (`STATUS_DEVICE_BUSY` while flow
 //!   contexts remain; filters of an unregistered callout act as BLOCK);
-//! - classification: [`Wfp::classify`] runs one layer in arbitration order.
+//! - classification: [`Wfp::classify`] runs one layer in arbitration order,
+//!   [`Wfp::classify_values`] with a flow's [`mgmt::Values`] for filters
+//!   with conditions;
+//! - persistence: [`Wfp::reboot`]; persistent and boot-time filters and
+//!   when each is in force; deletes by key
+//!   ([`Wfp::filter_delete_by_key`], [`Wfp::sublayer_delete_by_key`],
+//!   [`Wfp::provider_delete_by_key`]);
+//! - [`bootset`]: the boot set as model filters, and a
+//!   `arbiter_callout::boot::BootEngine` over a model session.
 //!
 //! The pieces: [`arbitration`] (action types, filter arbitration),
 //! [`layer_data`] (handles, writable data, pend/complete, contexts),
@@ -52,6 +60,7 @@
 
 pub mod arbitration;
 pub mod bind;
+pub mod bootset;
 pub mod indication;
 pub mod kernel;
 pub mod layer_data;

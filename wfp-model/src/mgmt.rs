@@ -22,12 +22,36 @@
 //!   by the callout that have an outstanding context associated with the
 //!   data flow."
 //! - Every management call is PASSIVE_LEVEL only ([`crate::Routine`]).
+//! - Persistence ("Basic Operation", FWPM_FILTER0 flags, FwpmProviderAdd0
+//!   remarks): a persistent filter "survives across BFE stop/start" and
+//!   reboots; "Boot-time objects are added to the Base Filtering Engine
+//!   (BFE) when the TCP/IP driver starts, and are removed once the BFE
+//!   finishes initialization. Persistent objects are added when the BFE
+//!   starts." The model keeps persistent and boot-time objects across a
+//!   BFE stop and a [`Wfp::reboot`]; a boot-time filter is in force only
+//!   between a reboot and the BFE's start, a persistent one only once the
+//!   BFE has started since boot (the reading for a boot-time filter added
+//!   while the BFE runs: it waits for the next boot).
+//! - FWPM_FILTER0 `FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT` ("Clear filter action
+//!   right"), read with Filter Arbitration as the bind model's
+//!   `ClearRight::Hardens`: the filter's permit or block is hard.
+//! - Filter conditions (FWPM_FILTER_CONDITION0): all of a filter's
+//!   conditions must match for it to apply ("Filtering Conditions"); the
+//!   model knows the three a plain filter of the boot set uses
+//!   ([`Condition`]), matched against [`Values`].
+//! - Deleting by key (FwpmFilterDeleteByKey0, FwpmSubLayerDeleteByKey0,
+//!   FwpmProviderDeleteByKey0): `FWP_E_NOT_FOUND`-family errors for a key
+//!   that does not exist; "WFP Error Codes": `FWP_E_IN_USE`, "The object is
+//!   referenced by other objects so cannot be deleted" (a sublayer that
+//!   still holds filters, a provider that still owns a sublayer).
 
 use std::collections::BTreeMap;
 
 use wfp_ffi::{
-    FWP_ACTION_BLOCK, FWP_ACTION_CALLOUT_INSPECTION, FWP_ACTION_FLAG_CALLOUT, FWP_ACTION_TYPE, FWPM_SERVICE_RUNNING,
-    FWPM_SERVICE_STATE, FWPM_SERVICE_STOPPED, FWPS_CLASSIFY_OUT0, NTSTATUS, STATUS_SUCCESS,
+    FWP_ACTION_BLOCK, FWP_ACTION_CALLOUT_INSPECTION, FWP_ACTION_FLAG_CALLOUT, FWP_ACTION_TYPE,
+    FWPM_FILTER_FLAG_BOOTTIME, FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT, FWPM_FILTER_FLAG_PERSISTENT,
+    FWPM_PROVIDER_FLAG_PERSISTENT, FWPM_SERVICE_RUNNING, FWPM_SERVICE_STATE, FWPM_SERVICE_STOPPED,
+    FWPM_SUBLAYER_FLAG_PERSISTENT, FWPS_CLASSIFY_OUT0, FWPS_RIGHT_ACTION_WRITE, NTSTATUS, STATUS_SUCCESS,
 };
 
 use crate::arbitration::{LayerArbiter, Outcome};
@@ -46,15 +70,58 @@ pub const STATUS_BFE_NOT_RUNNING: NTSTATUS = 0xC002_0044_u32 as i32;
 pub const STATUS_FWP_ALREADY_EXISTS: NTSTATUS = 0xC022_0009_u32 as i32;
 /// `STATUS_FWP_NOT_FOUND`.
 pub const STATUS_FWP_NOT_FOUND: NTSTATUS = 0xC022_0008_u32 as i32;
+/// `STATUS_FWP_IN_USE` (`FWP_E_IN_USE` as an NTSTATUS).
+pub const STATUS_FWP_IN_USE: NTSTATUS = 0xC022_000A_u32 as i32;
+/// `STATUS_FWP_FILTER_NOT_FOUND`.
+pub const STATUS_FWP_FILTER_NOT_FOUND: NTSTATUS = 0xC022_0003_u32 as i32;
+/// `STATUS_FWP_PROVIDER_NOT_FOUND`.
+pub const STATUS_FWP_PROVIDER_NOT_FOUND: NTSTATUS = 0xC022_0005_u32 as i32;
+/// `STATUS_FWP_SUBLAYER_NOT_FOUND`.
+pub const STATUS_FWP_SUBLAYER_NOT_FOUND: NTSTATUS = 0xC022_0007_u32 as i32;
 /// `STATUS_INVALID_HANDLE`.
 pub const STATUS_INVALID_HANDLE: NTSTATUS = 0xC000_0008_u32 as i32;
 
 /// An object key (a GUID as 128 bits).
 pub type Key = u128;
 
+/// A condition of a plain filter (`FWPM_FILTER_CONDITION0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// `FWPM_CONDITION_FLAGS`, `FWP_MATCH_FLAGS_ALL_SET`.
+    FlagsAllSet(u32),
+    /// `FWPM_CONDITION_IP_PROTOCOL`, `FWP_MATCH_EQUAL`.
+    Protocol(u8),
+    /// `FWPM_CONDITION_IP_REMOTE_PORT`, `FWP_MATCH_EQUAL`.
+    RemotePort(u16),
+}
+
+/// The incoming values a [`Condition`] is matched against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Values {
+    /// `FWPS_FIELD_*_FLAGS` (`FWP_CONDITION_FLAG_*`).
+    pub flags: u32,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Remote port.
+    pub remote_port: u16,
+}
+
+impl Condition {
+    /// Does `v` match?
+    pub const fn matches(self, v: &Values) -> bool {
+        match self {
+            Self::FlagsAllSet(f) => v.flags & f == f,
+            Self::Protocol(p) => v.protocol == p,
+            Self::RemotePort(p) => v.remote_port == p,
+        }
+    }
+}
+
 /// A filter as added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
+    /// `filterKey` (0: the engine picks one).
+    pub key: Key,
     /// Layer.
     pub layer: FilterLayer,
     /// Sublayer key.
@@ -67,17 +134,29 @@ pub struct Filter {
     pub callout: Key,
     /// `FWPM_FILTER_FLAG_*`.
     pub flags: u32,
+    /// Conditions, all of which must match (none: every flow).
+    pub conditions: [Option<Condition>; 2],
+}
+
+impl Filter {
+    fn applies(&self, v: &Values) -> bool {
+        self.conditions.iter().flatten().all(|c| c.matches(v))
+    }
 }
 
 /// A classifyFn as the model calls it: the runtime (the Fwps calls go
 /// there), the filter id, and the indication's raw arguments.
 pub type ClassifyFn = Box<dyn FnMut(&mut Runtime, u64, &mut FWPS_CLASSIFY_OUT0)>;
 
+#[derive(Clone, Copy)]
 enum Op {
-    Provider(Key),
-    Sublayer(Key, u16),
+    Provider(Key, u32),
+    Sublayer(Key, u16, u32),
     Callout(Key, FilterLayer),
     Filter(u64, Filter),
+    DeleteFilter(Key),
+    DeleteSublayer(Key),
+    DeleteProvider(Key),
 }
 
 /// The simulated filter engine (management and classification).
@@ -90,8 +169,13 @@ pub struct Wfp {
     /// Dynamic sessions and the objects each has committed.
     dynamic: BTreeMap<u64, Vec<Op>>,
     next_id: u64,
-    providers: Vec<Key>,
-    sublayers: BTreeMap<Key, u16>,
+    /// Providers and their `FWPM_PROVIDER_FLAG_*`.
+    providers: BTreeMap<Key, u32>,
+    /// Sublayers: weight and `FWPM_SUBLAYER_FLAG_*`.
+    sublayers: BTreeMap<Key, (u16, u32)>,
+    /// The BFE has started since the last boot (persistent filters in
+    /// force, boot-time ones not).
+    started: bool,
     callouts: BTreeMap<Key, FilterLayer>,
     filters: BTreeMap<u64, Filter>,
     /// Registered callouts: key -> (run-time id, classifyFn).
@@ -120,8 +204,9 @@ impl Wfp {
             sessions: BTreeMap::new(),
             dynamic: BTreeMap::new(),
             next_id: 0x100,
-            providers: Vec::new(),
+            providers: BTreeMap::new(),
             sublayers: BTreeMap::new(),
+            started: true,
             callouts: BTreeMap::new(),
             filters: BTreeMap::new(),
             registered: BTreeMap::new(),
@@ -146,18 +231,52 @@ impl Wfp {
 
     /// The BFE changes state (the service starts or stops): every subscriber
     /// is called. Stopping it closes every engine session and drops every
-    /// management object (they live in the BFE; a driver adds them again).
+    /// management object that is not persistent or boot-time (they live in
+    /// the BFE; a driver adds them again). Starting it puts the persistent
+    /// filters in force and the boot-time ones out of it.
     pub fn set_bfe_state(&mut self, state: FWPM_SERVICE_STATE) {
         self.bfe = state;
         if state == FWPM_SERVICE_STOPPED {
-            self.sessions.clear();
-            self.providers.clear();
-            self.sublayers.clear();
-            self.callouts.clear();
-            self.filters.clear();
+            self.drop_volatile();
+        }
+        if state == FWPM_SERVICE_RUNNING {
+            self.started = true;
         }
         for cb in self.subscribers.values_mut() {
             cb(state);
+        }
+    }
+
+    fn drop_volatile(&mut self) {
+        self.sessions.clear();
+        self.dynamic.clear();
+        self.providers.retain(|_, flags| *flags & FWPM_PROVIDER_FLAG_PERSISTENT != 0);
+        self.sublayers.retain(|_, (_, flags)| *flags & FWPM_SUBLAYER_FLAG_PERSISTENT != 0);
+        self.callouts.clear();
+        self.filters.retain(|_, f| f.flags & (FWPM_FILTER_FLAG_PERSISTENT | FWPM_FILTER_FLAG_BOOTTIME) != 0);
+    }
+
+    /// The machine restarts: every driver is gone (its callouts and BFE
+    /// subscriptions), the BFE is stopped until [`Self::set_bfe_state`]
+    /// starts it, and only persistent and boot-time objects remain; the
+    /// boot-time filters are in force.
+    pub fn reboot(&mut self) {
+        self.bfe = FWPM_SERVICE_STOPPED;
+        self.drop_volatile();
+        self.subscribers.clear();
+        self.registered.clear();
+        self.flow_contexts.clear();
+        self.started = false;
+    }
+
+    /// Is `f` enforced now?
+    const fn in_force(&self, f: &Filter) -> bool {
+        if f.flags & FWPM_FILTER_FLAG_BOOTTIME != 0 {
+            !self.started
+        } else if f.flags & FWPM_FILTER_FLAG_PERSISTENT != 0 {
+            self.started
+        } else {
+            true
         }
     }
 
@@ -210,8 +329,10 @@ impl Wfp {
         );
         for op in self.dynamic.remove(&engine).unwrap_or_default() {
             match op {
-                Op::Provider(k) => self.providers.retain(|p| *p != k),
-                Op::Sublayer(k, _) => {
+                Op::Provider(k, _) => {
+                    self.providers.remove(&k);
+                }
+                Op::Sublayer(k, _, _) => {
                     self.sublayers.remove(&k);
                 }
                 Op::Callout(k, _) => {
@@ -220,6 +341,7 @@ impl Wfp {
                 Op::Filter(id, _) => {
                     self.filters.remove(&id);
                 }
+                Op::DeleteFilter(_) | Op::DeleteSublayer(_) | Op::DeleteProvider(_) => {}
             }
         }
         STATUS_SUCCESS
@@ -250,27 +372,30 @@ impl Wfp {
         let Some(Some(ops)) = self.sessions.get_mut(&engine).map(Option::take) else { return STATUS_INVALID_HANDLE };
         let mut added_filters = false;
         for op in ops {
-            let owned = match op {
-                Op::Provider(k) => {
-                    self.providers.push(k);
-                    Op::Provider(k)
+            match op {
+                Op::Provider(k, flags) => {
+                    self.providers.insert(k, flags);
                 }
-                Op::Sublayer(k, w) => {
-                    self.sublayers.insert(k, w);
-                    Op::Sublayer(k, w)
+                Op::Sublayer(k, w, flags) => {
+                    self.sublayers.insert(k, (w, flags));
                 }
                 Op::Callout(k, l) => {
                     self.callouts.insert(k, l);
-                    Op::Callout(k, l)
                 }
                 Op::Filter(id, f) => {
                     self.filters.insert(id, f);
                     added_filters = true;
-                    Op::Filter(id, f)
                 }
-            };
+                Op::DeleteFilter(k) => self.filters.retain(|id, f| key_of(*id, f) != k),
+                Op::DeleteSublayer(k) => {
+                    self.sublayers.remove(&k);
+                }
+                Op::DeleteProvider(k) => {
+                    self.providers.remove(&k);
+                }
+            }
             if let Some(objects) = self.dynamic.get_mut(&engine) {
-                objects.push(owned);
+                objects.push(op);
             }
         }
         if added_filters {
@@ -311,20 +436,125 @@ impl Wfp {
 
     /// FwpmProviderAdd0.
     pub fn provider_add(&mut self, engine: u64, key: Key) -> NTSTATUS {
+        self.provider_add_with(engine, key, 0)
+    }
+
+    /// FwpmProviderAdd0 with `FWPM_PROVIDER0.flags`.
+    pub fn provider_add_with(&mut self, engine: u64, key: Key, flags: u32) -> NTSTATUS {
         self.rt.kernel.call(Routine::FwpmManagement);
-        if self.providers.contains(&key) {
+        if self.exists(engine, Kind::Provider, key) {
             return STATUS_FWP_ALREADY_EXISTS;
         }
-        self.stage(engine, Op::Provider(key))
+        self.stage(engine, Op::Provider(key, flags))
     }
 
     /// FwpmSubLayerAdd0.
     pub fn sublayer_add(&mut self, engine: u64, key: Key, weight: u16) -> NTSTATUS {
+        self.sublayer_add_with(engine, key, weight, 0)
+    }
+
+    /// FwpmSubLayerAdd0 with `FWPM_SUBLAYER0.flags`.
+    pub fn sublayer_add_with(&mut self, engine: u64, key: Key, weight: u16, flags: u32) -> NTSTATUS {
         self.rt.kernel.call(Routine::FwpmManagement);
-        if self.sublayers.contains_key(&key) {
+        if self.exists(engine, Kind::Sublayer, key) {
             return STATUS_FWP_ALREADY_EXISTS;
         }
-        self.stage(engine, Op::Sublayer(key, weight))
+        self.stage(engine, Op::Sublayer(key, weight, flags))
+    }
+
+    /// Whether an object exists as `engine`'s open transaction sees it: the
+    /// committed objects with the transaction's adds and deletes applied.
+    fn exists(&self, engine: u64, kind: Kind, key: Key) -> bool {
+        let mut there = match kind {
+            Kind::Provider => self.providers.contains_key(&key),
+            Kind::Sublayer => self.sublayers.contains_key(&key),
+            Kind::Filter => self.filters.iter().any(|(id, f)| key_of(*id, f) == key),
+        };
+        if let Some(Some(ops)) = self.sessions.get(&engine) {
+            for op in ops {
+                match (*op, kind) {
+                    (Op::Provider(k, _), Kind::Provider) | (Op::Sublayer(k, _, _), Kind::Sublayer) if k == key => {
+                        there = true;
+                    }
+                    (Op::Filter(id, f), Kind::Filter) if key_of(id, &f) == key => there = true,
+                    (Op::DeleteProvider(k), Kind::Provider)
+                    | (Op::DeleteSublayer(k), Kind::Sublayer)
+                    | (Op::DeleteFilter(k), Kind::Filter)
+                        if k == key =>
+                    {
+                        there = false;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        there
+    }
+
+    /// Filters (committed, or added by `engine`'s transaction and not
+    /// deleted by it) in sublayer `key`.
+    fn sublayer_in_use(&self, engine: u64, key: Key) -> bool {
+        let mut keys: Vec<Key> =
+            self.filters.iter().filter(|(_, f)| f.sublayer == key).map(|(id, f)| key_of(*id, f)).collect();
+        if let Some(Some(ops)) = self.sessions.get(&engine) {
+            for op in ops {
+                match *op {
+                    Op::Filter(id, f) if f.sublayer == key => keys.push(key_of(id, &f)),
+                    Op::DeleteFilter(k) => keys.retain(|x| *x != k),
+                    _ => {}
+                }
+            }
+        }
+        !keys.is_empty()
+    }
+
+    /// FwpmFilterDeleteByKey0 (staged like an add inside a transaction).
+    pub fn filter_delete_by_key(&mut self, engine: u64, key: Key) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if !self.sessions.contains_key(&engine) {
+            return STATUS_INVALID_HANDLE;
+        }
+        if !self.exists(engine, Kind::Filter, key) {
+            return STATUS_FWP_FILTER_NOT_FOUND;
+        }
+        self.stage(engine, Op::DeleteFilter(key))
+    }
+
+    /// FwpmSubLayerDeleteByKey0: `FWP_E_IN_USE` while filters remain in it.
+    pub fn sublayer_delete_by_key(&mut self, engine: u64, key: Key) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if !self.sessions.contains_key(&engine) {
+            return STATUS_INVALID_HANDLE;
+        }
+        if !self.exists(engine, Kind::Sublayer, key) {
+            return STATUS_FWP_SUBLAYER_NOT_FOUND;
+        }
+        if self.sublayer_in_use(engine, key) {
+            return STATUS_FWP_IN_USE;
+        }
+        self.stage(engine, Op::DeleteSublayer(key))
+    }
+
+    /// FwpmProviderDeleteByKey0.
+    pub fn provider_delete_by_key(&mut self, engine: u64, key: Key) -> NTSTATUS {
+        self.rt.kernel.call(Routine::FwpmManagement);
+        if !self.sessions.contains_key(&engine) {
+            return STATUS_INVALID_HANDLE;
+        }
+        if !self.exists(engine, Kind::Provider, key) {
+            return STATUS_FWP_PROVIDER_NOT_FOUND;
+        }
+        self.stage(engine, Op::DeleteProvider(key))
+    }
+
+    /// Committed providers and their flags.
+    pub const fn providers(&self) -> &BTreeMap<Key, u32> {
+        &self.providers
+    }
+
+    /// Committed sublayers: weight and flags.
+    pub const fn sublayers(&self) -> &BTreeMap<Key, (u16, u32)> {
+        &self.sublayers
     }
 
     /// FwpmCalloutAdd0.
@@ -337,9 +567,18 @@ impl Wfp {
     }
 
     /// FwpmFilterAdd0: returns the run-time filter id (assigned at once,
-    /// usable after commit).
+    /// usable after commit). A non-zero key already in use is
+    /// `FWP_E_ALREADY_EXISTS`; FWPM_FILTER0 refuses BOOTTIME with PERSISTENT
+    /// ("cannot be set together"), which the model fails loudly.
     pub fn filter_add(&mut self, engine: u64, filter: Filter) -> Result<u64, NTSTATUS> {
         self.rt.kernel.call(Routine::FwpmManagement);
+        assert!(
+            filter.flags & FWPM_FILTER_FLAG_BOOTTIME == 0 || filter.flags & FWPM_FILTER_FLAG_PERSISTENT == 0,
+            "FWPM_FILTER_FLAG_BOOTTIME together with FWPM_FILTER_FLAG_PERSISTENT"
+        );
+        if filter.key != 0 && self.exists(engine, Kind::Filter, filter.key) {
+            return Err(STATUS_FWP_ALREADY_EXISTS);
+        }
         let id = self.id();
         let s = self.stage(engine, Op::Filter(id, filter));
         if s == STATUS_SUCCESS { Ok(id) } else { Err(s) }
@@ -351,7 +590,8 @@ impl Wfp {
         if !self.sessions.contains_key(&engine) {
             return STATUS_INVALID_HANDLE;
         }
-        if self.filters.remove(&id).is_some() { STATUS_SUCCESS } else { STATUS_FWP_NOT_FOUND }
+        // "WFP Error Codes": FWP_E_FILTER_NOT_FOUND, "The filter does not exist".
+        if self.filters.remove(&id).is_some() { STATUS_SUCCESS } else { STATUS_FWP_FILTER_NOT_FOUND }
     }
 
     /// The filters in force.
@@ -391,12 +631,18 @@ impl Wfp {
     /// whose callout is not registered acts as BLOCK (TERMINATING, UNKNOWN)
     /// or is skipped (INSPECTION). Returns the layer's outcome.
     pub fn classify(&mut self, layer: FilterLayer) -> Outcome {
+        self.classify_values(layer, &Values::default())
+    }
+
+    /// [`Self::classify`] for a flow with these incoming values: only the
+    /// filters in force whose conditions all match take part.
+    pub fn classify_values(&mut self, layer: FilterLayer, values: &Values) -> Outcome {
         let readings = self.rt.readings;
         let mut order: Vec<(u16, u64, u64, Filter)> = self
             .filters
             .iter()
-            .filter(|(_, f)| f.layer == layer)
-            .map(|(id, f)| (self.sublayers.get(&f.sublayer).copied().unwrap_or(0), f.weight, *id, *f))
+            .filter(|(_, f)| f.layer == layer && self.in_force(f) && f.applies(values))
+            .map(|(id, f)| (self.sublayers.get(&f.sublayer).map_or(0, |s| s.0), f.weight, *id, *f))
             .collect();
         order.sort_by_key(|a| std::cmp::Reverse((a.0, f_key(&a.3), a.1)));
         let mut arb = LayerArbiter::new();
@@ -427,10 +673,25 @@ impl Wfp {
                     }
                 }
             }
+            if f.flags & FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT != 0 {
+                out.rights &= !FWPS_RIGHT_ACTION_WRITE;
+            }
             sublayer_done = arb.take(f.action_type, &out, &readings);
         }
         arb.result()
     }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Provider,
+    Sublayer,
+    Filter,
+}
+
+/// A filter's key: its own, or (0: the engine picked one) its run-time id.
+const fn key_of(id: u64, f: &Filter) -> Key {
+    if f.key == 0 { id as Key } else { f.key }
 }
 
 /// Sublayer identity as a sort key (after its weight).

@@ -258,7 +258,7 @@ fn timers_fire_when_the_clock_passes_them() {
 }
 
 fn filter(layer: FilterLayer, action_type: FWP_ACTION_TYPE, callout: u128) -> Filter {
-    Filter { layer, sublayer: 1, weight: 0, action_type, callout, flags: 0 }
+    Filter { key: 0, layer, sublayer: 1, weight: 0, action_type, callout, flags: 0, conditions: [None, None] }
 }
 
 #[test]
@@ -329,4 +329,70 @@ fn management_at_dispatch_fails() {
     let mut w = Wfp::new(Readings::default());
     w.rt.kernel.set_irql(Irql::Dispatch);
     let _ = w.engine_open();
+}
+
+fn plain(key: u128, flags: u32, action_type: FWP_ACTION_TYPE) -> Filter {
+    Filter { key, flags, action_type, callout: 0, ..filter(FilterLayer::AuthConnectV4, action_type, 0) }
+}
+
+/// "Basic Operation" and FwpmProviderAdd0's remarks: boot-time filters
+/// enforce from boot until the BFE starts, persistent ones from its start on,
+/// both survive a BFE stop and a reboot; other objects do not.
+#[test]
+fn boot_time_and_persistent_filters_each_enforce_in_their_window() {
+    use wfp_ffi::{FWP_ACTION_BLOCK, FWPM_FILTER_FLAG_BOOTTIME, FWPM_FILTER_FLAG_PERSISTENT};
+    let mut w = Wfp::new(Readings::default());
+    let e = w.engine_open().unwrap();
+    assert_eq!(w.sublayer_add_with(e, 1, 0xFFFF, FWPM_SUBLAYER_FLAG_PERSISTENT), 0);
+    let boot = w.filter_add(e, plain(0xb0, FWPM_FILTER_FLAG_BOOTTIME, FWP_ACTION_BLOCK)).unwrap();
+    assert_eq!(w.classify(FilterLayer::AuthConnectV4), Outcome::Permit, "a boot-time filter waits for the next boot");
+    let _ = w.filter_add(e, plain(0x9e, 0, FWP_ACTION_BLOCK)).unwrap();
+    assert_eq!(w.classify(FilterLayer::AuthConnectV4), Outcome::Block);
+    w.engine_close(e);
+    w.reboot();
+    assert!(!w.filters().values().any(|f| f.key == 0x9e), "a plain filter does not survive a reboot");
+    assert!(w.filters().contains_key(&boot));
+    assert_eq!(w.classify(FilterLayer::AuthConnectV4), Outcome::Block, "boot-time filter before the BFE");
+    w.set_bfe_state(FWPM_SERVICE_RUNNING);
+    assert_eq!(w.classify(FilterLayer::AuthConnectV4), Outcome::Permit, "disabled once the BFE runs");
+    let e = w.engine_open().unwrap();
+    let _ = w.filter_add(e, plain(0x9f, FWPM_FILTER_FLAG_PERSISTENT, FWP_ACTION_BLOCK)).unwrap();
+    w.engine_close(e);
+    w.set_bfe_state(FWPM_SERVICE_STOPPED);
+    assert_eq!(w.classify(FilterLayer::AuthConnectV4), Outcome::Block, "a persistent filter survives a BFE stop");
+    w.reboot();
+    assert_eq!(w.classify(FilterLayer::AuthConnectV4), Outcome::Block, "the boot-time one again, at boot");
+    assert!(w.filters().values().any(|f| f.key == 0x9f), "kept for the BFE's start");
+}
+
+/// Deletes by key are staged like adds; a sublayer still holding filters is
+/// `FWP_E_IN_USE`; a missing key is NOT_FOUND.
+#[test]
+fn deletes_by_key_follow_the_transaction() {
+    use crate::mgmt::{STATUS_FWP_FILTER_NOT_FOUND, STATUS_FWP_IN_USE};
+    use wfp_ffi::FWP_ACTION_BLOCK;
+    let mut w = Wfp::new(Readings::default());
+    let e = w.engine_open().unwrap();
+    assert_eq!(w.sublayer_add(e, 1, 0x10), 0);
+    let _ = w.filter_add(e, plain(0xaa, 0, FWP_ACTION_BLOCK)).unwrap();
+    assert_eq!(w.filter_add(e, plain(0xaa, 0, FWP_ACTION_BLOCK)), Err(crate::mgmt::STATUS_FWP_ALREADY_EXISTS));
+    assert_eq!(w.sublayer_delete_by_key(e, 1), STATUS_FWP_IN_USE);
+    assert_eq!(w.transaction_begin(e), 0);
+    assert_eq!(w.filter_delete_by_key(e, 0xaa), 0);
+    assert_eq!(w.filter_delete_by_key(e, 0xaa), STATUS_FWP_FILTER_NOT_FOUND, "already deleted in this transaction");
+    assert_eq!(w.sublayer_delete_by_key(e, 1), 0, "not in use once its filter's delete is staged");
+    assert_eq!(w.filters().len(), 1, "nothing deleted before the commit");
+    assert_eq!(w.transaction_abort(e), 0);
+    assert_eq!(w.filters().len(), 1, "an abort keeps it");
+    assert_eq!(w.filter_delete_by_key(e, 0xaa), 0);
+    assert!(w.filters().is_empty());
+}
+
+#[test]
+#[should_panic(expected = "BOOTTIME together with")]
+fn boottime_and_persistent_cannot_be_combined() {
+    let mut w = Wfp::new(Readings::default());
+    let e = w.engine_open().unwrap();
+    let both = FWPM_FILTER_FLAG_BOOTTIME | FWPM_FILTER_FLAG_PERSISTENT;
+    let _ = w.filter_add(e, plain(1, both, FWP_ACTION_BLOCK));
 }

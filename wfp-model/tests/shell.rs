@@ -6,10 +6,14 @@
 use core::cell::Cell;
 use std::rc::Rc;
 
+use arbiter::audit::{GuardChange, GuardRecord};
+use arbiter::boot::BootMode;
+use arbiter_callout::boot::BootFilter;
 use arbiter_callout::filters::{FILTERS, FilterLayer};
 use arbiter_callout::shell::{Kernel, Lifecycle, PASSIVE_LEVEL, STATUS_DEVICE_BUSY, Status};
 use arbiter_wfp_model::arbitration::Outcome;
-use arbiter_wfp_model::mgmt::STATUS_BFE_NOT_RUNNING;
+use arbiter_wfp_model::bootset;
+use arbiter_wfp_model::mgmt::{STATUS_BFE_NOT_RUNNING, STATUS_FWP_FILTER_NOT_FOUND};
 use arbiter_wfp_model::{Filter, Irql, Readings, Routine, Wfp};
 use wfp_ffi::{FWPM_SERVICE_RUNNING, FWPM_SERVICE_STOP_PENDING, FWPM_SERVICE_STOPPED};
 
@@ -30,6 +34,15 @@ struct OnModel<'a> {
     /// Connect classifications made by the engine while unload completes
     /// held ones, with their outcome.
     during_unload: Vec<Outcome>,
+    /// What our callouts write when they have the write right (`None`: leave
+    /// classifyOut as they found it).
+    verdict: Rc<Cell<Option<wfp_ffi::FWP_ACTION_TYPE>>>,
+    /// The rules' `[boot] mode` and our registered proxy, as the callout's
+    /// state would say.
+    mode: BootMode,
+    proxy: Option<u64>,
+    /// Boot-guard records written to the ring.
+    audited: Vec<GuardRecord>,
 }
 
 impl<'a> OnModel<'a> {
@@ -43,6 +56,10 @@ impl<'a> OnModel<'a> {
             completed_while_filtered: 0,
             classified: Rc::new(Cell::new(0)),
             during_unload: Vec::new(),
+            verdict: Rc::new(Cell::new(None)),
+            mode: BootMode::Open,
+            proxy: None,
+            audited: Vec::new(),
         }
     }
 
@@ -52,8 +69,16 @@ impl<'a> OnModel<'a> {
             let key = 0xc0 + i as u128;
             let _ = spec;
             let seen = Rc::clone(&self.classified);
-            let id =
-                self.wfp.callout_register(key, Box::new(move |_, _, _| seen.set(seen.get() + 1))).expect("register");
+            let verdict = Rc::clone(&self.verdict);
+            let classify = move |_: &mut arbiter_wfp_model::Runtime, _: u64, out: &mut wfp_ffi::FWPS_CLASSIFY_OUT0| {
+                seen.set(seen.get() + 1);
+                if let Some(v) = verdict.get()
+                    && out.rights & wfp_ffi::FWPS_RIGHT_ACTION_WRITE != 0
+                {
+                    out.actionType = v;
+                }
+            };
+            let id = self.wfp.callout_register(key, Box::new(classify)).expect("register");
             self.callout_ids.push(id);
         }
         self.subscription = Some(self.wfp.bfe_subscribe(Box::new(|_| {})));
@@ -98,6 +123,8 @@ impl Kernel for OnModel<'_> {
                     action_type: spec.action_type,
                     callout,
                     flags: spec.flags,
+                    key: 0,
+                    conditions: [None, None],
                 };
                 let id = self.wfp.filter_add(engine, filter)?;
                 if let Some(slot) = ids.get_mut(i) {
@@ -146,6 +173,21 @@ impl Kernel for OnModel<'_> {
             }
         }
         result
+    }
+    fn boot_state(&mut self) -> (BootMode, Option<u64>) {
+        (self.mode, self.proxy)
+    }
+    fn add_override(&mut self, engine: usize, filter: &BootFilter) -> Result<u64, Status> {
+        self.wfp.filter_add(engine as u64, bootset::filter(filter))
+    }
+    fn delete_filter(&mut self, engine: usize, id: u64) -> Result<(), Status> {
+        match self.wfp.filter_delete(engine as u64, id) {
+            s if s >= 0 || s == STATUS_FWP_FILTER_NOT_FOUND => Ok(()),
+            s => Err(s),
+        }
+    }
+    fn audit_guard(&mut self, record: GuardRecord) {
+        self.audited.push(record);
     }
 }
 
@@ -299,4 +341,223 @@ fn classifications_arriving_during_unload_never_reach_our_callouts() {
     assert_eq!(k.classified.get(), 0, "no classifyFn of ours during unload");
     assert_eq!(k.wfp.classify(FilterLayer::ConnectRedirectV4), Outcome::Permit);
     assert_eq!(k.classified.get(), 0);
+}
+
+// ---- boot-time protection (issue 14): the service's set and the driver's guard ----
+
+use arbiter::boot::BootConfig;
+use arbiter_callout::boot::{BootEngine, BootStep, PlanFailed, install_plan, remove_plan, run_plan};
+use arbiter_wfp_model::mgmt::Values;
+use wfp_ffi::{FWP_ACTION_BLOCK, FWP_ACTION_PERMIT, FWP_CONDITION_FLAG_IS_LOOPBACK};
+
+const WEB: Values = Values { flags: 0, protocol: 6, remote_port: 443 };
+const DNS: Values = Values { flags: 0, protocol: 17, remote_port: 53 };
+const LOOPBACK: Values = Values { flags: FWP_CONDITION_FLAG_IS_LOOPBACK, protocol: 6, remote_port: 8080 };
+
+fn block_mode() -> BootConfig {
+    BootConfig { mode: BootMode::Block, ..BootConfig::default() }
+}
+
+/// The service's `install-boot` / `remove-boot`: one session, one transaction.
+fn service(wfp: &mut Wfp, steps: impl Iterator<Item = BootStep>) -> Result<(), PlanFailed> {
+    let engine = wfp.engine_open().expect("the BFE runs");
+    let r = run_plan(&mut bootset::Session { wfp, engine }, steps);
+    wfp.engine_close(engine);
+    r.map(|_| ())
+}
+
+/// Both families' outcome for a flow at ALE_AUTH_CONNECT.
+fn auth(k: &mut OnModel<'_>, v: &Values) -> Outcome {
+    let v4 = k.wfp.classify_values(FilterLayer::AuthConnectV4, v);
+    let v6 = k.wfp.classify_values(FilterLayer::AuthConnectV6, v);
+    assert_eq!(v4, v6, "both families alike");
+    v4
+}
+
+fn changes(k: &OnModel<'_>) -> Vec<GuardChange> {
+    k.audited.iter().map(|r| r.change).collect()
+}
+
+/// Block mode from boot to unload, the model deciding every flow: the
+/// boot-time filters before the BFE, the persistent ones after it, the
+/// driver's override once the proxy registered (our callouts then decide),
+/// and the block set again when the proxy is lost, each change audited.
+#[test]
+fn block_mode_blocks_until_ready_and_again_when_the_proxy_is_lost() {
+    let mut wfp = machine();
+    service(&mut wfp, install_plan(&block_mode())).expect("installed");
+    wfp.reboot();
+    let mut k = OnModel::new(&mut wfp);
+    k.mode = BootMode::Block;
+    k.verdict.set(Some(FWP_ACTION_PERMIT));
+    // BFE down: the boot-time filters.
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    assert_eq!(auth(&mut k, &DNS), Outcome::Permit);
+    assert_eq!(auth(&mut k, &LOOPBACK), Outcome::Permit);
+    // The driver loads before the BFE: no engine, no filters, nothing lifted.
+    let life = driver_entry(&mut k);
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    // The BFE starts: the persistent twins take over.
+    k.wfp.set_bfe_state(FWPM_SERVICE_RUNNING);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    assert_eq!(auth(&mut k, &DNS), Outcome::Permit);
+    // Our filters go in; no proxy yet: still blocked, nothing audited.
+    life.bfe_running(&mut k).expect("added");
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    assert!(k.audited.is_empty());
+    // The proxy registers: the override lifts the set, our callouts decide.
+    k.proxy = Some(77);
+    life.sync_guard(&mut k);
+    assert!(life.override_ids().iter().all(|&id| id != 0));
+    assert_eq!(changes(&k), [GuardChange::Ready]);
+    let before = k.classified.get();
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    assert!(k.classified.get() > before, "our callouts were asked");
+    k.verdict.set(Some(FWP_ACTION_BLOCK));
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block, "a block of ours still blocks: the override is soft");
+    k.verdict.set(Some(FWP_ACTION_PERMIT));
+    // The proxy dies (its handle's cleanup unregisters it): blocked again, audited.
+    k.proxy = None;
+    life.sync_guard(&mut k);
+    assert_eq!(life.override_ids(), [0, 0]);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    assert_eq!(auth(&mut k, &DNS), Outcome::Permit);
+    assert_eq!(
+        k.audited.last(),
+        Some(&GuardRecord { mode: BootMode::Block, change: GuardChange::ProxyLost, proxy_pid: 77 })
+    );
+    // It restarts.
+    k.proxy = Some(78);
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    // The BFE restarts: the override goes with our session, the persistent
+    // set stays; our filters and the override come back with the BFE.
+    k.wfp.set_bfe_state(FWPM_SERVICE_STOP_PENDING);
+    life.bfe_stopping(&mut k);
+    life.sync_guard(&mut k);
+    k.wfp.set_bfe_state(FWPM_SERVICE_STOPPED);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    k.wfp.set_bfe_state(FWPM_SERVICE_RUNNING);
+    life.bfe_running(&mut k).expect("added again");
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    assert_eq!(
+        changes(&k),
+        [GuardChange::Ready, GuardChange::ProxyLost, GuardChange::Ready, GuardChange::FiltersGone, GuardChange::Ready]
+    );
+    // Unload: the dynamic session ends, nothing to delete; the set blocks again.
+    assert_eq!(life.stop(&mut k).unregister, Ok(()));
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    assert_eq!(life.override_failures(), 0);
+    // Removal, with no driver: everything of our provider goes.
+    service(k.wfp, remove_plan()).expect("removed");
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    k.wfp.reboot();
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit, "no boot-time filter left either");
+}
+
+/// Open mode: nothing installed, nothing blocked, the guard audits but adds nothing.
+#[test]
+fn open_mode_installs_nothing_and_never_blocks() {
+    let mut wfp = machine();
+    service(&mut wfp, install_plan(&BootConfig::default())).expect("nothing to do");
+    assert!(wfp.filters().is_empty() && wfp.sublayers().is_empty() && wfp.providers().is_empty());
+    wfp.reboot();
+    let mut k = OnModel::new(&mut wfp);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    let life = driver_entry(&mut k);
+    k.wfp.set_bfe_state(FWPM_SERVICE_RUNNING);
+    life.bfe_running(&mut k).expect("added");
+    k.proxy = Some(5);
+    life.sync_guard(&mut k);
+    assert_eq!(life.override_ids(), [0, 0]);
+    k.proxy = None;
+    life.sync_guard(&mut k);
+    assert_eq!(changes(&k), [GuardChange::Ready, GuardChange::ProxyLost], "audited in open mode too");
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+}
+
+/// Recovery while the driver holds the override: removal deletes it with
+/// the rest (the sublayer could not go otherwise), and the driver's own
+/// delete later finds it gone without failing.
+#[test]
+fn removal_works_while_the_driver_holds_the_override() {
+    let mut wfp = machine();
+    service(&mut wfp, install_plan(&block_mode())).expect("installed");
+    let mut k = OnModel::new(&mut wfp);
+    k.mode = BootMode::Block;
+    let life = driver_entry(&mut k);
+    k.proxy = Some(9);
+    life.sync_guard(&mut k);
+    assert!(life.override_ids().iter().all(|&id| id != 0));
+    service(k.wfp, remove_plan()).expect("removed with the override in place");
+    assert!(k.wfp.sublayers().keys().all(|&s| s != bootset::key(&arbiter_callout::boot::SUBLAYER_KEY)));
+    assert!(
+        k.wfp.providers().is_empty()
+            || k.wfp.providers().keys().all(|&p| p != bootset::key(&arbiter_callout::boot::PROVIDER_KEY))
+    );
+    k.proxy = None;
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    assert_eq!(changes(&k), [GuardChange::Ready, GuardChange::ProxyLost]);
+}
+
+/// Installing again replaces the set in one transaction (a changed
+/// allow-list); a failing step aborts it and leaves the machine as it was.
+#[test]
+fn install_replaces_atomically_and_a_failure_changes_nothing() {
+    let mut wfp = machine();
+    service(&mut wfp, install_plan(&block_mode())).expect("installed");
+    let first: Vec<_> = wfp.filters().values().copied().collect();
+    let mut ntp = block_mode();
+    ntp.allow.push(arbiter::boot::BootAllow::udp(123));
+    ntp.canonicalize();
+    service(&mut wfp, install_plan(&ntp)).expect("replaced");
+    assert_eq!(wfp.filters().len(), first.len() + 4, "one more permit per flag and family");
+    let ntp_flow = Values { flags: 0, protocol: 17, remote_port: 123 };
+    assert_eq!(wfp.classify_values(FilterLayer::AuthConnectV4, &ntp_flow), Outcome::Permit);
+    // A session whose 3rd add fails.
+    struct Failing<'a>(bootset::Session<'a>, usize);
+    impl BootEngine for Failing<'_> {
+        fn begin(&mut self) -> Result<(), i32> {
+            self.0.begin()
+        }
+        fn commit(&mut self) -> Result<(), i32> {
+            self.0.commit()
+        }
+        fn abort(&mut self) {
+            self.0.abort()
+        }
+        fn add_provider(&mut self) -> Result<(), i32> {
+            self.0.add_provider()
+        }
+        fn add_sublayer(&mut self) -> Result<(), i32> {
+            self.0.add_sublayer()
+        }
+        fn add_filter(&mut self, f: &BootFilter) -> Result<(), i32> {
+            self.1 += 1;
+            if self.1 == 3 { Err(-7) } else { self.0.add_filter(f) }
+        }
+        fn delete_filter(&mut self, k: wfp_ffi::GUID) -> Result<bool, i32> {
+            self.0.delete_filter(k)
+        }
+        fn delete_sublayer(&mut self) -> Result<bool, i32> {
+            self.0.delete_sublayer()
+        }
+        fn delete_provider(&mut self) -> Result<bool, i32> {
+            self.0.delete_provider()
+        }
+    }
+    let before: Vec<_> = wfp.filters().values().copied().collect();
+    let engine = wfp.engine_open().expect("open");
+    let r = run_plan(&mut Failing(bootset::Session { wfp: &mut wfp, engine }, 0), install_plan(&block_mode()));
+    wfp.engine_close(engine);
+    assert_eq!(r.map_err(|e| e.status), Err(-7));
+    assert_eq!(wfp.filters().values().copied().collect::<Vec<_>>(), before, "aborted: the old set is intact");
+    // Removing twice is fine (recovery may run more than once).
+    service(&mut wfp, remove_plan()).expect("removed");
+    service(&mut wfp, remove_plan()).expect("nothing left to remove");
+    assert!(wfp.filters().is_empty());
 }
