@@ -2,7 +2,7 @@
 //!
 //! Slots live in one vector reserved at start-up; a doubly linked list through
 //! them keeps insertion order, which is also expiry order because every entry
-//! of one table gets the same time to live. The hash index ([`index`]) is a
+//! of one table gets the same time to live. The hash index (`table/index.rs`) is a
 //! fixed open-addressing array of slot numbers hashed with a seeded ahash
 //! (attackers choose the 5-tuples). Every operation is O(1) and, once
 //! [`BoundedTable::new`] has succeeded, allocation-free: the index is sized
