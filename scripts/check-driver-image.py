@@ -13,7 +13,9 @@ Usage: check-driver-image.py IMAGE MAP INX MINGW_LIB_DIR
   page and minimum Windows version; the INF targets the newest of those;
 - every fwpkclnt.sys import is a documented WFP kernel routine;
 - kernel stack: the frame of every function (from its prologue) and the
-  deepest call chain from each classifyFn, which must stay under 2 KiB.
+  deepest call chain from each classifyFn, which must stay under 2 KiB
+  (enforced outside the compiled rule matcher; the whole path once
+  ENFORCE_STACK is set).
 """
 
 import re
@@ -60,7 +62,9 @@ WFP_ROUTINES = {
 STATIC_ROUTINES = ["WdmlibIoCreateDeviceSecure"]
 
 STACK_LIMIT = 2048
-# Not enforced until the classify path fits (see driver/README.md).
+# Not enforced until the classify path fits (see driver/README.md): the rule
+# matcher's subtree is still over. Everything outside it is held to the
+# limit already (a failure, not a report).
 ENFORCE_STACK = False
 
 # The classifyFn entry points the driver registers (driver/src/lib.rs).
@@ -315,6 +319,8 @@ def stack_report(image, info, syms, say, fail):
     if entry is not None:
         say(f"  rule matcher entered {entry} B deep (its share of the limit: {STACK_LIMIT - entry} B); "
             f"deepest chain outside it: {other} B")
+    if other >= STACK_LIMIT:
+        fail(f"classify path outside the rule matcher needs {other} B of stack, limit {STACK_LIMIT} B")
     if total >= STACK_LIMIT:
         msg = f"classify path needs {total} B of stack, limit {STACK_LIMIT} B"
         if ENFORCE_STACK:
