@@ -119,6 +119,7 @@ pub(super) struct GlobIndex {
     middles: Vec<Middle>,
     masks: Vec<u64>,
     eq: Vec<(u16, u64)>,
+    pages: Vec<u8>,
     anchors: HashTable<Bucket>,
     anchor_keys: Vec<u32>,
     /// One bit per [`filter_bit`] of every anchor in `anchors`.
@@ -337,8 +338,9 @@ const OTHER: usize = ASCII;
 /// folding). An ASCII unit's mask is one load from the middle's table
 /// (upper and lower case alike); so is any other unit when the middle is
 /// all ASCII (entry [`OTHER`]). A middle with non-ASCII units lists them in
-/// `eq` with every unit that folds to one of them ([`preimages`]), sorted:
-/// a binary search, and no case folding while matching.
+/// `eq` with every unit that folds to one of them ([`preimages`]), and its
+/// page tables ([`compile_pages`]) find a unit's entry in three loads: no
+/// case folding while matching.
 #[derive(Clone, Copy, Debug, Default)]
 struct Middle {
     /// Start of its [`TABLE`] masks in `GlobIndex::masks`.
@@ -346,6 +348,9 @@ struct Middle {
     /// Its non-ASCII units with their masks, in `GlobIndex::eq`.
     eq_start: u32,
     eq_len: u32,
+    /// Where its page tables start in `GlobIndex::pages` ([`NO_PAGES`]: the
+    /// middle is all ASCII).
+    pages: u32,
     /// The mask of a unit the middle does not name (its `?` positions).
     any: u64,
     /// Bit `j` set when position `j` starts a segment.
@@ -418,9 +423,62 @@ pub(super) fn preimages(f: u16) -> impl Iterator<Item = u16> {
     upper.into_iter().chain(FOLD_EXTRAS.iter().filter(move |&&(_, g)| g == f).map(|&(u, _)| u))
 }
 
+/// [`Middle::pages`] of a middle without page tables.
+const NO_PAGES: u32 = u32::MAX;
+
+/// Bytes of a page table: one per unit with the same high byte.
+const PAGE: usize = 256;
+
+/// Appends the page tables of a middle's non-ASCII units (`eq`, sorted) to
+/// `pages`: a directory with one byte per high byte of a unit (the page
+/// holding its units), an empty page, then one page per high byte in use,
+/// with one byte per unit: 0 for a unit the middle does not name, `i + 1`
+/// for `eq[i]`. Reading a unit's mask is then three loads and no branch.
+/// `None` when there are too many pages or units for a byte.
+fn compile_pages(eq: &[(u16, u64)], pages: &mut Vec<u8>) -> Result<Option<u32>, OutOfMemory> {
+    let his = |u: u16| usize::from(u >> 8);
+    let mut used = [0u64; 4];
+    for &(u, _) in eq {
+        if let Some(w) = used.get_mut(his(u) / 64) {
+            *w |= 1 << (his(u) % 64);
+        }
+    }
+    let count: usize = used.iter().map(|w| to_usize(w.count_ones())).sum();
+    if count >= usize::from(u8::MAX) || eq.len() > usize::from(u8::MAX) {
+        return Ok(None);
+    }
+    let at = pages.len();
+    let len = PAGE.saturating_mul(count.saturating_add(2));
+    pages.try_reserve(len).map_err(|_| OutOfMemory)?;
+    pages.resize(at.saturating_add(len), 0);
+    let Some(area) = pages.get_mut(at..) else { return Ok(None) };
+    let (dir, rest) = area.split_at_mut(PAGE);
+    // Every high byte reads the empty page (1) unless it has its own.
+    dir.fill(1);
+    let mut next = 2u8;
+    for (i, &(u, _)) in eq.iter().enumerate() {
+        let Some(slot) = dir.get_mut(his(u)) else { continue };
+        if *slot == 1 {
+            *slot = next;
+            next = next.saturating_add(1);
+        }
+        let page = usize::from(*slot).saturating_sub(1);
+        if let Some(c) = rest.get_mut(page.saturating_mul(PAGE).saturating_add(usize::from(u & 0xff))) {
+            *c = u8::try_from(i.saturating_add(1)).unwrap_or(0);
+        }
+    }
+    Ok(Some(to_u32(at)?))
+}
+
 /// Compiles a wildcard middle, appending its tables to the index's.
-fn compile_middle(middle: &[u16], masks: &mut Vec<u64>, eq: &mut Vec<(u16, u64)>) -> Result<Middle, OutOfMemory> {
+fn compile_middle(
+    middle: &[u16],
+    masks: &mut Vec<u64>,
+    eq: &mut Vec<(u16, u64)>,
+    pages: &mut Vec<u8>,
+) -> Result<Middle, OutOfMemory> {
     let mut mid = Middle {
+        pages: NO_PAGES,
         masks: to_u32(masks.len())?,
         eq_start: to_u32(eq.len())?,
         lead_star: middle.first() == Some(&STAR),
@@ -487,9 +545,27 @@ fn compile_middle(middle: &[u16], masks: &mut Vec<u64>, eq: &mut Vec<(u16, u64)>
             }
         }
     }
+    if eq.len() > to_usize(mid.eq_start) {
+        // The Kelvin sign reads as `k` (it is the one unit outside ASCII
+        // folding into it), through the pages like the other units.
+        let k = masks.get(table.saturating_add(usize::from(b'k'))).copied().unwrap_or(mid.any);
+        if k != mid.any {
+            eq.try_reserve(1).map_err(|_| OutOfMemory)?;
+            eq.push((KELVIN, k));
+        }
+    }
     let own = eq.get_mut(to_usize(mid.eq_start)..).unwrap_or(&mut []);
     own.sort_unstable_by_key(|w| w.0);
     mid.eq_len = to_u32(own.len())?;
+    if !own.is_empty() {
+        match compile_pages(own, pages)? {
+            Some(at) => mid.pages = at,
+            // More pages than a byte numbers: cannot happen within
+            // MAX_MIDDLE_UNITS units (each has at most a few preimages),
+            // but if it did, the backtracking matcher would answer.
+            None => mid.units = to_u32(MAX_MIDDLE_UNITS.saturating_add(1))?,
+        }
+    }
     Ok(mid)
 }
 
@@ -498,6 +574,8 @@ fn compile_middle(middle: &[u16], masks: &mut Vec<u64>, eq: &mut Vec<(u16, u64)>
 struct MiddleTables<'a> {
     ascii: &'a [u64; TABLE],
     eq: &'a [(u16, u64)],
+    /// The page tables of [`compile_pages`] (empty when there are none).
+    pages: &'a [u8],
     any: u64,
 }
 
@@ -517,14 +595,13 @@ impl MiddleTables<'_> {
     }
 
     /// The mask of a non-ASCII unit, for a middle that has some: `eq`
-    /// lists them and every unit folding to one.
-    #[cold]
-    #[inline(never)]
+    /// lists them and every unit folding to one, the pages find the entry.
+    #[inline(always)]
     fn wide_mask(&self, u: u16) -> u64 {
-        if u == KELVIN {
-            return self.ascii.get(usize::from(b'k')).copied().unwrap_or(self.any);
-        }
-        self.eq.binary_search_by_key(&u, |w| w.0).ok().and_then(|i| self.eq.get(i)).map_or(self.any, |w| w.1)
+        let page = self.pages.get(usize::from(u >> 8)).copied().unwrap_or(1);
+        let at = usize::from(page).wrapping_mul(PAGE).wrapping_add(usize::from(u & 0xff));
+        let class = self.pages.get(at).copied().unwrap_or(0);
+        self.eq.get(usize::from(class).wrapping_sub(1)).map_or(self.any, |w| w.1)
     }
 
     /// The mask of unit `u` for a middle without non-ASCII units: one load.
@@ -544,7 +621,8 @@ fn segment_at<S: Units + ?Sized>(t: &MiddleTables<'_>, s: &S, q: u32, e: u32, at
     let Some(lane) = s.lane(at, at.saturating_add(len)) else { return false };
     let mut bit = 1u64.checked_shl(q).unwrap_or(0);
     lane.units().all(|u| {
-        let hit = t.mask::<true>(u) & bit != 0;
+        let m = if t.pages.is_empty() { t.mask::<false>(u) } else { t.mask::<true>(u) };
+        let hit = m & bit != 0;
         bit <<= 1;
         hit
     })
@@ -566,7 +644,7 @@ fn segment_search<S: Units + ?Sized>(
     from: usize,
     limit: usize,
 ) -> Option<usize> {
-    if t.eq.is_empty() {
+    if t.pages.is_empty() {
         search::<S, false>(t, s, q, e, from, limit)
     } else {
         search::<S, true>(t, s, q, e, from, limit)
@@ -656,7 +734,7 @@ fn search<S: Units + ?Sized, const WIDE: bool>(
     let mut chains = Chains { d1: 0, d2: 0, done: 0 };
     // Both chains, a word of each at a time, while the second half lasts
     // and has found nothing (the second half is the shorter). The loop over
-    // words stops at a hit, or a unit that needs `wide_mask`, read here.
+    // words stops at a hit, read here.
     let mut second = None;
     loop {
         let done = chains.done;
@@ -702,9 +780,8 @@ struct Chains {
 
 /// Steps both chains over words (`first` from the first half, `second`
 /// from the second, both where the chains are) until `second` runs out
-/// (`None`) or a pair of words holds a hit, or (for a middle with non-ASCII
-/// units, `WIDE`) a non-ASCII unit: that pair is returned unread. A small
-/// loop of its own, so that its state stays in registers.
+/// (`None`) or a pair of words holds a hit: that pair is returned unread.
+/// A small loop of its own, so that its state stays in registers.
 #[inline(never)]
 fn both<L: Lane, const WIDE: bool>(
     t: &MiddleTables<'_>,
@@ -725,13 +802,10 @@ fn both<L: Lane, const WIDE: bool>(
                 n2 = (n2 << 1).wrapping_add(start) & t.ascii.get(usize::from(u2 & 0x7f)).copied().unwrap_or(0);
                 seen |= n1 | n2;
             }
-        } else if WIDE {
-            pending = Some((x1, x2));
-            break;
         } else {
             for (&u1, &u2) in q1.iter().zip(&q2) {
-                n1 = (n1 << 1).wrapping_add(start) & t.narrow_mask(u1);
-                n2 = (n2 << 1).wrapping_add(start) & t.narrow_mask(u2);
+                n1 = (n1 << 1).wrapping_add(start) & t.mask::<WIDE>(u1);
+                n2 = (n2 << 1).wrapping_add(start) & t.mask::<WIDE>(u2);
                 seen |= n1 | n2;
             }
         }
@@ -895,6 +969,7 @@ impl GlobIndex {
             middles: Vec::new(),
             masks: Vec::new(),
             eq: Vec::new(),
+            pages: Vec::new(),
             anchors: HashTable::new(),
             anchor_keys: Vec::new(),
             filter: Vec::new(),
@@ -937,7 +1012,7 @@ impl GlobIndex {
             let mut middle = NO_MIDDLE;
             if head < p.len() {
                 let units = p.get(head..p.len().saturating_sub(tail)).unwrap_or(&[]);
-                let m = compile_middle(units, &mut ix.masks, &mut ix.eq)?;
+                let m = compile_middle(units, &mut ix.masks, &mut ix.eq, &mut ix.pages)?;
                 middle = to_u32(ix.middles.len())?;
                 ix.middles.try_reserve(1).map_err(|_| OutOfMemory)?;
                 ix.middles.push(m);
@@ -1059,6 +1134,7 @@ impl GlobIndex {
         let t = MiddleTables {
             ascii,
             eq: self.eq.get(table(mid.eq_start, to_usize(mid.eq_len))).unwrap_or(&[]),
+            pages: if mid.pages == NO_PAGES { &[] } else { self.pages.get(to_usize(mid.pages)..).unwrap_or(&[]) },
             any: mid.any,
         };
         let mut pos = from;
@@ -1257,6 +1333,7 @@ impl GlobIndex {
             self.middles.capacity().saturating_mul(size_of::<Middle>()),
             self.masks.capacity().saturating_mul(8),
             self.eq.capacity().saturating_mul(size_of::<(u16, u64)>()),
+            self.pages.capacity(),
             self.anchors.capacity().saturating_mul(size_of::<Bucket>().saturating_add(1)),
             self.anchor_keys.capacity().saturating_mul(4),
             self.filter.capacity().saturating_mul(8),

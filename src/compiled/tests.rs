@@ -945,3 +945,31 @@ fn fold_preimages_are_complete() {
         }
     }
 }
+
+/// The Kelvin sign folds to `k`: every path of the middle matcher reads it
+/// so (a segment pinned to an edge or searched for, in a middle with or
+/// without other non-ASCII units, in a short run or a long one).
+#[test]
+fn kelvin_sign_reads_as_k_everywhere() {
+    use super::globs::GlobIndex;
+    let long = "x".repeat(300);
+    let ids = [
+        String::from("\\\u{212A}\\"),
+        String::from("\\\u{212A}"),
+        alloc::format!("{long}\u{212A}{long}"),
+        alloc::format!("{long}\\é\u{212A}\\"),
+        alloc::format!("é{long}\u{212A}{long}k"),
+    ];
+    let patterns = ["*\\k?", "*k*", "*é*k*", "*\\ék?", "?*k*?", "*\\k"];
+    for p in patterns {
+        let glob = Glob::new(p).unwrap();
+        let ix =
+            GlobIndex::build([glob.units()].into_iter(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+        for id in &ids {
+            let wide = WideString::new(id);
+            let app = wide.app_id();
+            let want = crate::policy::glob_match(glob.units(), &app);
+            assert_eq!(ix.key_matches(0, &app), want, "{p} vs {id:?}");
+        }
+    }
+}
