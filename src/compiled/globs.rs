@@ -8,21 +8,28 @@
 //! - its literal tail (`*\browser.exe` only matches ids ending in
 //!   `\browser.exe`) or literal head (`\device\harddiskvolume3\*`), up to
 //!   [`MAX_END`] units of it;
-//! - a whole path component (`*\vendor\*` only matches ids with a `vendor`
-//!   component).
+//! - a whole path component of up to [`MAX_END`] units (`*\vendor\*` only
+//!   matches ids with a `vendor` component).
 //!
 //! Each pattern takes its rarest anchor among all patterns' anchors, so a
 //! head every path shares (`\device\...`) is passed over for a component
 //! that tells patterns apart. An anchor is known by its kind, its length and
-//! a 64-bit digest of its case-folded units. A lookup walks the id once,
-//! computing the digests of the whole id, of each component and of the heads
-//! of the lengths in use, then of the tails of the lengths in use; a bit
-//! filter turns most of those away before the hash table is probed. Only the
-//! patterns filed under a probed anchor are tried, and each is first checked
-//! against the id at the inner ends of its literal head and tail (the units
-//! next to the wildcard, where paths sharing a directory differ) before the
-//! whole literal parts are compared and the wildcard matcher runs on the
-//! middle. Patterns with no anchor (`*`, `*foo*`) are tried one by one.
+//! a 64-bit digest of its case-folded units. A lookup digests the heads of
+//! the lengths in use (and the whole id when a literal pattern is that
+//! long), each component of a length in use until every component bucket has
+//! been tried, then the tails of the lengths in use; a bit filter turns most
+//! of those away before the hash table is probed. Only the patterns filed
+//! under a probed anchor are tried, and each is first checked against the id
+//! at the inner ends of its literal head and tail (the units next to the
+//! wildcard, where paths sharing a directory differ) before the whole literal
+//! parts are compared and the middle is matched ([`Middle`]: each unit of
+//! the id read once, at most two in flight). Patterns with no anchor (`*`,
+//! `*foo*`) are tried one by one.
+//!
+//! The cost of a lookup is linear in the id whatever it holds: the
+//! validator's limits (256 units, 8 `*`, 64 units in a middle) keep a
+//! middle's state in one 64-bit word. `cargo bench --bench classify_worst`
+//! measures the worst shapes against a 32,767-unit id.
 //!
 //! Digests only choose which patterns to try; every answer comes from a full
 //! comparison, so a digest collision costs time, never correctness. The table
@@ -119,7 +126,8 @@ pub(super) struct GlobIndex {
     middles: Vec<Middle>,
     masks: Vec<u64>,
     eq: Vec<(u16, u64)>,
-    pages: Vec<u8>,
+    pages: Vec<[u8; PAGE]>,
+    classes: Vec<[u64; PAGE]>,
     anchors: HashTable<Bucket>,
     anchor_keys: Vec<u32>,
     /// One bit per [`filter_bit`] of every anchor in `anchors`.
@@ -349,8 +357,9 @@ struct Middle {
     eq_start: u32,
     eq_len: u32,
     /// Where its page tables start in `GlobIndex::pages` ([`NO_PAGES`]: the
-    /// middle is all ASCII).
+    /// middle is all ASCII), and its masks by class in `GlobIndex::classes`.
     pages: u32,
+    classes: u32,
     /// The mask of a unit the middle does not name (its `?` positions).
     any: u64,
     /// Bit `j` set when position `j` starts a segment.
@@ -426,16 +435,26 @@ pub(super) fn preimages(f: u16) -> impl Iterator<Item = u16> {
 /// [`Middle::pages`] of a middle without page tables.
 const NO_PAGES: u32 = u32::MAX;
 
-/// Bytes of a page table: one per unit with the same high byte.
+/// Entries of a page table: one per unit with the same high byte.
 const PAGE: usize = 256;
+
+/// The tables of a middle without pages (never read: it is all ASCII).
+static NO_DIR: [u8; PAGE] = [1; PAGE];
+static NO_CLASSES: [u64; PAGE] = [0; PAGE];
 
 /// Appends the page tables of a middle's non-ASCII units (`eq`, sorted) to
 /// `pages`: a directory with one byte per high byte of a unit (the page
 /// holding its units), an empty page, then one page per high byte in use,
-/// with one byte per unit: 0 for a unit the middle does not name, `i + 1`
-/// for `eq[i]`. Reading a unit's mask is then three loads and no branch.
-/// `None` when there are too many pages or units for a byte.
-fn compile_pages(eq: &[(u16, u64)], pages: &mut Vec<u8>) -> Result<Option<u32>, OutOfMemory> {
+/// with one byte per unit, its class: 0 for a unit the middle does not
+/// name, `i + 1` for `eq[i]`; and the masks by class to `classes`. Reading
+/// a unit's mask is then three loads. `None` when there are too many pages
+/// or units for a byte. Returns where both start.
+fn compile_pages(
+    eq: &[(u16, u64)],
+    any: u64,
+    pages: &mut Vec<[u8; PAGE]>,
+    classes: &mut Vec<[u64; PAGE]>,
+) -> Result<Option<(u32, u32)>, OutOfMemory> {
     let his = |u: u16| usize::from(u >> 8);
     let mut used = [0u64; 4];
     for &(u, _) in eq {
@@ -444,30 +463,38 @@ fn compile_pages(eq: &[(u16, u64)], pages: &mut Vec<u8>) -> Result<Option<u32>, 
         }
     }
     let count: usize = used.iter().map(|w| to_usize(w.count_ones())).sum();
-    if count >= usize::from(u8::MAX) || eq.len() > usize::from(u8::MAX) {
+    if count >= usize::from(u8::MAX) || eq.len() >= PAGE {
         return Ok(None);
     }
     let at = pages.len();
-    let len = PAGE.saturating_mul(count.saturating_add(2));
-    pages.try_reserve(len).map_err(|_| OutOfMemory)?;
-    pages.resize(at.saturating_add(len), 0);
-    let Some(area) = pages.get_mut(at..) else { return Ok(None) };
-    let (dir, rest) = area.split_at_mut(PAGE);
+    pages.try_reserve(count.saturating_add(2)).map_err(|_| OutOfMemory)?;
     // Every high byte reads the empty page (1) unless it has its own.
-    dir.fill(1);
-    let mut next = 2u8;
-    for (i, &(u, _)) in eq.iter().enumerate() {
-        let Some(slot) = dir.get_mut(his(u)) else { continue };
-        if *slot == 1 {
-            *slot = next;
-            next = next.saturating_add(1);
+    pages.push([1; PAGE]);
+    pages.push([0; PAGE]);
+    let mut masks = [any; PAGE];
+    for (i, &(u, m)) in eq.iter().enumerate() {
+        let class = i.saturating_add(1);
+        if let Some(slot) = masks.get_mut(class) {
+            *slot = m;
         }
-        let page = usize::from(*slot).saturating_sub(1);
-        if let Some(c) = rest.get_mut(page.saturating_mul(PAGE).saturating_add(usize::from(u & 0xff))) {
-            *c = u8::try_from(i.saturating_add(1)).unwrap_or(0);
+        let page = match pages.get(at).and_then(|dir| dir.get(his(u))) {
+            Some(&1) | None => {
+                let page = pages.len().saturating_sub(at);
+                if let Some(slot) = pages.get_mut(at).and_then(|dir| dir.get_mut(his(u))) {
+                    *slot = u8::try_from(page).unwrap_or(1);
+                }
+                pages.push([0; PAGE]);
+                page
+            }
+            Some(&p) => usize::from(p),
+        };
+        if let Some(c) = pages.get_mut(at.saturating_add(page)).and_then(|p| p.get_mut(usize::from(u & 0xff))) {
+            *c = u8::try_from(class).unwrap_or(0);
         }
     }
-    Ok(Some(to_u32(at)?))
+    classes.try_reserve(1).map_err(|_| OutOfMemory)?;
+    classes.push(masks);
+    Ok(Some((to_u32(at)?, to_u32(classes.len().saturating_sub(1))?)))
 }
 
 /// Compiles a wildcard middle, appending its tables to the index's.
@@ -475,7 +502,8 @@ fn compile_middle(
     middle: &[u16],
     masks: &mut Vec<u64>,
     eq: &mut Vec<(u16, u64)>,
-    pages: &mut Vec<u8>,
+    pages: &mut Vec<[u8; PAGE]>,
+    classes: &mut Vec<[u64; PAGE]>,
 ) -> Result<Middle, OutOfMemory> {
     let mut mid = Middle {
         pages: NO_PAGES,
@@ -558,8 +586,8 @@ fn compile_middle(
     own.sort_unstable_by_key(|w| w.0);
     mid.eq_len = to_u32(own.len())?;
     if !own.is_empty() {
-        match compile_pages(own, pages)? {
-            Some(at) => mid.pages = at,
+        match compile_pages(own, mid.any, pages, classes)? {
+            Some((at, c)) => (mid.pages, mid.classes) = (at, c),
             // More pages than a byte numbers: cannot happen within
             // MAX_MIDDLE_UNITS units (each has at most a few preimages),
             // but if it did, the backtracking matcher would answer.
@@ -573,9 +601,11 @@ fn compile_middle(
 #[derive(Clone, Copy)]
 struct MiddleTables<'a> {
     ascii: &'a [u64; TABLE],
-    eq: &'a [(u16, u64)],
-    /// The page tables of [`compile_pages`] (empty when there are none).
-    pages: &'a [u8],
+    /// The page tables of [`compile_pages`]: the directory, the pages it
+    /// numbers (empty for a middle without), the masks by class.
+    dir: &'a [u8; PAGE],
+    pages: &'a [[u8; PAGE]],
+    classes: &'a [u64; PAGE],
     any: u64,
 }
 
@@ -598,10 +628,9 @@ impl MiddleTables<'_> {
     /// lists them and every unit folding to one, the pages find the entry.
     #[inline(always)]
     fn wide_mask(&self, u: u16) -> u64 {
-        let page = self.pages.get(usize::from(u >> 8)).copied().unwrap_or(1);
-        let at = usize::from(page).wrapping_mul(PAGE).wrapping_add(usize::from(u & 0xff));
-        let class = self.pages.get(at).copied().unwrap_or(0);
-        self.eq.get(usize::from(class).wrapping_sub(1)).map_or(self.any, |w| w.1)
+        let page = self.dir.get(usize::from(u >> 8)).copied().unwrap_or(1);
+        let class = self.pages.get(usize::from(page)).map_or(0, |p| p.get(usize::from(u & 0xff)).copied().unwrap_or(0));
+        self.classes.get(usize::from(class)).copied().unwrap_or(self.any)
     }
 
     /// The mask of unit `u` for a middle without non-ASCII units: one load.
@@ -970,6 +999,7 @@ impl GlobIndex {
             masks: Vec::new(),
             eq: Vec::new(),
             pages: Vec::new(),
+            classes: Vec::new(),
             anchors: HashTable::new(),
             anchor_keys: Vec::new(),
             filter: Vec::new(),
@@ -1012,7 +1042,7 @@ impl GlobIndex {
             let mut middle = NO_MIDDLE;
             if head < p.len() {
                 let units = p.get(head..p.len().saturating_sub(tail)).unwrap_or(&[]);
-                let m = compile_middle(units, &mut ix.masks, &mut ix.eq, &mut ix.pages)?;
+                let m = compile_middle(units, &mut ix.masks, &mut ix.eq, &mut ix.pages, &mut ix.classes)?;
                 middle = to_u32(ix.middles.len())?;
                 ix.middles.try_reserve(1).map_err(|_| OutOfMemory)?;
                 ix.middles.push(m);
@@ -1133,8 +1163,9 @@ impl GlobIndex {
         };
         let t = MiddleTables {
             ascii,
-            eq: self.eq.get(table(mid.eq_start, to_usize(mid.eq_len))).unwrap_or(&[]),
-            pages: if mid.pages == NO_PAGES { &[] } else { self.pages.get(to_usize(mid.pages)..).unwrap_or(&[]) },
+            dir: self.pages.get(to_usize(mid.pages)).unwrap_or(&NO_DIR),
+            pages: self.pages.get(to_usize(mid.pages)..).unwrap_or(&[]),
+            classes: self.classes.get(to_usize(mid.classes)).unwrap_or(&NO_CLASSES),
             any: mid.any,
         };
         let mut pos = from;
@@ -1333,7 +1364,8 @@ impl GlobIndex {
             self.middles.capacity().saturating_mul(size_of::<Middle>()),
             self.masks.capacity().saturating_mul(8),
             self.eq.capacity().saturating_mul(size_of::<(u16, u64)>()),
-            self.pages.capacity(),
+            self.pages.capacity().saturating_mul(PAGE),
+            self.classes.capacity().saturating_mul(PAGE * 8),
             self.anchors.capacity().saturating_mul(size_of::<Bucket>().saturating_add(1)),
             self.anchor_keys.capacity().saturating_mul(4),
             self.filter.capacity().saturating_mul(8),
