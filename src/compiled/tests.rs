@@ -110,7 +110,7 @@ fn globs() -> impl Strategy<Value = Vec<Glob>> {
 }
 
 /// Raw UTF-16LE app id bytes: odd lengths, trailing and inner NUL units,
-/// lone surrogates, and ids longer than the matcher's fold buffer.
+/// lone surrogates, and ids longer than the tests' fold buffer.
 fn raw_id() -> impl Strategy<Value = Vec<u8>> {
     let wide = |s: String| s.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
     (
