@@ -67,6 +67,14 @@ fn shapes() -> Vec<(&'static str, String, String)> {
     // The same component repeated all along the id.
     let rep = format!("*\\dev\\*{}x*", "\\dev".repeat((MAX_GLOB_MIDDLE - 6) / 4));
     v.push(("repeated component", rep, fill("\\dev", ID_UNITS)));
+    // Non-ASCII ids: every unit takes the matcher's non-ASCII path, against
+    // an ASCII middle and against a middle of non-ASCII letters (whose
+    // units are case-folded one by one).
+    let (p, id) = framed(&seg, "é");
+    v.push(("non-ASCII id, ASCII segment", p, id));
+    let wide = format!("*{}ß*", "É".repeat(MAX_GLOB_MIDDLE - 1));
+    let (p, id) = framed(&wide, "é");
+    v.push(("non-ASCII id and segment", p, id));
     for (name, p, id) in &v {
         let units: Vec<u16> = p.encode_utf16().collect();
         assert_eq!(check_glob(&units), Ok(()), "{name}: not a legal pattern");

@@ -15,8 +15,8 @@
 //! rule or at the best answer found so far, and an index whose earliest rule
 //! comes after that answer is not looked up at all, so a flow that hits an
 //! early rule never pays for glob matching. Glob matching comes last: the
-//! app id is folded once into a stack buffer and walked once (`globs`),
-//! and an original app id equal to the app id shares that walk.
+//! app id is walked in place, never copied (`globs`), and an original app id
+//! equal to the app id shares that walk.
 //!
 //! The cost is the lookups plus the candidates checked, not the size of the
 //! rule set. A guess that goes wrong (many rules filed under a key most
@@ -27,8 +27,8 @@
 //!
 //! [`CompiledRules::compile`] reserves everything with `try_reserve` and
 //! fails with [`OutOfMemory`], never aborting; matching never allocates and
-//! keeps at most `FOLD_UNITS` folded units (576 bytes)
-//! on the stack. [`blob`] is the driver's binary form of a rule set.
+//! keeps no buffer on the stack. [`blob`] is the driver's binary form of a
+//! rule set.
 
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -48,7 +48,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use globs::{FOLD_UNITS, GlobIndex, admits, dedup_patterns, fold};
+use globs::{GlobIndex, admits, dedup_patterns};
 use ports::PortTree;
 use postings::{NONE, Pool, Posting, for_each_group, to_u32, to_usize};
 use prefix::{Addr, PrefixTable};
@@ -474,31 +474,18 @@ impl CompiledRules {
     }
 
     /// Visits the postings of every glob key the app id (`original` false)
-    /// or the original app id matches. The id is folded here, on the stack,
-    /// and the checks of the candidates found reuse the folded units.
+    /// or the original app id matches. The id is read as it is, never
+    /// copied: the glob tables fold case as they read it.
     fn visit_globs(&self, q: &Query<'_>, original: bool, lists: [Option<(&[Posting], u8)>; 2], best: &mut u32) {
-        let mut buf = [0u16; FOLD_UNITS];
         let id = if original { q.original_app } else { q.app };
-        let units = fold(&id, &mut buf);
-        let mut q = *q;
-        if original || q.same_apps {
-            q.original_units = units;
-        }
-        if !original || q.same_apps {
-            q.app_units = units;
-        }
-        let mut visit = |key: u32| {
+        self.globs.for_each_match(&id, |key: u32| {
             for (postings, skip) in lists.iter().flatten() {
                 if let Some(&p) = postings.get(to_usize(key)) {
-                    self.visit(p, &q, *skip, best);
+                    self.visit(p, q, *skip, best);
                 }
             }
             true
-        };
-        match units {
-            Some(units) => self.globs.for_each_match(units, &mut visit),
-            None => self.globs.for_each_match(&id, &mut visit),
-        };
+        });
     }
 
     /// The index of the first rule matching `flow`.

@@ -8,21 +8,28 @@
 //! - its literal tail (`*\browser.exe` only matches ids ending in
 //!   `\browser.exe`) or literal head (`\device\harddiskvolume3\*`), up to
 //!   [`MAX_END`] units of it;
-//! - a whole path component (`*\vendor\*` only matches ids with a `vendor`
-//!   component).
+//! - a whole path component of up to [`MAX_END`] units (`*\vendor\*` only
+//!   matches ids with a `vendor` component).
 //!
 //! Each pattern takes its rarest anchor among all patterns' anchors, so a
 //! head every path shares (`\device\...`) is passed over for a component
 //! that tells patterns apart. An anchor is known by its kind, its length and
-//! a 64-bit digest of its case-folded units. A lookup walks the id once,
-//! computing the digests of the whole id, of each component and of the heads
-//! of the lengths in use, then of the tails of the lengths in use; a bit
-//! filter turns most of those away before the hash table is probed. Only the
-//! patterns filed under a probed anchor are tried, and each is first checked
-//! against the id at the inner ends of its literal head and tail (the units
-//! next to the wildcard, where paths sharing a directory differ) before the
-//! whole literal parts are compared and the wildcard matcher runs on the
-//! middle. Patterns with no anchor (`*`, `*foo*`) are tried one by one.
+//! a 64-bit digest of its case-folded units. A lookup digests the heads of
+//! the lengths in use (and the whole id when a literal pattern is that
+//! long), each component of a length in use until every component bucket has
+//! been tried, then the tails of the lengths in use; a bit filter turns most
+//! of those away before the hash table is probed. Only the patterns filed
+//! under a probed anchor are tried, and each is first checked against the id
+//! at the inner ends of its literal head and tail (the units next to the
+//! wildcard, where paths sharing a directory differ) before the whole literal
+//! parts are compared and the middle is matched ([`Middle`]: each unit of
+//! the id read once, at most two in flight). Patterns with no anchor (`*`,
+//! `*foo*`) are tried one by one.
+//!
+//! The cost of a lookup is linear in the id whatever it holds: the
+//! validator's limits (256 units, 8 `*`, 64 units in a middle) keep a
+//! middle's state in one 64-bit word. `cargo bench --bench classify_worst`
+//! measures the worst shapes against a 32,767-unit id.
 //!
 //! Digests only choose which patterns to try; every answer comes from a full
 //! comparison, so a digest collision costs time, never correctness. The table
@@ -66,8 +73,12 @@ type Anchor = (u8, u16, u64);
 /// (`\dev\\dev\`), and each bucket is tried once per lookup.
 const MAX_COMPONENT_BUCKETS: usize = 256;
 
-/// One bit per component bucket.
-type Seen = [u64; MAX_COMPONENT_BUCKETS / 64];
+/// The component buckets a lookup has tried: one bit each, and how many.
+#[derive(Default)]
+struct Tried {
+    bits: [u64; MAX_COMPONENT_BUCKETS / 64],
+    count: u16,
+}
 
 /// Patterns sharing one anchor.
 #[derive(Clone, Copy, Debug)]
@@ -95,11 +106,13 @@ struct Key {
     /// the tail, packed as [`pack`] does.
     head_print: u64,
     tail_print: u64,
-    /// The wildcard middle's distinct non-`?` units with their bits for the
-    /// linear matcher ([`middle_table`]): start in `eq` and count.
-    eq_start: u32,
-    eq_len: u32,
+    /// Its wildcard middle in `GlobIndex::middles` ([`NO_MIDDLE`] for a
+    /// literal pattern).
+    middle: u32,
 }
+
+/// [`Key::middle`] of a literal pattern.
+const NO_MIDDLE: u32 = u32::MAX;
 
 /// A set of distinct patterns, each known by its key id (its position in the
 /// list given to [`GlobIndex::build`]).
@@ -108,9 +121,13 @@ pub(super) struct GlobIndex {
     hasher: RandomState,
     units: Vec<u16>,
     keys: Vec<Key>,
-    /// Every pattern's [`middle_table`], built once so that matching keeps
-    /// no table on the (kernel) stack.
+    /// Every pattern's wildcard middle and its tables ([`compile_middle`]),
+    /// built once so that matching keeps no table on the (kernel) stack.
+    middles: Vec<Middle>,
+    masks: Vec<u64>,
     eq: Vec<(u16, u64)>,
+    pages: Vec<[u8; PAGE]>,
+    classes: Vec<[u64; PAGE]>,
     anchors: HashTable<Bucket>,
     anchor_keys: Vec<u32>,
     /// One bit per [`filter_bit`] of every anchor in `anchors`.
@@ -120,19 +137,26 @@ pub(super) struct GlobIndex {
     /// Bit `l` set when a suffix (prefix) anchor of length `l` exists.
     suffix_lens: u64,
     prefix_lens: u64,
-    /// Bit `min(l, 63)` set when a component anchor of length `l` exists.
+    /// Bit `l` set when a component anchor of length `l` exists (none is
+    /// longer than [`MAX_END`]).
     component_lens: u64,
-    /// Some literal pattern is filed (the whole id is then probed).
+    /// Number of component buckets (a lookup stops reading components once
+    /// it has tried them all).
+    component_buckets: u16,
+    /// Some literal pattern is filed (the whole id is then probed, when no
+    /// longer than `longest_exact`).
     exact: bool,
+    longest_exact: usize,
     always: Vec<u32>,
 }
 
-/// Units of an app id folded into a stack buffer for matching (MAX_PATH
-/// and a device prefix); longer ids are folded unit by unit as they are read.
+/// Units of an app id the tests fold into a buffer, to check that a folded
+/// id and the id itself read alike (matching reads the id in place).
+#[cfg(test)]
 pub(super) const FOLD_UNITS: usize = 288;
 
-/// An app id's case-folded units, however they are read: a folded slice
-/// (the fast path) or the id itself (folding each unit on the way).
+/// An app id's units, however they are read: a folded slice or the id
+/// itself (folding each unit on the way where folding matters).
 pub(super) trait Units {
     /// Number of units.
     fn count(&self) -> usize;
@@ -141,11 +165,69 @@ pub(super) trait Units {
     /// Are the folded units from `from` on equal to `units`? `backwards`
     /// compares from the last unit (where paths sharing a head differ).
     fn same(&self, from: usize, units: &[u16], backwards: bool) -> bool;
-    /// Calls `f(i, unit)` for every folded unit, in order.
-    fn each(&self, f: impl FnMut(usize, u16) -> bool) -> bool;
-    /// Calls `f` with the folded units `[from, to)` in order, a slice at a
-    /// time, until it returns false; returns false when stopped.
-    fn chunks(&self, from: usize, to: usize, f: impl FnMut(&[u16]) -> bool) -> bool;
+    /// How the units are stored.
+    type Lane<'a>: Lane
+    where
+        Self: 'a;
+    /// Units `[from, to)` as stored: folded or not, so a reader must treat a
+    /// unit and its folded form alike. `None` past the end.
+    fn lane(&self, from: usize, to: usize) -> Option<Self::Lane<'_>>;
+}
+
+/// A run of an id's units as stored, read in order without copying.
+pub(super) trait Lane: Copy {
+    /// The units, in order.
+    fn units(self) -> impl ExactSizeIterator<Item = u16>;
+    /// The units four at a time, the first in the low bits (the last
+    /// `len % 4` units are left out).
+    fn words(self) -> impl Iterator<Item = u64>;
+    /// The units four at a time (the last `len % 4` units are left out).
+    fn quads(self) -> impl Iterator<Item = [u16; 4]>;
+}
+
+impl Lane for &[u16] {
+    #[inline(always)]
+    fn units(self) -> impl ExactSizeIterator<Item = u16> {
+        self.iter().copied()
+    }
+    #[inline(always)]
+    fn words(self) -> impl Iterator<Item = u64> {
+        self.quads().map(word)
+    }
+    #[inline(always)]
+    fn quads(self) -> impl Iterator<Item = [u16; 4]> {
+        self.chunks_exact(4).map(|c| c.try_into().unwrap_or([0; 4]))
+    }
+}
+
+/// Units as UTF-16LE bytes (an [`AppId`]'s).
+#[derive(Clone, Copy)]
+pub(super) struct Bytes<'a>(&'a [u8]);
+
+impl Lane for Bytes<'_> {
+    #[inline(always)]
+    fn units(self) -> impl ExactSizeIterator<Item = u16> {
+        self.0.chunks_exact(2).map(|c| match c {
+            &[a, b] => u16::from_le_bytes([a, b]),
+            _ => 0,
+        })
+    }
+    #[inline(always)]
+    fn words(self) -> impl Iterator<Item = u64> {
+        self.0.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+    }
+    #[inline(always)]
+    fn quads(self) -> impl Iterator<Item = [u16; 4]> {
+        self.0.chunks_exact(8).map(|c| match c {
+            &[a, b, c, d, e, f, g, h] => [
+                u16::from_le_bytes([a, b]),
+                u16::from_le_bytes([c, d]),
+                u16::from_le_bytes([e, f]),
+                u16::from_le_bytes([g, h]),
+            ],
+            _ => [0; 4],
+        })
+    }
 }
 
 impl Units for [u16] {
@@ -161,20 +243,19 @@ impl Units for [u16] {
     fn same(&self, from: usize, units: &[u16], _: bool) -> bool {
         self.get(from..from.saturating_add(units.len())) == Some(units)
     }
+    type Lane<'a> = &'a [u16];
     #[inline]
-    fn each(&self, mut f: impl FnMut(usize, u16) -> bool) -> bool {
-        self.iter().enumerate().all(|(i, &u)| f(i, u))
-    }
-    #[inline]
-    fn chunks(&self, from: usize, to: usize, mut f: impl FnMut(&[u16]) -> bool) -> bool {
-        f(self.get(from..to).unwrap_or(&[]))
+    fn lane(&self, from: usize, to: usize) -> Option<&[u16]> {
+        self.get(from..to)
     }
 }
 
 impl Units for AppId<'_> {
+    #[inline]
     fn count(&self) -> usize {
         self.len_units()
     }
+    #[inline]
     fn at(&self, i: usize) -> u16 {
         self.unit(i).map_or(0, fold_unit)
     }
@@ -191,33 +272,15 @@ impl Units for AppId<'_> {
         };
         if backwards { pairs.rev().all(same) } else { pairs.all(same) }
     }
-    fn each(&self, mut f: impl FnMut(usize, u16) -> bool) -> bool {
-        self.folded_units().enumerate().all(|(i, u)| f(i, u))
-    }
-    fn chunks(&self, from: usize, to: usize, mut f: impl FnMut(&[u16]) -> bool) -> bool {
-        // Folded a block at a time on the stack (four ASCII units per word).
-        let mut buf = [0u16; CHUNK_UNITS];
-        let bytes = self.as_bytes();
-        let mut at = from;
-        while at < to {
-            let n = to.saturating_sub(at).min(CHUNK_UNITS);
-            let Some(src) = bytes.get(at.saturating_mul(2)..at.saturating_add(n).saturating_mul(2)) else {
-                return true;
-            };
-            let Some(out) = buf.get_mut(..n) else { return true };
-            fold_bytes(src, out);
-            if !f(out) {
-                return false;
-            }
-            at = at.saturating_add(n);
-        }
-        true
+    type Lane<'a>
+        = Bytes<'a>
+    where
+        Self: 'a;
+    #[inline]
+    fn lane(&self, from: usize, to: usize) -> Option<Bytes<'_>> {
+        self.as_bytes().get(from.checked_mul(2)?..to.checked_mul(2)?).map(Bytes)
     }
 }
-
-/// Units folded per block by [`Units::chunks`] on a long id (128 B of stack:
-/// the classify path runs on a small kernel stack).
-const CHUNK_UNITS: usize = 64;
 
 /// An app id as [`Units`]: folded on the stack, or read as it is.
 pub(super) enum Read<'a> {
@@ -230,6 +293,7 @@ pub(super) enum Read<'a> {
 /// Folds `app` into `buf`; `None` when it does not fit. ASCII is folded four
 /// units at a time (an id is almost always ASCII), anything else by
 /// [`fold_unit`].
+#[cfg(test)]
 pub(super) fn fold<'b>(app: &AppId<'_>, buf: &'b mut [u16; FOLD_UNITS]) -> Option<&'b [u16]> {
     let out = buf.get_mut(..app.len_units())?;
     fold_bytes(app.as_bytes(), out);
@@ -237,6 +301,7 @@ pub(super) fn fold<'b>(app: &AppId<'_>, buf: &'b mut [u16; FOLD_UNITS]) -> Optio
 }
 
 /// Folds the UTF-16LE units in `bytes` into `out` (as many as both hold).
+#[cfg(test)]
 fn fold_bytes(bytes: &[u8], out: &mut [u16]) {
     let mut words = bytes.chunks_exact(8);
     let mut quads = out.chunks_exact_mut(4);
@@ -265,106 +330,528 @@ fn fold_bytes(bytes: &[u8], out: &mut [u16]) {
 /// to its last) may hold for the linear matcher: one bit each in a `u64`.
 const MAX_MIDDLE_UNITS: usize = crate::validate::MAX_GLOB_MIDDLE;
 
-/// Appends the linear matcher's table for a wildcard middle to `eq`: each
-/// distinct unit other than `*` and `?` with the bits of the non-`*`
-/// positions (at most [`MAX_MIDDLE_UNITS`]) that hold it, sorted by unit.
-/// Nothing is appended past that many positions (the matcher then falls
-/// back to [`wild_match_backtracking`]).
-fn middle_table(middle: &[u16], eq: &mut Vec<(u16, u64)>) -> Result<(), OutOfMemory> {
-    let start = eq.len();
-    let mut m = 0usize;
-    for &u in middle {
-        if u == STAR {
-            continue;
-        }
-        if m >= MAX_MIDDLE_UNITS {
-            eq.truncate(start);
-            return Ok(());
-        }
-        let bit = 1u64 << m;
-        m = m.saturating_add(1);
-        if u == QUESTION {
-            continue;
-        }
-        if let Some(w) = eq.get_mut(start..).and_then(|t| t.iter_mut().find(|w| w.0 == u)) {
-            w.1 |= bit;
-        } else {
-            eq.try_reserve(1).map_err(|_| OutOfMemory)?;
-            eq.push((u, bit));
-        }
-    }
-    if let Some(t) = eq.get_mut(start..) {
-        t.sort_unstable_by_key(|w| w.0);
-    }
-    Ok(())
+/// ASCII units: entries `0..ASCII` of a middle's mask table.
+const ASCII: usize = 128;
+/// Entries of a middle's mask table: one per ASCII unit, then [`OTHER`].
+const TABLE: usize = ASCII + 1;
+/// The table entry of a unit outside ASCII (and not the Kelvin sign) that
+/// the middle does not name: only its `?` accept it.
+const OTHER: usize = ASCII;
+
+/// A pattern's wildcard middle, compiled for [`GlobIndex::middle_matches`].
+///
+/// Its non-`*` units are numbered from 0 (at most [`MAX_MIDDLE_UNITS`]);
+/// `*` splits them into *segments*. Each unit of an id has a mask: bit `j`
+/// set when position `j` accepts it (a `?`, or the same unit after case
+/// folding). An ASCII unit's mask is one load from the middle's table
+/// (upper and lower case alike); so is any other unit when the middle is
+/// all ASCII (entry [`OTHER`]). A middle with non-ASCII units lists them in
+/// `eq` with every unit that folds to one of them ([`preimages`]), and its
+/// page tables ([`compile_pages`]) find a unit's entry in three loads: no
+/// case folding while matching.
+#[derive(Clone, Copy, Debug, Default)]
+struct Middle {
+    /// Start of its [`TABLE`] masks in `GlobIndex::masks`.
+    masks: u32,
+    /// Its non-ASCII units with their masks, in `GlobIndex::eq`.
+    eq_start: u32,
+    eq_len: u32,
+    /// Where its page tables start in `GlobIndex::pages` ([`NO_PAGES`]: the
+    /// middle is all ASCII), and its masks by class in `GlobIndex::classes`.
+    pages: u32,
+    classes: u32,
+    /// The mask of a unit the middle does not name (its `?` positions).
+    any: u64,
+    /// Bit `j` set when position `j` starts a segment.
+    starts: u64,
+    /// Bit `j` set when position `j` ends a segment.
+    ends: u64,
+    /// Number of non-`*` units; above [`MAX_MIDDLE_UNITS`] the middle is
+    /// matched by [`wild_match_backtracking`] (the validator refuses that),
+    /// at 0 it matches anything and has no tables.
+    units: u32,
+    /// The middle begins (ends) with `*`: its first (last) segment may
+    /// start (end) anywhere, not only at the edge.
+    lead_star: bool,
+    trail_star: bool,
 }
 
-/// `*` / `?` matching of `pattern` against units `[from, to)` of `s`, in
-/// time linear in the id whatever the pattern and the id hold: a bit-parallel
-/// automaton (one bit per non-`*` unit of the pattern, so at most
-/// [`MAX_MIDDLE_UNITS`]) reads each unit of the id once, looking its bits up
-/// in `eq`, the pattern's [`middle_table`] built with the index (so no table
-/// lives on the stack). Patterns with more units (the validator refuses
-/// them) fall back to [`wild_match_backtracking`].
-fn wild_match<S: Units + ?Sized>(pattern: &[u16], eq: &[(u16, u64)], s: &S, from: usize, to: usize) -> bool {
-    // Per non-star unit j: its bit in `any` (a `?`) and in `starred` (a `*`
-    // comes right before it); `eq` has the others by unit.
-    let mut any = 0u64;
-    let mut starred = 0u64;
-    let mut m = 0usize;
-    let mut star = false;
-    for &u in pattern {
+/// Units outside ASCII that fold to another unit outside ASCII which does
+/// not upper-case back to them (title case, compatibility letters), as
+/// `(unit, folded)`. With upper-casing, they give every unit folding to a
+/// given one without a pass over all 65,536 units (`fold_preimages_are_complete`
+/// checks that against [`fold_unit`]).
+const FOLD_EXTRAS: [(u16, u16); 35] = [
+    (0x01c5, 0x01c6),
+    (0x01c8, 0x01c9),
+    (0x01cb, 0x01cc),
+    (0x01f2, 0x01f3),
+    (0x03f4, 0x03b8),
+    (0x1e9e, 0x00df),
+    (0x1f88, 0x1f80),
+    (0x1f89, 0x1f81),
+    (0x1f8a, 0x1f82),
+    (0x1f8b, 0x1f83),
+    (0x1f8c, 0x1f84),
+    (0x1f8d, 0x1f85),
+    (0x1f8e, 0x1f86),
+    (0x1f8f, 0x1f87),
+    (0x1f98, 0x1f90),
+    (0x1f99, 0x1f91),
+    (0x1f9a, 0x1f92),
+    (0x1f9b, 0x1f93),
+    (0x1f9c, 0x1f94),
+    (0x1f9d, 0x1f95),
+    (0x1f9e, 0x1f96),
+    (0x1f9f, 0x1f97),
+    (0x1fa8, 0x1fa0),
+    (0x1fa9, 0x1fa1),
+    (0x1faa, 0x1fa2),
+    (0x1fab, 0x1fa3),
+    (0x1fac, 0x1fa4),
+    (0x1fad, 0x1fa5),
+    (0x1fae, 0x1fa6),
+    (0x1faf, 0x1fa7),
+    (0x1fbc, 0x1fb3),
+    (0x1fcc, 0x1fc3),
+    (0x1ffc, 0x1ff3),
+    (0x2126, 0x03c9),
+    (0x212b, 0x00e5),
+];
+
+/// The units outside ASCII other than `f` that fold to `f`.
+pub(super) fn preimages(f: u16) -> impl Iterator<Item = u16> {
+    let upper = char::from_u32(u32::from(f)).and_then(|c| {
+        let mut up = c.to_uppercase();
+        match (up.next(), up.next()) {
+            (Some(u), None) => u16::try_from(u32::from(u)).ok(),
+            _ => None,
+        }
+    });
+    let upper = upper.filter(|&u| u != f && usize::from(u) >= ASCII && fold_unit(u) == f);
+    upper.into_iter().chain(FOLD_EXTRAS.iter().filter(move |&&(_, g)| g == f).map(|&(u, _)| u))
+}
+
+/// [`Middle::pages`] of a middle without page tables.
+const NO_PAGES: u32 = u32::MAX;
+
+/// Entries of a page table: one per unit with the same high byte.
+const PAGE: usize = 256;
+
+/// The tables of a middle without pages (never read: it is all ASCII).
+static NO_DIR: [u8; PAGE] = [1; PAGE];
+static NO_CLASSES: [u64; PAGE] = [0; PAGE];
+
+/// Appends the page tables of a middle's non-ASCII units (`eq`, sorted) to
+/// `pages`: a directory with one byte per high byte of a unit (the page
+/// holding its units), an empty page, then one page per high byte in use,
+/// with one byte per unit, its class: 0 for a unit the middle does not
+/// name, `i + 1` for `eq[i]`; and the masks by class to `classes`. Reading
+/// a unit's mask is then three loads. `None` when there are too many pages
+/// or units for a byte. Returns where both start.
+fn compile_pages(
+    eq: &[(u16, u64)],
+    any: u64,
+    pages: &mut Vec<[u8; PAGE]>,
+    classes: &mut Vec<[u64; PAGE]>,
+) -> Result<Option<(u32, u32)>, OutOfMemory> {
+    let his = |u: u16| usize::from(u >> 8);
+    let mut used = [0u64; 4];
+    for &(u, _) in eq {
+        if let Some(w) = used.get_mut(his(u) / 64) {
+            *w |= 1 << (his(u) % 64);
+        }
+    }
+    let count: usize = used.iter().map(|w| to_usize(w.count_ones())).sum();
+    if count >= usize::from(u8::MAX) || eq.len() >= PAGE {
+        return Ok(None);
+    }
+    let at = pages.len();
+    pages.try_reserve(count.saturating_add(2)).map_err(|_| OutOfMemory)?;
+    // Every high byte reads the empty page (1) unless it has its own.
+    pages.push([1; PAGE]);
+    pages.push([0; PAGE]);
+    let mut masks = [any; PAGE];
+    for (i, &(u, m)) in eq.iter().enumerate() {
+        let class = i.saturating_add(1);
+        if let Some(slot) = masks.get_mut(class) {
+            *slot = m;
+        }
+        let page = match pages.get(at).and_then(|dir| dir.get(his(u))) {
+            Some(&1) | None => {
+                let page = pages.len().saturating_sub(at);
+                if let Some(slot) = pages.get_mut(at).and_then(|dir| dir.get_mut(his(u))) {
+                    *slot = u8::try_from(page).unwrap_or(1);
+                }
+                pages.push([0; PAGE]);
+                page
+            }
+            Some(&p) => usize::from(p),
+        };
+        if let Some(c) = pages.get_mut(at.saturating_add(page)).and_then(|p| p.get_mut(usize::from(u & 0xff))) {
+            *c = u8::try_from(class).unwrap_or(0);
+        }
+    }
+    classes.try_reserve(1).map_err(|_| OutOfMemory)?;
+    classes.push(masks);
+    Ok(Some((to_u32(at)?, to_u32(classes.len().saturating_sub(1))?)))
+}
+
+/// Compiles a wildcard middle, appending its tables to the index's.
+fn compile_middle(
+    middle: &[u16],
+    masks: &mut Vec<u64>,
+    eq: &mut Vec<(u16, u64)>,
+    pages: &mut Vec<[u8; PAGE]>,
+    classes: &mut Vec<[u64; PAGE]>,
+) -> Result<Middle, OutOfMemory> {
+    let mut mid = Middle {
+        pages: NO_PAGES,
+        masks: to_u32(masks.len())?,
+        eq_start: to_u32(eq.len())?,
+        lead_star: middle.first() == Some(&STAR),
+        trail_star: middle.last() == Some(&STAR),
+        ..Middle::default()
+    };
+    let units = middle.iter().filter(|&&u| u != STAR).count();
+    mid.units = to_u32(units)?;
+    if units == 0 || units > MAX_MIDDLE_UNITS {
+        return Ok(mid);
+    }
+    // Positions, segments and the `?` bits.
+    let mut j = 0usize;
+    let mut star = true;
+    for (i, &u) in middle.iter().enumerate() {
         if u == STAR {
             star = true;
             continue;
         }
-        if m >= MAX_MIDDLE_UNITS {
-            return wild_match_backtracking(pattern, s, from, to);
-        }
-        let bit = 1u64 << m;
+        let bit = 1u64 << j;
         if star {
-            starred |= bit;
+            mid.starts |= bit;
         }
         star = false;
-        if u == QUESTION {
-            any |= bit;
+        if middle.get(i.saturating_add(1)).is_none_or(|&n| n == STAR) {
+            mid.ends |= bit;
         }
-        m = m.saturating_add(1);
+        if u == QUESTION {
+            mid.any |= bit;
+        }
+        j = j.saturating_add(1);
     }
-    let trailing_star = star;
-    if m == 0 {
-        // Only stars (or nothing): any run matches, the empty one only without stars.
-        return trailing_star || from >= to;
-    }
-    let last = 1u64 << m.saturating_sub(1);
-    // `open`: units that may match at the next position because a `*` before
-    // them has been reached (it stays reached). Unit 0 is open from the start
-    // behind a leading star, and enabled at the first position regardless.
-    let mut open = starred & 1;
-    let mut active = 0u64;
-    let mut first = true;
-    // None: undecided so far; Some(answer): decided before the end.
-    let mut decided: Option<bool> = None;
-    s.chunks(from, to, |units| {
-        // The state in locals (registers) for the length of the block.
-        let (mut act, mut opn, mut fst) = (active, open, u64::from(first));
-        for &c in units {
-            let hit = eq.binary_search_by_key(&c, |w| w.0).ok().and_then(|j| eq.get(j)).map_or(0, |w| w.1);
-            act = ((act << 1) | opn | fst) & (hit | any);
-            fst = 0;
-            // A unit just matched opens the starred unit after it for every later position.
-            opn |= (act << 1) & starred;
-            if (trailing_star && act & last != 0) || (act | opn) == 0 {
-                // The trailing star takes the rest; or nothing can match any more.
-                decided = Some(act != 0);
-                return false;
+    masks.try_reserve(TABLE).map_err(|_| OutOfMemory)?;
+    let table = masks.len();
+    masks.resize(table.saturating_add(TABLE), mid.any);
+    let mut j = 0usize;
+    for &u in middle {
+        if u == STAR {
+            continue;
+        }
+        let bit = 1u64 << j;
+        j = j.saturating_add(1);
+        if u == QUESTION {
+            continue;
+        }
+        if let Ok(b) = u8::try_from(u)
+            && usize::from(b) < ASCII
+        {
+            // The pattern is folded (lower case): its upper case reads alike.
+            for v in [b, b.to_ascii_uppercase()] {
+                if let Some(m) = masks.get_mut(table.saturating_add(usize::from(v))) {
+                    *m |= bit;
+                }
+            }
+        } else {
+            // The unit and every unit that folds to it.
+            for v in core::iter::once(u).chain(preimages(u)) {
+                if let Some(w) = eq.get_mut(to_usize(mid.eq_start)..).and_then(|t| t.iter_mut().find(|w| w.0 == v)) {
+                    w.1 |= bit;
+                } else {
+                    eq.try_reserve(1).map_err(|_| OutOfMemory)?;
+                    eq.push((v, mid.any | bit));
+                }
             }
         }
-        (active, open, first) = (act, opn, fst != 0);
-        true
-    });
-    // (An empty run leaves `active` 0: only a pattern of stars matches it.)
-    decided.unwrap_or(!trailing_star && active & last != 0)
+    }
+    if eq.len() > to_usize(mid.eq_start) {
+        // The Kelvin sign reads as `k` (it is the one unit outside ASCII
+        // folding into it), through the pages like the other units.
+        let k = masks.get(table.saturating_add(usize::from(b'k'))).copied().unwrap_or(mid.any);
+        if k != mid.any {
+            eq.try_reserve(1).map_err(|_| OutOfMemory)?;
+            eq.push((KELVIN, k));
+        }
+    }
+    let own = eq.get_mut(to_usize(mid.eq_start)..).unwrap_or(&mut []);
+    own.sort_unstable_by_key(|w| w.0);
+    mid.eq_len = to_u32(own.len())?;
+    if !own.is_empty() {
+        match compile_pages(own, mid.any, pages, classes)? {
+            Some((at, c)) => (mid.pages, mid.classes) = (at, c),
+            // More pages than a byte numbers: cannot happen within
+            // MAX_MIDDLE_UNITS units (each has at most a few preimages),
+            // but if it did, the backtracking matcher would answer.
+            None => mid.units = to_u32(MAX_MIDDLE_UNITS.saturating_add(1))?,
+        }
+    }
+    Ok(mid)
+}
+
+/// The tables of one [`Middle`], borrowed from the index.
+#[derive(Clone, Copy)]
+struct MiddleTables<'a> {
+    ascii: &'a [u64; TABLE],
+    /// The page tables of [`compile_pages`]: the directory, the pages it
+    /// numbers (empty for a middle without), the masks by class.
+    dir: &'a [u8; PAGE],
+    pages: &'a [[u8; PAGE]],
+    classes: &'a [u64; PAGE],
+    any: u64,
+}
+
+impl MiddleTables<'_> {
+    /// The mask of unit `u`, folded or not. `WIDE`: the middle has
+    /// non-ASCII units (otherwise the lookup needs no call, which keeps a
+    /// search loop's state in registers).
+    #[inline(always)]
+    fn mask<const WIDE: bool>(&self, u: u16) -> u64 {
+        match self.ascii.get(usize::from(u)) {
+            Some(&m) if usize::from(u) < ASCII => m,
+            _ if WIDE => self.wide_mask(u),
+            // Only the Kelvin sign folds to ASCII (`k`); other units can
+            // only equal the middle's non-ASCII units.
+            _ => self.narrow_mask(u),
+        }
+    }
+
+    /// The mask of a non-ASCII unit, for a middle that has some: `eq`
+    /// lists them and every unit folding to one, the pages find the entry.
+    #[inline(always)]
+    fn wide_mask(&self, u: u16) -> u64 {
+        let page = self.dir.get(usize::from(u >> 8)).copied().unwrap_or(1);
+        let class = self.pages.get(usize::from(page)).map_or(0, |p| p.get(usize::from(u & 0xff)).copied().unwrap_or(0));
+        self.classes.get(usize::from(class)).copied().unwrap_or(self.any)
+    }
+
+    /// The mask of unit `u` for a middle without non-ASCII units: one load.
+    #[inline(always)]
+    fn narrow_mask(&self, u: u16) -> u64 {
+        let i = if u == KELVIN { usize::from(b'k') } else { usize::from(u).min(OTHER) };
+        self.ascii.get(i).copied().unwrap_or(0)
+    }
+}
+
+/// The Kelvin sign, the one non-ASCII unit that folds to ASCII (`k`).
+const KELVIN: u16 = 0x212a;
+
+/// Does the segment at positions `[q, e]` accept the units from `at` on?
+fn segment_at<S: Units + ?Sized>(t: &MiddleTables<'_>, s: &S, q: u32, e: u32, at: usize) -> bool {
+    let len = to_usize(e.saturating_sub(q)).saturating_add(1);
+    let Some(lane) = s.lane(at, at.saturating_add(len)) else { return false };
+    let mut bit = 1u64.checked_shl(q).unwrap_or(0);
+    lane.units().all(|u| {
+        let m = if t.pages.is_empty() { t.mask::<false>(u) } else { t.mask::<true>(u) };
+        let hit = m & bit != 0;
+        bit <<= 1;
+        hit
+    })
+}
+
+/// Where the first occurrence of the segment at positions `[q, e]` ends
+/// (the index of its last unit), among those ending before `limit` and
+/// starting at `from` or later.
+///
+/// A shift-and search, one bit per position of the segment: the state after
+/// a unit depends only on the segment's length of units before it. So a
+/// long run is searched as two halves at once, the second starting that
+/// many units early, and the two chains of dependent steps interleave.
+fn segment_search<S: Units + ?Sized>(
+    t: &MiddleTables<'_>,
+    s: &S,
+    q: u32,
+    e: u32,
+    from: usize,
+    limit: usize,
+) -> Option<usize> {
+    if t.pages.is_empty() {
+        search::<S, false>(t, s, q, e, from, limit)
+    } else {
+        search::<S, true>(t, s, q, e, from, limit)
+    }
+}
+
+/// Units of a word (four UTF-16 units, the first in the low bits) that are
+/// not ASCII.
+const NON_ASCII: u64 = 0xff80_ff80_ff80_ff80;
+
+/// Unit `j` (0..4) of a word.
+#[inline(always)]
+fn unit_of(x: u64, j: u32) -> u16 {
+    u16::try_from(x.checked_shr(j.wrapping_mul(16)).unwrap_or(0) & 0xffff).unwrap_or(0)
+}
+
+/// Four shift-and steps over the ASCII units of word `x` from state `d`:
+/// the state after them, and every state's bits or-ed (a hit shows as the
+/// segment's last bit). One load per unit, no branch.
+#[inline(always)]
+fn four_ascii(ascii: &[u64; TABLE], start: u64, mut d: u64, x: u64) -> (u64, u64) {
+    let mut seen = 0u64;
+    for j in 0..4 {
+        let m = ascii.get(usize::from(unit_of(x, j) & 0x7f)).copied().unwrap_or(0);
+        d = (d << 1).wrapping_add(start) & m;
+        seen |= d;
+    }
+    (d, seen)
+}
+
+/// [`four_ascii`] for a word with a non-ASCII unit.
+#[inline(never)]
+fn four_wide<const WIDE: bool>(t: &MiddleTables<'_>, start: u64, mut d: u64, x: u64) -> (u64, u64) {
+    let mut seen = 0u64;
+    for j in 0..4 {
+        d = (d << 1).wrapping_add(start) & t.mask::<WIDE>(unit_of(x, j));
+        seen |= d;
+    }
+    (d, seen)
+}
+
+/// [`segment_search`], for a middle with (`WIDE`) or without non-ASCII units.
+#[inline(always)]
+fn search<S: Units + ?Sized, const WIDE: bool>(
+    t: &MiddleTables<'_>,
+    s: &S,
+    q: u32,
+    e: u32,
+    from: usize,
+    limit: usize,
+) -> Option<usize> {
+    let start = 1u64.checked_shl(q)?;
+    let top = 1u64.checked_shl(e)?;
+    let len = to_usize(e.saturating_sub(q)).saturating_add(1);
+    // `d` only holds bits `q..e` until it reaches `e`, so the shift never
+    // carries into `start`: `+` is `|`, one `lea`.
+    let step = |d: u64, u: u16| (d << 1).wrapping_add(start) & t.mask::<WIDE>(u);
+    // Which unit of word `x` a hit found by `four` from `d` ends at.
+    let which = |mut d: u64, x: u64| {
+        (0..4usize)
+            .find(|&j| {
+                d = step(d, unit_of(x, u32::try_from(j).unwrap_or(0)));
+                d & top != 0
+            })
+            .unwrap_or(0)
+    };
+    // Units `[at, to)` one by one from state `d`: the hit's index, or the
+    // state after them.
+    let units = |mut d: u64, at: usize, to: usize| -> Result<usize, u64> {
+        let hit = s.lane(at, to).and_then(|l| {
+            l.units().position(|u| {
+                d = step(d, u);
+                d & top != 0
+            })
+        });
+        hit.map_or(Err(d), |i| Ok(at.saturating_add(i)))
+    };
+    let n = limit.saturating_sub(from);
+    if n < len.saturating_mul(4).max(64) {
+        return units(0, from, limit).ok();
+    }
+    // The first half: [from, from + k); the second: [b, limit), starting
+    // `len - 1` units before from + k to get the state there right.
+    let k = n.saturating_add(len).div_ceil(2);
+    let b = from.saturating_add(k).saturating_sub(len.saturating_sub(1));
+    let (end1, end2) = (from.saturating_add(k), limit);
+    let mut chains = Chains { d1: 0, d2: 0, done: 0 };
+    // Both chains, a word of each at a time, while the second half lasts
+    // and has found nothing (the second half is the shorter). The loop over
+    // words stops at a hit, read here.
+    let mut second = None;
+    loop {
+        let done = chains.done;
+        let first = s.lane(from.saturating_add(done), end1)?;
+        let rest = s.lane(b.saturating_add(done), end2)?;
+        let Some((x1, x2)) = both::<_, WIDE>(t, start, top, first, rest, &mut chains) else { break };
+        let Chains { d1, d2, done } = chains;
+        let (n1, seen1) = four_wide::<WIDE>(t, start, d1, x1);
+        let (n2, seen2) = four_wide::<WIDE>(t, start, d2, x2);
+        if seen1 & top != 0 {
+            return Some(from.saturating_add(done).saturating_add(which(d1, x1)));
+        }
+        chains = Chains { d1: n1, d2: n2, done: done.wrapping_add(4) };
+        if seen2 & top != 0 {
+            second = Some(b.saturating_add(done).saturating_add(which(d2, x2)));
+            break;
+        }
+    }
+    let Chains { mut d1, d2, mut done } = chains;
+    if second.is_none() {
+        // The second half's last units (fewer than four).
+        second = units(d2, b.saturating_add(done), limit).ok();
+    }
+    // The rest of the first half, alone: a hit there comes first.
+    for x1 in s.lane(from.saturating_add(done), end1)?.words() {
+        let (n1, seen1) =
+            if x1 & NON_ASCII == 0 { four_ascii(t.ascii, start, d1, x1) } else { four_wide::<WIDE>(t, start, d1, x1) };
+        if seen1 & top != 0 {
+            return Some(from.saturating_add(done).saturating_add(which(d1, x1)));
+        }
+        (d1, done) = (n1, done.wrapping_add(4));
+    }
+    units(d1, from.saturating_add(done), end1).ok().or(second)
+}
+
+/// The two chains of a search in halves, and the units each has read.
+#[derive(Clone, Copy)]
+struct Chains {
+    d1: u64,
+    d2: u64,
+    done: usize,
+}
+
+/// Steps both chains over words (`first` from the first half, `second`
+/// from the second, both where the chains are) until `second` runs out
+/// (`None`) or a pair of words holds a hit: that pair is returned unread.
+/// A small loop of its own, so that its state stays in registers.
+#[inline(never)]
+fn both<L: Lane, const WIDE: bool>(
+    t: &MiddleTables<'_>,
+    start: u64,
+    top: u64,
+    first: L,
+    second: L,
+    chains: &mut Chains,
+) -> Option<(u64, u64)> {
+    let Chains { mut d1, mut d2, mut done } = *chains;
+    let mut pending = None;
+    for (q2, q1) in second.quads().zip(first.quads()) {
+        let (x1, x2) = (word(q1), word(q2));
+        let (mut n1, mut n2, mut seen) = (d1, d2, 0u64);
+        if (x1 | x2) & NON_ASCII == 0 {
+            for (&u1, &u2) in q1.iter().zip(&q2) {
+                n1 = (n1 << 1).wrapping_add(start) & t.ascii.get(usize::from(u1 & 0x7f)).copied().unwrap_or(0);
+                n2 = (n2 << 1).wrapping_add(start) & t.ascii.get(usize::from(u2 & 0x7f)).copied().unwrap_or(0);
+                seen |= n1 | n2;
+            }
+        } else {
+            for (&u1, &u2) in q1.iter().zip(&q2) {
+                n1 = (n1 << 1).wrapping_add(start) & t.mask::<WIDE>(u1);
+                n2 = (n2 << 1).wrapping_add(start) & t.mask::<WIDE>(u2);
+                seen |= n1 | n2;
+            }
+        }
+        if seen & top != 0 {
+            pending = Some((x1, x2));
+            break;
+        }
+        (d1, d2, done) = (n1, n2, done.wrapping_add(4));
+    }
+    *chains = Chains { d1, d2, done };
+    pending
+}
+
+/// Four units as a word, the first in the low bits.
+#[inline(always)]
+fn word(q: [u16; 4]) -> u64 {
+    q.iter().rev().fold(0u64, |w, &u| (w << 16) | u64::from(u))
 }
 
 /// The old matcher: iterative, one backtrack point, no allocation, but
@@ -455,9 +942,10 @@ fn anchors(p: &[u16], out: &mut Vec<Anchor>) -> Result<(), OutOfMemory> {
         let l = head.min(MAX_END);
         out.push((PREFIX, len16(l), digest(p.iter().take(l).copied())));
     }
-    // Whole components: a wildcard-free run between two backslashes. A
-    // component at the very start or end of the pattern counts only if the
-    // pattern is anchored there (otherwise it may be part of a longer one).
+    // Whole components of at most `MAX_END` units: a wildcard-free run
+    // between two backslashes. A component at the very start or end of the
+    // pattern counts only if the pattern is anchored there (otherwise it may
+    // be part of a longer one).
     let mut start: Option<usize> = if head > 0 && p.first() != Some(&BACKSLASH) { Some(0) } else { None };
     for (i, &u) in p.iter().enumerate() {
         if is_wild(u) {
@@ -465,6 +953,7 @@ fn anchors(p: &[u16], out: &mut Vec<Anchor>) -> Result<(), OutOfMemory> {
         } else if u == BACKSLASH {
             if let Some(s) = start
                 && i > s
+                && i.saturating_sub(s) <= MAX_END
             {
                 let c = p.get(s..i).unwrap_or(&[]);
                 out.try_reserve(1).map_err(|_| OutOfMemory)?;
@@ -476,6 +965,7 @@ fn anchors(p: &[u16], out: &mut Vec<Anchor>) -> Result<(), OutOfMemory> {
     if let Some(s) = start
         && tail > 0
         && s < p.len()
+        && p.len().saturating_sub(s) <= MAX_END
     {
         let c = p.get(s..).unwrap_or(&[]);
         out.try_reserve(1).map_err(|_| OutOfMemory)?;
@@ -505,7 +995,11 @@ impl GlobIndex {
             hasher,
             units: Vec::new(),
             keys: Vec::new(),
+            middles: Vec::new(),
+            masks: Vec::new(),
             eq: Vec::new(),
+            pages: Vec::new(),
+            classes: Vec::new(),
             anchors: HashTable::new(),
             anchor_keys: Vec::new(),
             filter: Vec::new(),
@@ -513,7 +1007,9 @@ impl GlobIndex {
             suffix_lens: 0,
             prefix_lens: 0,
             component_lens: 0,
+            component_buckets: 0,
             exact: false,
+            longest_exact: 0,
             always: Vec::new(),
         };
         let total: usize = patterns.clone().map(<[u16]>::len).fold(0, usize::saturating_add);
@@ -543,10 +1039,13 @@ impl GlobIndex {
             let tail = if head == p.len() { head } else { p.iter().rev().take_while(|&&u| !is_wild(u)).count() };
             let inner_head = p.get(head.saturating_sub(PRINT_UNITS)..head).unwrap_or(&[]);
             let inner_tail = p.get(p.len().saturating_sub(tail)..).unwrap_or(&[]);
-            let eq_start = to_u32(ix.eq.len())?;
+            let mut middle = NO_MIDDLE;
             if head < p.len() {
-                let middle = p.get(head..p.len().saturating_sub(tail)).unwrap_or(&[]);
-                middle_table(middle, &mut ix.eq)?;
+                let units = p.get(head..p.len().saturating_sub(tail)).unwrap_or(&[]);
+                let m = compile_middle(units, &mut ix.masks, &mut ix.eq, &mut ix.pages, &mut ix.classes)?;
+                middle = to_u32(ix.middles.len())?;
+                ix.middles.try_reserve(1).map_err(|_| OutOfMemory)?;
+                ix.middles.push(m);
             }
             ix.keys.push(Key {
                 start: to_u32(ix.units.len())?,
@@ -555,8 +1054,7 @@ impl GlobIndex {
                 tail: to_u32(tail)?,
                 head_print: pack(inner_head.iter().copied()),
                 tail_print: pack(inner_tail.iter().take(PRINT_UNITS).copied()),
-                eq_start,
-                eq_len: to_u32(ix.eq.len().saturating_sub(to_usize(eq_start)))?,
+                middle,
             });
             ix.units.extend_from_slice(p);
             if !indexed(key) {
@@ -592,7 +1090,10 @@ impl GlobIndex {
                 SUFFIX => ix.suffix_lens |= bit,
                 PREFIX => ix.prefix_lens |= bit,
                 COMPONENT => ix.component_lens |= bit,
-                _ => ix.exact = true,
+                _ => {
+                    ix.exact = true;
+                    ix.longest_exact = ix.longest_exact.max(p.len());
+                }
             }
             anchored.try_reserve(1).map_err(|_| OutOfMemory)?;
             anchored.push((best, key));
@@ -616,6 +1117,7 @@ impl GlobIndex {
             let bucket = Bucket { anchor, ordinal, start: to_u32(ix.anchor_keys.len())?, len: to_u32(run)? };
             if anchor.0 == COMPONENT {
                 ordinal = ordinal.saturating_add(1);
+                ix.component_buckets = ordinal;
             }
             ix.anchor_keys.extend(group.iter().map(|&(_, k)| k));
             ix.anchors.try_reserve(1, bucket_hash).map_err(|_| OutOfMemory)?;
@@ -638,9 +1140,71 @@ impl GlobIndex {
         self.units.get(s..s.saturating_add(to_usize(k.len))).unwrap_or(&[])
     }
 
-    fn eq_table(&self, k: &Key) -> &[(u16, u64)] {
-        let s = to_usize(k.eq_start);
-        self.eq.get(s..s.saturating_add(to_usize(k.eq_len))).unwrap_or(&[])
+    /// Does the wildcard middle `mid` (of pattern units `pattern`) accept
+    /// the id's units `[from, to)`? Its segments are found one after the
+    /// other, each where it first occurs after the one before (`*` between
+    /// them takes whatever lies between, so the earliest occurrence leaves
+    /// the most room to the rest): one pass over the units, each read once.
+    /// A first segment without a `*` before it must start at `from`, a last
+    /// one without a `*` after it must end at `to`.
+    fn middle_matches<S: Units + ?Sized>(&self, mid: &Middle, pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
+        let m = mid.units;
+        if to_usize(m) > MAX_MIDDLE_UNITS {
+            return wild_match_backtracking(pattern, s, from, to);
+        }
+        if m == 0 {
+            // Only stars: any run.
+            return true;
+        }
+        let table = |start: u32, len: usize| to_usize(start)..to_usize(start).saturating_add(len);
+        let Some(ascii) = self.masks.get(table(mid.masks, TABLE)).and_then(|m| <&[u64; TABLE]>::try_from(m).ok())
+        else {
+            return false;
+        };
+        let t = MiddleTables {
+            ascii,
+            dir: self.pages.get(to_usize(mid.pages)).unwrap_or(&NO_DIR),
+            pages: self.pages.get(to_usize(mid.pages)..).unwrap_or(&[]),
+            classes: self.classes.get(to_usize(mid.classes)).unwrap_or(&NO_CLASSES),
+            any: mid.any,
+        };
+        let mut pos = from;
+        let mut starts = mid.starts;
+        let mut first = true;
+        while starts != 0 {
+            let q = starts.trailing_zeros();
+            starts &= starts.wrapping_sub(1);
+            // The segment's last position: the first end at or after `q`.
+            let e = (mid.ends >> q << q).trailing_zeros();
+            let len = to_usize(e.saturating_sub(q)).saturating_add(1);
+            let last = starts == 0;
+            // Units the later segments need at least.
+            let rest = to_usize(m.saturating_sub(e).saturating_sub(1));
+            let left = first && !mid.lead_star;
+            let right = last && !mid.trail_star;
+            first = false;
+            if right {
+                // Pinned to the end (and, with no star at all, to `pos` too).
+                let Some(at) = to.checked_sub(len) else { return false };
+                return at >= pos && (!left || at == pos) && segment_at(&t, s, q, e, at);
+            }
+            let limit = to.saturating_sub(rest);
+            if pos.saturating_add(len) > limit {
+                return false;
+            }
+            if left {
+                if !segment_at(&t, s, q, e, pos) {
+                    return false;
+                }
+                pos = pos.saturating_add(len);
+                continue;
+            }
+            match segment_search(&t, s, q, e, pos, limit) {
+                Some(end) => pos = end.saturating_add(1),
+                None => return false,
+            }
+        }
+        true
     }
 
     /// Calls `f` with each filed key whose pattern matches the id, each at
@@ -648,44 +1212,45 @@ impl GlobIndex {
     /// false when stopped early.
     pub(super) fn for_each_match<S: Units + ?Sized>(&self, id: &S, mut f: impl FnMut(u32) -> bool) -> bool {
         let n = id.count();
-        let mut seen: Seen = [0; MAX_COMPONENT_BUCKETS / 64];
-        // Front to back: the whole id, its heads and its components.
-        if self.exact || self.prefix_lens != 0 || self.component_lens != 0 {
-            let mut whole = Digest::NEW;
-            let mut component = Digest::NEW;
-            let mut start = 0usize;
-            let mut prefixes = self.prefix_lens;
-            // The next head length to probe (past every unit when none is left).
-            let next_len = |lens: u64| {
-                if lens == 0 { usize::MAX } else { usize::try_from(lens.trailing_zeros()).unwrap_or(usize::MAX) }
-            };
-            let mut next = next_len(prefixes);
-            let go_on = id.each(|i, u| {
-                whole.push(u);
+        // The whole id (only when a literal pattern is that long) and its heads.
+        let whole = self.exact && n <= self.longest_exact;
+        let heads = to_usize(64u32.saturating_sub(self.prefix_lens.leading_zeros())).saturating_sub(1);
+        let reach = if whole { n } else { heads.min(n) };
+        if reach > 0 || whole {
+            let mut d = Digest::NEW;
+            for i in 0..reach {
+                d.push(id.at(i));
                 let l = i.saturating_add(1);
-                if l == next {
-                    prefixes &= prefixes.wrapping_sub(1);
-                    next = next_len(prefixes);
-                    if !self.probe((PREFIX, len16(l), whole.value()), id, &mut f, None) {
-                        return false;
-                    }
+                if self.prefix_lens & 1u64.checked_shl(len_u32(l)).unwrap_or(0) != 0
+                    && !self.probe((PREFIX, len16(l), d.value()), id, &mut f, None)
+                {
+                    return false;
                 }
-                if u == BACKSLASH {
-                    if !self.probe_component(i.saturating_sub(start), component.value(), id, &mut f, &mut seen) {
-                        return false;
-                    }
-                    component = Digest::NEW;
-                    start = l;
-                } else {
-                    component.push(u);
-                }
-                true
-            });
-            if !go_on || !self.probe_component(n.saturating_sub(start), component.value(), id, &mut f, &mut seen) {
+            }
+            if whole && !self.probe((EXACT, len16(n), d.value()), id, &mut f, None) {
                 return false;
             }
-            if self.exact && !self.probe((EXACT, len16(n), whole.value()), id, &mut f, None) {
-                return false;
+        }
+        // Its components, until every component bucket has been tried.
+        if self.component_lens != 0 {
+            let mut tried = Tried::default();
+            let mut start = 0usize;
+            while tried.count < self.component_buckets {
+                let end = id
+                    .lane(start, n)
+                    .and_then(|l| l.units().position(|u| u == BACKSLASH))
+                    .map_or(n, |i| start.saturating_add(i));
+                let len = end.saturating_sub(start);
+                if len > 0 && self.component_lens & 1u64.checked_shl(len_u32(len)).unwrap_or(0) != 0 {
+                    let d = digest((start..end).map(|i| id.at(i)));
+                    if !self.probe((COMPONENT, len16(len), d), id, &mut f, Some(&mut tried)) {
+                        return false;
+                    }
+                }
+                if end >= n {
+                    break;
+                }
+                start = end.saturating_add(1);
             }
         }
         // Back to front: its tails.
@@ -710,23 +1275,6 @@ impl GlobIndex {
         true
     }
 
-    /// Probes a component of `len` units (none when empty or of a length no
-    /// anchor has).
-    #[inline]
-    fn probe_component<S: Units + ?Sized>(
-        &self,
-        len: usize,
-        d: u64,
-        id: &S,
-        f: &mut impl FnMut(u32) -> bool,
-        seen: &mut Seen,
-    ) -> bool {
-        if len == 0 || self.component_lens & (1 << len.min(63)) == 0 {
-            return true;
-        }
-        self.probe((COMPONENT, len16(len), d), id, f, Some(seen))
-    }
-
     /// Tries the patterns filed under `anchor`; false when `f` said stop.
     /// With `seen`, a bucket already tried in this lookup is skipped.
     #[inline]
@@ -735,7 +1283,7 @@ impl GlobIndex {
         anchor: Anchor,
         id: &S,
         f: &mut impl FnMut(u32) -> bool,
-        seen: Option<&mut Seen>,
+        seen: Option<&mut Tried>,
     ) -> bool {
         let bit = filter_bit(anchor, self.filter_shift);
         if self.filter.get(bit / 64).is_none_or(|w| w & (1 << (bit % 64)) == 0) {
@@ -746,11 +1294,12 @@ impl GlobIndex {
         };
         if let Some(seen) = seen {
             let o = usize::from(b.ordinal);
-            let Some(word) = seen.get_mut(o / 64) else { return true };
+            let Some(word) = seen.bits.get_mut(o / 64) else { return true };
             if *word & (1 << (o % 64)) != 0 {
                 return true;
             }
             *word |= 1 << (o % 64);
+            seen.count = seen.count.saturating_add(1);
         }
         let s = to_usize(b.start);
         for &k in self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[]) {
@@ -772,11 +1321,7 @@ impl GlobIndex {
 
     /// Does any filed pattern match?
     pub(super) fn any_match(&self, app: &AppId<'_>) -> bool {
-        let mut buf = [0u16; FOLD_UNITS];
-        match fold(app, &mut buf) {
-            Some(units) => !self.for_each_match(units, |_| false),
-            None => !self.for_each_match(app, |_| false),
-        }
+        !self.for_each_match(app, |_| false)
     }
 
     /// Does pattern `key` match? The units next to the wildcards are compared
@@ -807,7 +1352,8 @@ impl GlobIndex {
             return false;
         }
         let middle = p.get(head..len.saturating_sub(tail)).unwrap_or(&[]);
-        middle.iter().all(|&u| u == STAR) || wild_match(middle, self.eq_table(&k), id, head, tail_at)
+        let Some(mid) = self.middles.get(to_usize(k.middle)) else { return false };
+        self.middle_matches(mid, middle, id, head, tail_at)
     }
 
     /// Bytes held.
@@ -815,7 +1361,11 @@ impl GlobIndex {
         [
             self.units.capacity().saturating_mul(2),
             self.keys.capacity().saturating_mul(size_of::<Key>()),
+            self.middles.capacity().saturating_mul(size_of::<Middle>()),
+            self.masks.capacity().saturating_mul(8),
             self.eq.capacity().saturating_mul(size_of::<(u16, u64)>()),
+            self.pages.capacity().saturating_mul(PAGE),
+            self.classes.capacity().saturating_mul(PAGE * 8),
             self.anchors.capacity().saturating_mul(size_of::<Bucket>().saturating_add(1)),
             self.anchor_keys.capacity().saturating_mul(4),
             self.filter.capacity().saturating_mul(8),

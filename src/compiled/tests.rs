@@ -110,7 +110,7 @@ fn globs() -> impl Strategy<Value = Vec<Glob>> {
 }
 
 /// Raw UTF-16LE app id bytes: odd lengths, trailing and inner NUL units,
-/// lone surrogates, and ids longer than the matcher's fold buffer.
+/// lone surrogates, and ids longer than the tests' fold buffer.
 fn raw_id() -> impl Strategy<Value = Vec<u8>> {
     let wide = |s: String| s.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
     (
@@ -290,6 +290,55 @@ proptest! {
             ix.for_each_match(f, |k| { got.push(k); true });
             got.sort_unstable();
             prop_assert_eq!(&got, &want);
+        }
+    }
+
+    /// The linear middle matcher (segments found one after the other, long
+    /// runs searched as two halves at once) against the reference matcher:
+    /// long ids built from the segments' own text, so that segments occur,
+    /// almost occur and overlap, with `?`, case and the Kelvin sign.
+    #[test]
+    fn long_middles_agree_with_reference(
+        segments in prop::collection::vec(
+            prop::collection::vec(prop::sample::select(vec!['a', 'b', '?', 'k', 'é']), 1..14),
+            1..6,
+        ),
+        lead in any::<bool>(),
+        trail in any::<bool>(),
+        head in "[ab]{0,2}",
+        tail in "[ab]{0,2}",
+        pieces in prop::collection::vec((0usize..8, 0usize..40, any::<bool>()), 0..40),
+    ) {
+        use super::globs::{FOLD_UNITS, GlobIndex, fold};
+        let texts: Vec<String> = segments.iter().map(|s| s.iter().collect()).collect();
+        let mut middle = texts.join("*");
+        if lead || head.is_empty() {
+            middle.insert(0, '*');
+        }
+        if trail || tail.is_empty() {
+            middle.push('*');
+        }
+        let glob = Glob::new(&alloc::format!("{head}{middle}{tail}")).unwrap();
+        // Pieces: a segment's text (its `?` filled, its case flipped), or a
+        // run of filler; then the tail.
+        let mut id = head.clone();
+        for &(which, run, upper) in &pieces {
+            let piece: String = match texts.get(which) {
+                Some(t) if run % 3 != 0 => t.replace('?', if upper { "b" } else { "a" }),
+                _ => "ab".repeat(run / 2) + if run % 2 == 0 { "" } else { "\u{212A}" },
+            };
+            id.push_str(&if upper { piece.to_uppercase() } else { piece });
+        }
+        id.push_str(&tail);
+        let wide = WideString::new(&id);
+        let app = wide.app_id();
+        let ix = GlobIndex::build([glob.units()].into_iter(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+        let want = crate::policy::glob_match(glob.units(), &app);
+        prop_assert_eq!(ix.key_matches(0, &app), want, "{:?} vs {:?}", glob, id);
+        prop_assert_eq!(ix.any_match(&app), want);
+        let mut buf = [0u16; FOLD_UNITS];
+        if let Some(f) = fold(&app, &mut buf) {
+            prop_assert_eq!(ix.key_matches(0, f), want);
         }
     }
 
@@ -872,5 +921,55 @@ fn a_blob_carries_only_what_the_checker_accepts() {
         }
         // And so the driver's compiled decoder refuses it, leaving the old rules.
         assert!(blob::decode(&bytes).is_err(), "{problem:?}");
+    }
+}
+
+/// The glob tables list, for a pattern's unit outside ASCII, every unit
+/// that folds to it (so matching never folds case): upper-casing plus
+/// `FOLD_EXTRAS` must find them all, for every unit. (A pass over all
+/// 65,536 units: natively only.)
+#[test]
+#[cfg_attr(miri, ignore = "65,536 case foldings")]
+fn fold_preimages_are_complete() {
+    use super::globs::preimages;
+    for u in 0x80..=u16::MAX {
+        let f = fold_unit(u);
+        if f != u && f >= 0x80 {
+            assert!(preimages(f).any(|p| p == u), "{u:#06x} folds to {f:#06x}");
+        }
+    }
+    // And nothing else: each listed unit folds to its target.
+    for f in 0x80..=u16::MAX {
+        for p in preimages(f) {
+            assert_eq!(fold_unit(p), f, "{p:#06x} listed for {f:#06x}");
+        }
+    }
+}
+
+/// The Kelvin sign folds to `k`: every path of the middle matcher reads it
+/// so (a segment pinned to an edge or searched for, in a middle with or
+/// without other non-ASCII units, in a short run or a long one).
+#[test]
+fn kelvin_sign_reads_as_k_everywhere() {
+    use super::globs::GlobIndex;
+    let long = "x".repeat(300);
+    let ids = [
+        String::from("\\\u{212A}\\"),
+        String::from("\\\u{212A}"),
+        alloc::format!("{long}\u{212A}{long}"),
+        alloc::format!("{long}\\é\u{212A}\\"),
+        alloc::format!("é{long}\u{212A}{long}k"),
+    ];
+    let patterns = ["*\\k?", "*k*", "*é*k*", "*\\ék?", "?*k*?", "*\\k"];
+    for p in patterns {
+        let glob = Glob::new(p).unwrap();
+        let ix =
+            GlobIndex::build([glob.units()].into_iter(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+        for id in &ids {
+            let wide = WideString::new(id);
+            let app = wide.app_id();
+            let want = crate::policy::glob_match(glob.units(), &app);
+            assert_eq!(ix.key_matches(0, &app), want, "{p} vs {id:?}");
+        }
     }
 }
