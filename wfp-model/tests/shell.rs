@@ -48,6 +48,11 @@ struct OnModel<'a> {
     /// and the proxy are then read from it as the driver's `boot_state`
     /// does, and the proxy registers through the real control path.
     control: Option<(Callout<RuleSet>, Handles)>,
+    /// What the driver reads from its `Lifecycle` before a control request
+    /// (`Lifecycle::override_failures`).
+    override_failures: u64,
+    /// The last control reply.
+    last_reply: Vec<u8>,
 }
 
 impl<'a> OnModel<'a> {
@@ -66,6 +71,8 @@ impl<'a> OnModel<'a> {
             proxy: None,
             audited: Vec::new(),
             control: None,
+            override_failures: 0,
+            last_reply: Vec::new(),
         }
     }
 
@@ -574,7 +581,7 @@ fn install_replaces_atomically_and_a_failure_changes_nothing() {
 
 // ---- the guard driven through the real control path ----
 
-use arbiter::control::{Access, Caller, HandleId, Handles, Reply, Request, Status as Control};
+use arbiter::control::{Access, Caller, DriverCounters, HandleId, Handles, Reply, Request, Status as Control};
 use arbiter::{Arbiter, Capacities, Config, Policy, ProxyRegistration, RuleSet};
 use arbiter_callout::control::{Device, cleanup, dispatch, open};
 use arbiter_callout::{Callout, CalloutConfig};
@@ -601,6 +608,7 @@ impl OnModel<'_> {
             instance: 1,
             fwps: &mut self.wfp.rt,
             now: arbiter::Instant::ZERO,
+            driver_counters: DriverCounters { override_failures: self.override_failures },
         };
         if close {
             cleanup(&mut device, caller.handle);
@@ -611,7 +619,9 @@ impl OnModel<'_> {
         };
         let mut reply = vec![0u8; 256];
         let n = dispatch(&mut device, request.op().ioctl(), caller, &request.to_vec(), &mut reply);
-        Some(Reply::decode(&reply[..n]).expect("a reply").status)
+        reply.truncate(n);
+        self.last_reply = reply;
+        Some(Reply::decode(&self.last_reply).expect("a reply").status)
     }
 }
 
@@ -671,4 +681,27 @@ fn the_guard_follows_registrations_made_through_the_control_device() {
     assert_eq!(changes(&k), [GuardChange::Ready, GuardChange::ProxyLost, GuardChange::Ready, GuardChange::ProxyLost]);
     assert_eq!(k.audited.last().map(|r| r.proxy_pid), Some(78));
     assert_eq!(life.override_failures(), 0);
+}
+
+/// Block mode in the rules but the boot set not installed: the override
+/// cannot be added (there is no boot sublayer), each failure is counted,
+/// and the count reaches user mode in the read-counters reply.
+#[test]
+fn failed_override_adds_are_counted_and_read_through_the_control_device() {
+    let mut wfp = machine();
+    let mut k = OnModel::new(&mut wfp);
+    k.with_callout(BootMode::Block);
+    let life = driver_entry(&mut k);
+    let proxy = proxy_handle(77, 1);
+    assert_eq!(k.irp(&proxy, None, false), Some(Control::Ok));
+    assert_eq!(k.irp(&proxy, Some(registration(77)), false), Some(Control::Ok));
+    life.sync_guard(&mut k);
+    assert_eq!(life.override_ids(), [0, 0]);
+    assert_eq!(life.override_failures(), 2, "V4 and V6");
+    assert_eq!(changes(&k), [GuardChange::Ready], "the guard still follows the proxy");
+    // The driver reads the count before each control request.
+    k.override_failures = life.override_failures();
+    assert_eq!(k.irp(&proxy, Some(Request::ReadCounters), false), Some(Control::Ok));
+    let (_, _, driver) = Reply::decode(&k.last_reply).expect("reply").all_counters().expect("counters");
+    assert_eq!(driver, Some(DriverCounters { override_failures: 2 }));
 }
