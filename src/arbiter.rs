@@ -220,7 +220,9 @@ impl core::error::Error for SetProxyError {}
 pub struct Arbiter<P> {
     config: Config,
     policy: P,
-    proxy: Option<ProxyRegistration>,
+    /// Our filter id (from `config`) and our proxy: what the table compares
+    /// against, kept whole so that a decision borrows it instead of copying.
+    env: Env,
     endpoints: EndpointTable,
     destinations: BoundedTable<Destination, HopCount>,
     known_proxies: BoundedTable<u64, ()>,
@@ -307,7 +309,7 @@ impl<P: Policy> Arbiter<P> {
         Ok(Self {
             config,
             policy,
-            proxy: None,
+            env: Env { own_filter: config.own_filter, proxy: None },
             endpoints: EndpointTable(BoundedTable::new(capacities.endpoints, seeded(1))?),
             destinations: BoundedTable::new(capacities.destinations, seeded(2))?,
             known_proxies: BoundedTable::new(capacities.known_proxies, seeded(3))?,
@@ -350,23 +352,23 @@ impl<P: Policy> Arbiter<P> {
         if v4.is_none() && v6.is_none() {
             return Err(SetProxyError::NoListener);
         }
-        self.proxy = Some(ProxyRegistration { pid, v4, v6 });
+        self.env.proxy = Some(ProxyRegistration { pid, v4, v6 });
         Ok(())
     }
 
     /// Unregisters our proxy: from now on rules that proxy give `proxy-unavailable`.
     pub fn clear_proxy(&mut self) {
-        self.proxy = None;
+        self.env.proxy = None;
     }
 
     /// The registered proxy.
     pub const fn proxy(&self) -> Option<&ProxyRegistration> {
-        self.proxy.as_ref()
+        self.env.proxy.as_ref()
     }
 
     /// What the decision functions compare against.
     pub const fn env(&self) -> Env {
-        Env { own_filter: self.config.own_filter, proxy: self.proxy }
+        self.env
     }
 
     /// Running totals.
@@ -452,7 +454,7 @@ impl<P: Policy> Arbiter<P> {
         let env = self.env();
         let loops = self.policy.loop_policy();
         let mut consulted = Consulted::default();
-        let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
+        let outcome = self.consult_connect(input, now, &mut consulted);
         self.connect_effects(input, &outcome, &loops, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
@@ -484,19 +486,9 @@ impl<P: Policy> Arbiter<P> {
         now: Instant,
         ring: &mut AuditRing,
     ) -> Outcome {
-        let env = self.env();
-        let loops = self.policy.loop_policy();
         let mut consulted = Consulted::default();
-        let outcome = self.consult_connect(input, &env, &loops, now, &mut consulted);
-        let parts = ConnectParts {
-            input,
-            env: &env,
-            loops: &loops,
-            rules_id: self.policy.id(),
-            consulted: &consulted,
-            outcome: &outcome,
-        };
-        self.record_connect(&parts, now, ring);
+        let outcome = self.consult_connect(input, now, &mut consulted);
+        self.record_connect(input, &consulted, &outcome, now, ring);
         outcome
     }
 
@@ -504,14 +496,8 @@ impl<P: Policy> Arbiter<P> {
     /// consulted in `memo`. Not inlined, so that the rules are matched
     /// below a small frame.
     #[inline(never)]
-    fn consult_connect(
-        &self,
-        input: &ConnectRedirectInput<'_>,
-        env: &Env,
-        loops: &LoopPolicy,
-        now: Instant,
-        memo: &mut Consulted,
-    ) -> Outcome {
+    fn consult_connect(&self, input: &ConnectRedirectInput<'_>, now: Instant, memo: &mut Consulted) -> Outcome {
+        let loops = self.policy.loop_policy();
         let mut live = Live {
             policy: &self.policy,
             destinations: &self.destinations,
@@ -521,19 +507,32 @@ impl<P: Policy> Arbiter<P> {
             window: loops.hop_window,
             memo: Consulted::default(),
         };
-        let outcome = decide::connect_redirect(input, env, loops, &mut live);
+        let outcome = decide::connect_redirect(input, &self.env, &loops, &mut live);
         *memo = live.memo;
         outcome
     }
 
     /// The effects of a connect-redirect decision, then its records into
     /// `ring`. Not inlined: the caller's frame stays small while the rules
-    /// are matched, and this one is only live afterwards.
+    /// are matched, and this one is only live afterwards. The environment
+    /// and loop policy are read again: nothing between the two calls
+    /// changes them.
     #[inline(never)]
-    fn record_connect(&mut self, parts: &ConnectParts<'_, '_>, now: Instant, ring: &mut AuditRing) {
-        self.connect_effects(parts.input, parts.outcome, parts.loops, now);
+    fn record_connect(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        consulted: &Consulted,
+        outcome: &Outcome,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) {
+        let loops = self.policy.loop_policy();
+        self.connect_effects(input, outcome, &loops, now);
         let seq = self.next_seq();
-        self.push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(*parts) });
+        let rules_id = self.policy.id();
+        let Self { env, departed, .. } = self;
+        let parts = ConnectParts { input, env, loops: &loops, rules_id, consulted, outcome };
+        push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(parts) }, departed);
     }
 
     /// What a connect-redirect outcome changes: the endpoint's cached verdict
@@ -622,7 +621,7 @@ impl<P: Policy> Arbiter<P> {
         let (entry, outcome) = self.auth_effects(input, now);
         let seq = self.next_seq();
         let event = EventRef::Auth { input, entry: entry.as_ref(), outcome: &outcome };
-        self.push_decision(ring, &RecordRef { seq, at: now, event });
+        push_decision(ring, &RecordRef { seq, at: now, event }, &mut self.departed);
         outcome
     }
 
@@ -644,7 +643,7 @@ impl<P: Policy> Arbiter<P> {
         // with two other vendors, the second one's proxy then never counts
         // for C8 and its record-less reconnects loop through us
         // (`arbiter explore --vendors 3` found this). Our own proxy is C7's.
-        let own_proxy = self.proxy.map(|p| p.pid);
+        let own_proxy = self.env.proxy.map(|p| p.pid);
         if input.redirected
             && let Some(pid) = input.target_pid.filter(|&p| p != 0 && Some(p) != own_proxy)
         {
@@ -657,17 +656,6 @@ impl<P: Policy> Arbiter<P> {
         self.counters.auth_connect = self.counters.auth_connect.wrapping_add(1);
         self.count_verdict(outcome.verdict);
         (entry, outcome)
-    }
-
-    /// A decision's record, then the records of what it pushed out of full
-    /// tables (emptying [`Self::departed`]): the order in which
-    /// [`Decision::audit`] and [`Decision::departures`] are audited.
-    fn push_decision(&mut self, ring: &mut AuditRing, record: &RecordRef<'_, '_>) {
-        ring.push_ref(record);
-        for d in self.departed.iter() {
-            ring.push_departure(d);
-        }
-        self.departed = Departures::default();
     }
 
     const fn decision(outcome: Outcome, audit: AuditRecord<'_>, departures: Departures) -> Decision<'_> {
@@ -728,7 +716,7 @@ impl<P: Policy> Arbiter<P> {
         let outcome = self.without_table_effects(input, verdict, reason, now);
         let seq = self.next_seq();
         let event = EventRef::Fallback { input, outcome: &outcome };
-        self.push_decision(ring, &RecordRef { seq, at: now, event });
+        push_decision(ring, &RecordRef { seq, at: now, event }, &mut self.departed);
         outcome
     }
 
@@ -786,4 +774,15 @@ impl<P: Policy> Arbiter<P> {
         }
         n
     }
+}
+
+/// A decision's record, then the records of what it pushed out of full
+/// tables (emptying `departed`): the order in which [`Decision::audit`] and
+/// [`Decision::departures`] are audited.
+fn push_decision(ring: &mut AuditRing, record: &RecordRef<'_, '_>, departed: &mut Departures) {
+    ring.push_ref(record);
+    for d in departed.iter() {
+        ring.push_departure(d);
+    }
+    *departed = Departures::default();
 }

@@ -28,7 +28,7 @@ use crate::policy::{Action, LoopPolicy, PermitOrBlock, RuleHit};
 use crate::reason::Reason;
 use crate::table::Departure;
 use crate::time::{Duration, Instant};
-use crate::wire::{Reader, Short, Writer, socket_addr_len};
+use crate::wire::{Reader, Short, Writer};
 
 /// Record magic.
 pub const MAGIC: [u8; 2] = *b"AR";
@@ -484,12 +484,23 @@ trait Sink {
     fn u64(&mut self, v: u64) -> Result<(), EncodeError> {
         self.put(&v.to_le_bytes())
     }
+    /// A socket address in `wire`'s layout (written in place: no
+    /// scratch copy on the stack).
     fn addr(&mut self, a: &SocketAddr) -> Result<(), EncodeError> {
-        let mut tmp = [0u8; 32];
-        let mut w = Writer::new(&mut tmp);
-        w.socket_addr(a).map_err(|_| EncodeError::BufferTooSmall)?;
-        debug_assert_eq!(w.written(), socket_addr_len(a));
-        self.put(w.as_written())
+        match a {
+            SocketAddr::V4(a) => {
+                self.u8(4)?;
+                self.u16(a.port())?;
+                self.put(&a.ip().octets())
+            }
+            SocketAddr::V6(a) => {
+                self.u8(6)?;
+                self.u16(a.port())?;
+                self.put(&a.ip().octets())?;
+                self.u32(a.flowinfo())?;
+                self.u32(a.scope_id())
+            }
+        }
     }
     fn bytes16(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         self.u16(u16::try_from(b.len()).map_err(|_| EncodeError::AppIdTooLong)?)?;

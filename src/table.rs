@@ -2,20 +2,22 @@
 //!
 //! Slots live in one vector reserved at start-up; a doubly linked list through
 //! them keeps insertion order, which is also expiry order because every entry
-//! of one table gets the same time to live. The hash index is a
-//! `hashbrown::HashTable<u32>` of slot numbers hashed with a seeded ahash
+//! of one table gets the same time to live. The hash index (`table/index.rs`) is a
+//! fixed open-addressing array of slot numbers hashed with a seeded ahash
 //! (attackers choose the 5-tuples). Every operation is O(1) and, once
-//! [`BoundedTable::new`] has succeeded, allocation-free: the index is reserved
-//! for the capacity, and when hashbrown's tombstones use up its growth room
-//! (it would grow on the next insert) the table rebuilds the index in place.
+//! [`BoundedTable::new`] has succeeded, allocation-free: the index is sized
+//! for the capacity at least twice over and has no growth path at all.
 
 use alloc::vec::Vec;
 use core::hash::Hash;
 
 use ahash::RandomState;
-use hashbrown::HashTable;
 
 use crate::time::Instant;
+
+mod index;
+
+use index::SlotIndex;
 
 const NIL: u32 = u32::MAX;
 
@@ -41,7 +43,7 @@ pub enum Departure {
 #[derive(Clone, Debug)]
 pub struct BoundedTable<K, V> {
     slots: Vec<Slot<K, V>>,
-    index: HashTable<u32>,
+    index: SlotIndex,
     hasher: RandomState,
     /// Oldest live slot.
     head: u32,
@@ -51,7 +53,6 @@ pub struct BoundedTable<K, V> {
     free: u32,
     len: u32,
     capacity: u32,
-    rebuilds: u64,
 }
 
 impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
@@ -61,11 +62,8 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
         let cap = usize::try_from(capacity).unwrap_or(usize::MAX);
         let mut slots = Vec::new();
         slots.try_reserve_exact(cap).map_err(|_| OutOfMemory)?;
-        let mut index = HashTable::new();
-        // The hasher argument is only called when rehashing, and the table is
-        // empty here.
-        index.try_reserve(cap, |_| 0).map_err(|_| OutOfMemory)?;
-        Ok(Self { slots, index, hasher, head: NIL, tail: NIL, free: NIL, len: 0, capacity, rebuilds: 0 })
+        let index = SlotIndex::with_capacity(cap)?;
+        Ok(Self { slots, index, hasher, head: NIL, tail: NIL, free: NIL, len: 0, capacity })
     }
 
     /// Live entries (expired ones not yet removed included).
@@ -86,7 +84,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
     /// Bytes this table holds, reserved ahead of time.
     pub fn reserved_bytes(&self) -> usize {
         let slot = size_of::<Slot<K, V>>();
-        self.slots.capacity().saturating_mul(slot).saturating_add(self.index.allocation_size())
+        self.slots.capacity().saturating_mul(slot).saturating_add(self.index.bytes())
     }
 
     fn hash(&self, key: &K) -> u64 {
@@ -145,10 +143,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
             let s = self.slot(i)?;
             (s.key, s.value, s.deadline)
         };
-        let hash = self.hash(&key);
-        if let Ok(e) = self.index.find_entry(hash, |&j| j == i) {
-            e.remove();
-        }
+        self.index.remove(self.hasher.hash_one(key), i);
         self.unlink(i);
         let free = self.free;
         if let Some(s) = self.slot_mut(i) {
@@ -169,7 +164,7 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
 
     fn find_hashed(&self, hash: u64, key: &K) -> Option<u32> {
         let slots = &self.slots;
-        self.index.find(hash, |&i| slots.get(i as usize).is_some_and(|s| s.key == *key)).copied()
+        self.index.find(hash, |i| slots.get(i as usize).is_some_and(|s| s.key == *key))
     }
 
     /// Inserts or replaces the entry under `key`, live until `deadline`.
@@ -236,36 +231,20 @@ impl<K: Copy + Eq + Hash, V: Copy> BoundedTable<K, V> {
             self.slots.push(slot);
             i
         };
-        if self.index.len() >= self.index.capacity() {
-            // Tombstones used up the index's growth room: hashbrown would grow
-            // (allocate) on this insert. Rebuild it in place instead.
-            self.rebuild_index();
+        if !self.index.insert(hash, i) {
+            // Cannot happen (the index has twice the capacity's buckets);
+            // should it, the slot goes back to the free list unused.
+            let free = self.free;
+            if let Some(s) = self.slot_mut(i) {
+                s.next = free;
+                s.prev = NIL;
+            }
+            self.free = i;
+            return departed;
         }
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index.insert_unique(hash, i, |&j| slots.get(j as usize).map_or(0, |s| hasher.hash_one(s.key)));
         self.push_back(i);
         self.len = self.len.saturating_add(1);
         departed
-    }
-
-    /// Clears the index (keeping its buckets, dropping every tombstone) and
-    /// re-inserts the live slots. O(len), no allocation: `clear` keeps the
-    /// allocation and the index was reserved for `capacity` entries.
-    fn rebuild_index(&mut self) {
-        self.index.clear();
-        self.rebuilds = self.rebuilds.saturating_add(1);
-        let mut at = self.head;
-        while let Some(s) = self.slot(at) {
-            let (next, hash) = (s.next, self.hasher.hash_one(s.key));
-            let (slots, hasher) = (&self.slots, &self.hasher);
-            self.index.insert_unique(hash, at, |&j| slots.get(j as usize).map_or(0, |s| hasher.hash_one(s.key)));
-            at = next;
-        }
-    }
-
-    /// How many times the index was rebuilt to clear tombstones.
-    pub const fn index_rebuilds(&self) -> u64 {
-        self.rebuilds
     }
 
     /// Removes the oldest entry if it has expired by `now`.

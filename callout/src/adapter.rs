@@ -33,7 +33,7 @@ use wfp_ffi::{
     FWP_ACTION_BLOCK, FWP_ACTION_CONTINUE, FWP_ACTION_PERMIT, FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED,
     FWP_CONDITION_FLAG_IS_REAUTHORIZE, FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS, FWPS_CLASSIFY_OUT0,
     FWPS_CONNECT_REQUEST0, FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT, FWPS_FILTER3, FWPS_INCOMING_METADATA_VALUES0,
-    FWPS_INCOMING_VALUES0, FWPS_RIGHT_ACTION_WRITE, HANDLE,
+    FWPS_INCOMING_VALUES0, FWPS_RIGHT_ACTION_WRITE, HANDLE, NTSTATUS,
 };
 
 use crate::complete::Completions;
@@ -125,8 +125,60 @@ pub struct Callout<P> {
     /// The WFP calls that finish held classifications, queued under the
     /// lock and run without it; `None` while a runner has the batch out.
     completions: Option<Completions>,
+    /// Unload has begun: no new classification is held.
+    closing: bool,
+    /// A classification was committed while our proxy was registered (it
+    /// registered between the two holds of the lock of that classifyFn, so
+    /// the registration's completions missed it): the pend timer fires now.
+    due_now: Option<Instant>,
     counters: AdapterCounters,
 }
+
+/// A classification the adapter decided to hold, with its slot reserved in
+/// the pend queue. The caller makes `FwpsAcquireClassifyHandle0` and
+/// `FwpsPendClassify0` with [`Self::pend`] once the driver's lock is
+/// released, then hands the result to [`Callout::commit_pend`] under the
+/// lock again. Not `Clone`: one ticket, one commit.
+#[derive(Debug)]
+#[must_use = "a reserved slot is only freed by Callout::commit_pend"]
+pub struct PendTicket {
+    slot: usize,
+}
+
+impl PendTicket {
+    /// The seed's pend, with the lock released: acquire the classify handle,
+    /// `FwpsPendClassify0` with the classifyFn's own classifyOut, then
+    /// BLOCK without the write right until completion. On failure nothing
+    /// stays acquired.
+    ///
+    /// # Errors
+    ///
+    /// The failing routine's status (e.g. `STATUS_FWP_CANNOT_PEND`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Callout::classify_connect_redirect`], with the same `raw`
+    /// that produced the ticket.
+    pub unsafe fn pend<F: Fwps>(&self, fwps: &mut F, raw: &RawClassify) -> Result<u64, NTSTATUS> {
+        // SAFETY: valid for the classify (contract).
+        let (Some(out), Some(filter)) = (unsafe { raw.classify_out.as_mut() }, unsafe { raw.filter.as_ref() }) else {
+            return Err(STATUS_INVALID_PARAMETER);
+        };
+        let handle = fwps.acquire_classify_handle(raw.classify_context)?;
+        if let Err(status) = fwps.pend_classify(handle, filter.filterId, out) {
+            fwps.release_classify_handle(handle);
+            return Err(status);
+        }
+        // The handle stays acquired: released after FwpsCompleteClassify0.
+        // What the engine sees until completion (the seed's example).
+        out.actionType = FWP_ACTION_BLOCK;
+        out.rights &= !FWPS_RIGHT_ACTION_WRITE;
+        Ok(handle)
+    }
+}
+
+/// `STATUS_INVALID_PARAMETER`.
+const STATUS_INVALID_PARAMETER: NTSTATUS = 0xC000_000D_u32 as i32;
 
 impl<P> core::fmt::Debug for Callout<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -148,6 +200,8 @@ impl<P: Policy> Callout<P> {
                 Some(p) => Some(Completions::with_capacity(usize::from(p.capacity))?),
                 None => None,
             },
+            closing: false,
+            due_now: None,
             counters: AdapterCounters::default(),
         })
     }
@@ -195,7 +249,12 @@ impl<P: Policy> Callout<P> {
     /// nothing is held. Call after every classify and every completion,
     /// outside any lock the timer's DPC takes.
     pub fn sync_timer<T: PendTimer>(&self, timer: &mut T) {
-        match self.pend.as_ref().and_then(PendQueue::earliest_deadline) {
+        let earliest = self.pend.as_ref().and_then(PendQueue::earliest_deadline);
+        let due = match (earliest, self.due_now) {
+            (Some(e), Some(n)) => Some(e.min(n)),
+            (e, n) => e.or(n),
+        };
+        match due {
             Some(due) => timer.arm(due),
             None => timer.cancel(),
         }
@@ -204,6 +263,18 @@ impl<P: Policy> Callout<P> {
     /// Classifications held right now.
     pub fn held(&self) -> usize {
         self.pend.as_ref().map_or(0, PendQueue::len)
+    }
+
+    /// Classifications whose slot is reserved and whose classifyFn has not
+    /// committed or rolled back yet ([`PendTicket`]).
+    pub fn reserved(&self) -> usize {
+        self.pend.as_ref().map_or(0, PendQueue::reserved)
+    }
+
+    /// Unload has begun: no new classification is held from now on (those
+    /// already reserved still commit, and are completed by the next call).
+    pub const fn stop_holding(&mut self) {
+        self.closing = true;
     }
 
     /// Expires the core's tables, auditing what it reports.
@@ -241,7 +312,6 @@ impl<P: Policy> Callout<P> {
     /// `raw` must hold the arguments WFP passed to this classifyFn (each
     /// pointer null or valid), and the call must happen before classifyFn
     /// returns. `fwps` must act on that classify.
-    #[inline(never)]
     pub unsafe fn classify_connect_redirect<F: Fwps>(
         &mut self,
         fwps: &mut F,
@@ -249,17 +319,89 @@ impl<P: Policy> Callout<P> {
         raw: &RawClassify,
         now: Instant,
     ) {
+        // SAFETY: the caller's contract, passed on.
+        let Some(ticket) = (unsafe { self.connect_redirect(fwps, family, raw, now, true) }) else { return };
+        // SAFETY: as above; the same classify.
+        let pended = unsafe { ticket.pend(fwps, raw) };
+        if !self.commit_pend(ticket, pended, now) {
+            // SAFETY: as above.
+            let _ = unsafe { self.connect_redirect(fwps, family, raw, now, false) };
+        }
+    }
+
+    /// One pass of a connect-redirect classifyFn under the driver's lock:
+    /// everything [`Self::classify_connect_redirect`] does, except that with
+    /// `hold` a flow to hold only gets its slot reserved and the
+    /// [`PendTicket`] back, nothing written. The caller pends with the lock
+    /// released ([`PendTicket::pend`]) and commits under the lock
+    /// ([`Self::commit_pend`]); if that rolls back, it makes a second pass
+    /// without `hold` (the core's own answer).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::classify_connect_redirect`].
+    pub unsafe fn classify_connect_redirect_pass<F: Fwps>(
+        &mut self,
+        fwps: &mut F,
+        family: Family,
+        raw: &RawClassify,
+        now: Instant,
+        hold: bool,
+    ) -> Option<PendTicket> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.connect_redirect(fwps, family, raw, now, hold) }
+    }
+
+    /// Commits a reserved hold under the lock: `pended` is what
+    /// [`PendTicket::pend`] returned. True when the classification is now
+    /// held (with the timer due at once if our proxy registered meanwhile);
+    /// false when the pend failed, the slot is freed, the miss counted, and
+    /// the caller must decide the flow again without holding it
+    /// (a second [`Self::classify_connect_redirect_pass`] without `hold`).
+    pub fn commit_pend(&mut self, ticket: PendTicket, pended: Result<u64, NTSTATUS>, now: Instant) -> bool {
+        let Some(queue) = self.pend.as_mut() else { return false };
+        match pended {
+            Ok(handle) if queue.commit(ticket.slot, handle) => {
+                self.counters.pended = self.counters.pended.saturating_add(1);
+                if self.arbiter.proxy().is_some() {
+                    self.due_now = Some(now);
+                }
+                true
+            }
+            // A slot a ticket reserved is touched by nothing but its commit.
+            Ok(_) => false,
+            Err(_) => {
+                queue.remove(ticket.slot);
+                self.counters.pend_refused = self.counters.pend_refused.saturating_add(1);
+                false
+            }
+        }
+    }
+
+    /// The connect-redirect classifyFn; with `hold`, a flow to hold gets a
+    /// reserved slot and its ticket back, nothing else written. Its own
+    /// frame, off the frames of the callers.
+    #[inline(never)]
+    unsafe fn connect_redirect<F: Fwps>(
+        &mut self,
+        fwps: &mut F,
+        family: Family,
+        raw: &RawClassify,
+        now: Instant,
+        hold: bool,
+    ) -> Option<PendTicket> {
         // SAFETY: valid for the classify (contract).
         let Some(out) = (unsafe { raw.classify_out.as_mut() }) else {
             // Nothing can be written without classifyOut.
             self.counters.malformed = self.counters.malformed.saturating_add(1);
-            return;
+            return None;
         };
         let write_right = out.rights & FWPS_RIGHT_ACTION_WRITE != 0;
         // SAFETY: valid for the classify (contract).
         let Some(filter) = (unsafe { raw.filter.as_ref() }) else {
             self.counters.malformed = self.counters.malformed.saturating_add(1);
-            return write_verdict(out, Verdict::Continue, 0, write_right);
+            write_verdict(out, Verdict::Continue, 0, write_right);
+            return None;
         };
         self.tick(now);
         // The input is built once, in place, and read into: it is some 280
@@ -282,7 +424,8 @@ impl<P: Policy> Callout<P> {
             Ok(r) => r,
             Err(e) => {
                 self.malformed(e);
-                return write_verdict(out, Verdict::Continue, filter.flags, write_right);
+                write_verdict(out, Verdict::Continue, filter.flags, write_right);
+                return None;
             }
         };
         if let Some(records) = records {
@@ -296,26 +439,32 @@ impl<P: Policy> Callout<P> {
                     });
                     input.state = RedirectState::RedirectedByOther;
                     self.unclassified(&input, Reason::UnreadableIndication, now);
-                    return write_verdict(out, Verdict::Continue, filter.flags, write_right);
+                    write_verdict(out, Verdict::Continue, filter.flags, write_right);
+                    return None;
                 }
             }
         }
         if !write_right {
             // The rows that read the chain come after C4: nothing to acquire.
             let decision = self.arbiter.decide_connect_redirect_into(&input, now, &mut self.ring);
-            return write_verdict(out, decision.verdict, filter.flags, false);
+            write_verdict(out, decision.verdict, filter.flags, false);
+            return None;
         }
         // A flow our rules would proxy while our proxy is away is held, in
         // the seed's order: handle, pend, and the layer data only later.
-        if self.should_hold(&input) && self.try_pend(fwps, raw.classify_context, filter, out, &input, now) {
-            return;
+        if hold
+            && self.should_hold(&input)
+            && let Some(ticket) = self.reserve_pend(filter, out, &input, now)
+        {
+            return Some(ticket);
         }
         // With the write right: take the layer data for the chain (C5/C6),
         // the permit's apply and the rewrite.
         let Some(h) = acquire(fwps, raw.classify_context, filter.filterId, out) else {
             self.counters.acquire_failed = self.counters.acquire_failed.saturating_add(1);
             self.unclassified(&input, Reason::LayerDataUnavailable, now);
-            return write_verdict(out, Verdict::Continue, filter.flags, true);
+            write_verdict(out, Verdict::Continue, filter.flags, true);
+            return None;
         };
         // SAFETY: the request was just acquired for this classify.
         if let Err(e) = unsafe { walk_chain_into(h.request, &self.own_filters, OWN_FILTER, &mut input.previous) } {
@@ -323,12 +472,14 @@ impl<P: Policy> Callout<P> {
             fwps.release_classify_handle(h.handle);
             self.malformed(e);
             self.unclassified(&input, Reason::UnreadableIndication, now);
-            return write_verdict(out, Verdict::Continue, filter.flags, true);
+            write_verdict(out, Verdict::Continue, filter.flags, true);
+            return None;
         }
         let decision = self.arbiter.decide_connect_redirect_into(&input, now, &mut self.ring);
         let flags = self.finish_connect(fwps, h, decision.verdict, decision.redirect.as_ref(), out, filter.flags);
         fwps.apply_modified_layer_data(h.handle, h.request, flags);
         fwps.release_classify_handle(h.handle);
+        None
     }
 
     /// Would this flow be proxied but for our absent proxy? Asked before the
@@ -338,6 +489,7 @@ impl<P: Policy> Callout<P> {
     /// proxies it. The full decision runs at completion.
     fn should_hold(&self, input: &ConnectRedirectInput<'_>) -> bool {
         self.pend.is_some()
+            && !self.closing
             && self.arbiter.proxy().is_none()
             && matches!(input.state, RedirectState::NotRedirected | RedirectState::RedirectedByOther)
             && self.arbiter.policy().first_match(&input.flow).is_some_and(|hit| hit.action == Action::Proxy)
@@ -401,56 +553,39 @@ impl<P: Policy> Callout<P> {
         true
     }
 
-    /// Holds the classification until the proxy registers, as the seed's
-    /// asynchronous sequence does in classifyFn: acquire the classify
-    /// handle, keep a deep copy of classifyOut (the one completion will
-    /// get), `FwpsPendClassify0` with the classifyFn's own classifyOut, then
-    /// answer BLOCK without the write right for now. False (nothing held,
-    /// nothing acquired) when it cannot be held.
+    /// Reserves a slot to hold the classification until the proxy
+    /// registers, keeping the deep copy of classifyOut that completion will
+    /// get (`out` lives on the classify's stack). The seed's sequence
+    /// (classify handle, `FwpsPendClassify0` with the classifyFn's own
+    /// classifyOut, BLOCK without the write right for now) is
+    /// [`PendTicket::pend`], made with the driver's lock released. `None`
+    /// (nothing reserved, the miss counted) when it cannot be held.
     #[inline(never)]
-    fn try_pend<F: Fwps>(
+    fn reserve_pend(
         &mut self,
-        fwps: &mut F,
-        classify_context: *const c_void,
         filter: &FWPS_FILTER3,
-        out: &mut FWPS_CLASSIFY_OUT0,
+        out: &FWPS_CLASSIFY_OUT0,
         input: &ConnectRedirectInput<'_>,
         now: Instant,
-    ) -> bool {
-        let refused = |c: &mut AdapterCounters| c.pend_refused = c.pend_refused.saturating_add(1);
-        let Some(queue) = self.pend.as_mut() else { return false };
-        let Ok(handle) = fwps.acquire_classify_handle(classify_context) else {
-            refused(&mut self.counters);
-            return false;
-        };
+    ) -> Option<PendTicket> {
+        let queue = self.pend.as_mut()?;
         let hold = Hold {
-            classify_handle: handle,
+            classify_handle: 0,
             filter_id: filter.filterId,
             filter_flags: filter.flags,
-            // The deep copy completion gets: `out` lives on the classify's stack.
             classify_out: *out,
             state: input.state,
             reauthorize: input.reauthorize,
             deadline: now.saturating_add(queue.config.timeout),
             flow: &input.flow,
         };
-        let Some(slot) = queue.insert(&hold) else {
-            fwps.release_classify_handle(handle);
-            refused(&mut self.counters);
-            return false;
-        };
-        if fwps.pend_classify(handle, filter.filterId, out).is_err() {
-            queue.remove(slot);
-            fwps.release_classify_handle(handle);
-            refused(&mut self.counters);
-            return false;
+        match queue.reserve(&hold) {
+            Some(slot) => Some(PendTicket { slot }),
+            None => {
+                self.counters.pend_refused = self.counters.pend_refused.saturating_add(1);
+                None
+            }
         }
-        // The handle stays acquired: released after FwpsCompleteClassify0.
-        // What the engine sees until completion (the seed's example).
-        out.actionType = FWP_ACTION_BLOCK;
-        out.rights &= !FWPS_RIGHT_ACTION_WRITE;
-        self.counters.pended = self.counters.pended.saturating_add(1);
-        true
     }
 
     /// Decides held classifications: all of them once a proxy is registered
@@ -464,6 +599,7 @@ impl<P: Policy> Callout<P> {
     /// is full or out with a runner; the rest stay held for the next call.
     pub fn complete_pended<F: Fwps>(&mut self, fwps: &mut F, now: Instant) {
         let proxy_ready = self.arbiter.proxy().is_some();
+        self.due_now = None;
         let Some(fallback) = self.pend.as_ref().map(|q| q.config.fallback) else { return };
         let Some(mut batch) = self.completions.take() else { return };
         while batch.has_room() {

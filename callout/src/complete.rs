@@ -114,25 +114,27 @@ const DEFERRED_CALLS: usize = 4;
 
 /// An [`Fwps`] for one classifyFn under the driver's lock: every call goes
 /// through at once except `FwpsApplyModifiedLayerData0` and
-/// `FwpsReleaseClassifyHandle0`, which are kept, in order, and made by
-/// [`Self::finish`] once the lock is released (still inside classifyFn, as
-/// WFP requires). Fixed size: nothing is allocated. Should a classify ever
-/// make more calls than it holds, the extra ones go through at once.
+/// `FwpsReleaseClassifyHandle0`, which are kept, in order, in a [`Kept`]
+/// the caller owns, and made by [`Kept::run`] (or [`Self::finish`]) once the
+/// lock is released (still inside classifyFn, as WFP requires). Fixed size,
+/// and the kept calls are never moved: nothing is allocated or copied on
+/// the kernel stack. Should a classify ever make more calls than it holds,
+/// the extra ones go through at once.
 pub struct Deferred<'a, F> {
     inner: &'a mut F,
-    later: [Option<Later>; DEFERRED_CALLS],
+    later: &'a mut Kept,
 }
 
 impl<F> core::fmt::Debug for Deferred<'_, F> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Deferred").field("kept", &self.later.iter().flatten().count()).finish_non_exhaustive()
+        f.debug_struct("Deferred").field("kept", &self.later).finish_non_exhaustive()
     }
 }
 
 impl<'a, F: Fwps> Deferred<'a, F> {
-    /// Wraps the classify's Fwps.
-    pub const fn new(inner: &'a mut F) -> Self {
-        Self { inner, later: [None; DEFERRED_CALLS] }
+    /// Wraps the classify's Fwps, keeping the deferred calls in `later`.
+    pub const fn new(inner: &'a mut F, later: &'a mut Kept) -> Self {
+        Self { inner, later }
     }
 
     /// The wrapped Fwps.
@@ -141,7 +143,7 @@ impl<'a, F: Fwps> Deferred<'a, F> {
     }
 
     fn keep(&mut self, call: Later) -> bool {
-        match self.later.iter_mut().find(|l| l.is_none()) {
+        match self.later.0.iter_mut().find(|l| l.is_none()) {
             Some(slot) => {
                 *slot = Some(call);
                 true
@@ -150,15 +152,33 @@ impl<'a, F: Fwps> Deferred<'a, F> {
         }
     }
 
-    /// Makes the kept calls, in the order they were asked for. Call with the
-    /// lock released, before classifyFn returns.
+    /// Makes the kept calls on the wrapped Fwps, in the order they were
+    /// asked for. Call with the lock released, before classifyFn returns.
     pub fn finish(self) {
-        for call in self.later.iter().flatten().copied() {
+        self.later.run(self.inner);
+    }
+}
+
+/// The calls a [`Deferred`] kept, owned by its caller.
+#[derive(Default)]
+#[must_use = "the kept apply and release calls must be made before classifyFn returns"]
+pub struct Kept([Option<Later>; DEFERRED_CALLS]);
+
+impl core::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Kept").field("calls", &self.0.iter().flatten().count()).finish()
+    }
+}
+
+impl Kept {
+    /// Makes the kept calls (and forgets them), in the order they were
+    /// asked for, on the Fwps of the same classify. Call with the lock
+    /// released, before classifyFn returns.
+    pub fn run<F: Fwps>(&mut self, fwps: &mut F) {
+        for call in self.0.iter_mut().filter_map(Option::take) {
             match call {
-                Later::Apply { handle, request, flags } => {
-                    self.inner.apply_modified_layer_data(handle, request, flags);
-                }
-                Later::Release(handle) => self.inner.release_classify_handle(handle),
+                Later::Apply { handle, request, flags } => fwps.apply_modified_layer_data(handle, request, flags),
+                Later::Release(handle) => fwps.release_classify_handle(handle),
             }
         }
     }

@@ -9,6 +9,12 @@
 //! held flows are decided again and completed; after the timeout they are
 //! completed with the configured fallback verdict.
 //!
+//! No WFP call that moves the classification on is made under the driver's
+//! lock: a flow to hold gets a slot *reserved* under the lock, is pended
+//! with the lock released (`adapter::PendTicket::pend`), and the slot is
+//! *committed* (or freed) under the lock again. Only committed slots are
+//! completed or timed out; unload waits for the reserved ones.
+//!
 //! The queue is reserved at start-up and bounded. A flow that does not fit
 //! (queue full, app id longer than [`APP_ID_CAPACITY`]) is not held: it gets
 //! the core's own answer, and the miss is counted.
@@ -91,6 +97,10 @@ pub(crate) struct Pended {
     pub(crate) state: RedirectState,
     pub(crate) reauthorize: bool,
     pub(crate) deadline: Instant,
+    /// FwpsPendClassify0 succeeded and the handle is known; until then the
+    /// slot is only reserved (its classifyFn is between the two holds of
+    /// the driver's lock) and nothing completes it.
+    committed: bool,
     flow: OwnedFlow,
     slot: usize,
 }
@@ -134,9 +144,10 @@ impl PendQueue {
         Ok(Self { config, slots, arena })
     }
 
-    /// Holds a classification, returning its slot; `None` when the queue is
-    /// full or an app id does not fit (nothing is changed then).
-    pub(crate) fn insert(&mut self, h: &Hold<'_>) -> Option<usize> {
+    /// Reserves a slot for a classification about to be pended (its
+    /// `classify_handle` is not known yet), returning the slot; `None` when
+    /// the queue is full or an app id does not fit (nothing is changed then).
+    pub(crate) fn reserve(&mut self, h: &Hold<'_>) -> Option<usize> {
         let slot = self.slots.iter().position(Option::is_none)?;
         let (app, original) = (h.flow.app.as_bytes(), h.flow.original_app.as_bytes());
         let (app_len, original_app_len) = (u16::try_from(app.len()).ok()?, u16::try_from(original.len()).ok()?);
@@ -165,11 +176,25 @@ impl PendQueue {
             state: h.state,
             reauthorize: h.reauthorize,
             deadline: h.deadline,
+            committed: false,
             flow,
             slot,
         };
         *self.slots.get_mut(slot)? = Some(entry);
         Some(slot)
+    }
+
+    /// The reservation in `slot` is pended on `classify_handle`: from now on
+    /// it is held (completed, timed out).
+    pub(crate) fn commit(&mut self, slot: usize, classify_handle: u64) -> bool {
+        match self.slots.get_mut(slot) {
+            Some(Some(p)) if !p.committed => {
+                p.classify_handle = classify_handle;
+                p.committed = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Frees `slot`.
@@ -199,18 +224,23 @@ impl PendQueue {
         }
     }
 
-    /// How many are held.
+    /// How many are held (committed).
     pub(crate) fn len(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
+        self.slots.iter().flatten().filter(|p| p.committed).count()
+    }
+
+    /// How many slots are reserved and not committed yet.
+    pub(crate) fn reserved(&self) -> usize {
+        self.slots.iter().flatten().filter(|p| !p.committed).count()
     }
 
     /// The earliest deadline held.
     pub(crate) fn earliest_deadline(&self) -> Option<Instant> {
-        self.slots.iter().flatten().map(|p| p.deadline).min()
+        self.slots.iter().flatten().filter(|p| p.committed).map(|p| p.deadline).min()
     }
 
-    /// Takes out the next held entry for which `take` says yes.
+    /// Takes out the next held (committed) entry for which `take` says yes.
     pub(crate) fn take_next(&mut self, mut take: impl FnMut(&Pended) -> bool) -> Option<Pended> {
-        self.slots.iter_mut().find(|s| s.as_ref().is_some_and(&mut take)).and_then(Option::take)
+        self.slots.iter_mut().find(|s| s.as_ref().is_some_and(|p| p.committed && take(p))).and_then(Option::take)
     }
 }

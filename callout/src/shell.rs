@@ -30,6 +30,11 @@
 //!   is audited (record kind 7). [`Lifecycle::sync_guard`], called at
 //!   PASSIVE_LEVEL with no lock held after every event that can change the
 //!   answer.
+//! - One classifyFn ([`classify`]) runs the adapter under the lock with
+//!   `FwpsApplyModifiedLayerData0` and `FwpsReleaseClassifyHandle0` kept for
+//!   after it, and with no callout (unload) leaves the flow alone, explicitly.
+//!   The driver's classifyFns are this function; `lab/tests/shell_on_model.rs`
+//!   runs the lab matrix's flows through it on the WFP model.
 
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
@@ -37,9 +42,14 @@ use arbiter::audit::GuardRecord;
 use arbiter::boot::BootMode;
 use arbiter::{Instant, Policy};
 
-use crate::adapter::Callout;
+use wfp_ffi::{FWP_ACTION_CONTINUE, FWPS_CLASSIFY_OUT0, FWPS_RIGHT_ACTION_WRITE};
+
+use crate::adapter::{Callout, PendTicket, RawClassify};
 use crate::boot::BootFilter;
+use crate::complete::{Deferred, Kept};
 use crate::fwps::Fwps;
+use crate::pend::PendTimer;
+use crate::read::Family;
 
 /// An NTSTATUS.
 pub type Status = i32;
@@ -279,6 +289,161 @@ pub fn complete_pended<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, f
         if more != Some(true) {
             return;
         }
+    }
+}
+
+/// Unload's completion of held classifications (after the filters are
+/// gone). Returns how many classifications were still between the two
+/// holds of the lock of their classifyFn; the caller waits and calls again
+/// until none is.
+pub fn complete_held<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, fwps: &mut F) -> usize {
+    let _ = lock.with(fwps, |c, _| c.stop_holding());
+    complete_pended(lock, fwps, Instant::from_millis(u64::MAX));
+    lock.with(fwps, |c, _| c.reserved()).unwrap_or(0)
+}
+
+/// Which classifyFn WFP called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// FWPM_LAYER_ALE_CONNECT_REDIRECT_V4/V6.
+    ConnectRedirect(Family),
+    /// FWPM_LAYER_ALE_AUTH_CONNECT_V4/V6.
+    AuthConnect(Family),
+    /// FWPM_LAYER_ALE_ENDPOINT_CLOSURE_V4/V6.
+    Closure(Family),
+}
+
+/// One classifyFn, as the driver runs it: the adapter under the lock with a
+/// [`Deferred`] Fwps (apply and release kept), the pend timer synced, then
+/// the kept calls made with the lock released, still inside classifyFn.
+/// With no callout (before DriverEntry is done, or during unload) the flow
+/// is left alone, explicitly: `continue` (fail open).
+///
+/// A flow to hold is only reserved under the lock; `FwpsPendClassify0` is
+/// made with the lock released, and the lock is taken again to commit the
+/// hold, or to roll it back and decide the flow without holding it when
+/// the pend failed. Between the two holds, another CPU may register our
+/// proxy (the hold is then committed with the timer due at once, since the
+/// registration's completions could not see it) or begin unload
+/// ([`complete_held`] reports the reservation, and the driver waits for the
+/// commit).
+///
+/// # Safety
+///
+/// `raw` holds the arguments WFP passed to the classifyFn in progress (each
+/// pointer null or valid), the call is made before it returns, and `fwps`
+/// acts on that classify.
+pub unsafe fn classify<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
+    lock: &mut L,
+    fwps: &mut F,
+    timer: &mut T,
+    entry: Entry,
+    raw: &RawClassify,
+    now: Instant,
+) {
+    // The second pass, if any, holds nothing: a pend refused and rolled back.
+    let mut hold = true;
+    // The kept apply and release calls: owned here, never moved.
+    let mut kept = Kept::default();
+    loop {
+        let ticket = lock.with(fwps, |c, fwps| {
+            let mut deferred = Deferred::new(fwps, &mut kept);
+            let ticket = match entry {
+                // SAFETY: `raw` holds this classifyFn's arguments; we are inside it (contract).
+                Entry::ConnectRedirect(f) => unsafe {
+                    c.classify_connect_redirect_pass(&mut deferred, f, raw, now, hold)
+                },
+                // SAFETY: as above.
+                Entry::AuthConnect(f) => unsafe {
+                    c.classify_auth_connect(f, raw, now);
+                    None
+                },
+                // SAFETY: as above.
+                Entry::Closure(f) => unsafe {
+                    c.classify_endpoint_closure(f, raw, now);
+                    None
+                },
+            };
+            // Held classifications time out on the pend timer, not here.
+            c.sync_timer(timer);
+            ticket
+        });
+        let Some(ticket) = ticket else { return leave_alone(raw) };
+        // The lock is released: the kept apply and release calls now.
+        kept.run(fwps);
+        let Some(ticket) = ticket else { return };
+        // SAFETY: the same classify's arguments (contract).
+        if !unsafe { pend_unlocked(lock, fwps, timer, ticket, raw, now) } {
+            return;
+        }
+        // Rolled back: the core's own answer, without holding.
+        hold = false;
+    }
+}
+
+/// The hold's second half, with the lock released: `FwpsPendClassify0`,
+/// then the commit (or roll-back) under the lock again. True when it was
+/// rolled back and the flow must be decided again without holding it. Its
+/// own frame, off the classify path's deepest chain.
+///
+/// # Safety
+///
+/// As for [`classify`].
+#[inline(never)]
+unsafe fn pend_unlocked<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
+    lock: &mut L,
+    fwps: &mut F,
+    timer: &mut T,
+    ticket: PendTicket,
+    raw: &RawClassify,
+    now: Instant,
+) -> bool {
+    // SAFETY: the same classify's arguments (contract).
+    let pended = unsafe { ticket.pend(fwps, raw) };
+    let held = lock.with(fwps, |c, _| {
+        let held = c.commit_pend(ticket, pended, now);
+        c.sync_timer(timer);
+        held
+    });
+    match (held, pended) {
+        (Some(true), _) => false,
+        (Some(false), _) => true,
+        (None, Ok(handle)) => {
+            orphaned(fwps, handle, raw);
+            false
+        }
+        (None, Err(_)) => {
+            leave_alone(raw);
+            false
+        }
+    }
+}
+
+/// The callout went while its classifyFn pended. Unload waits for every
+/// reservation ([`complete_held`]) before it takes the callout, so this is
+/// not expected; should it happen, nothing else would ever complete the
+/// classification: it is completed now, left alone (classifyOut keeps the
+/// pend's BLOCK, as the seed returns it).
+#[cold]
+#[inline(never)]
+fn orphaned<F: Fwps>(fwps: &mut F, handle: u64, raw: &RawClassify) {
+    // SAFETY: classifyOut of the classifyFn we are in (the caller's contract).
+    if let Some(out) = unsafe { raw.classify_out.as_ref() } {
+        let done = FWPS_CLASSIFY_OUT0 {
+            actionType: FWP_ACTION_CONTINUE,
+            rights: out.rights | FWPS_RIGHT_ACTION_WRITE,
+            ..*out
+        };
+        fwps.complete_classify(handle, &done);
+    }
+    fwps.release_classify_handle(handle);
+}
+
+/// No callout to ask: the flow is left alone, explicitly (`continue`).
+fn leave_alone(raw: &RawClassify) {
+    // SAFETY: classifyOut of the classifyFn we are in (the callers' contract).
+    if let Some(out) = unsafe { raw.classify_out.as_mut() } {
+        out.actionType = FWP_ACTION_CONTINUE;
     }
 }
 

@@ -47,7 +47,6 @@ use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 use arbiter_callout::adapter::RawClassify;
 use arbiter_callout::boot::BootFilter;
 use arbiter_callout::boot_fwpm;
-use arbiter_callout::complete::Deferred;
 use arbiter_callout::control::{self, Device};
 use arbiter_callout::filters::{FILTERS, FilterLayer};
 use arbiter_callout::kernel::KernelFwps;
@@ -454,8 +453,17 @@ impl Kernel for Wdm {
     fn complete_held(&mut self) {
         // SAFETY: completions use the handles they were pended with.
         let mut fwps = unsafe { KernelFwps::new() };
-        // Decided under the lock, completed after it.
-        shell::complete_pended(&mut DriverLock, &mut fwps, Instant::from_millis(u64::MAX));
+        // Decided under the lock, completed after it; a classifyFn that is
+        // pending with the lock released is waited for (up to 5 s), then its
+        // hold is completed too.
+        for _ in 0..500 {
+            if shell::complete_held(&mut DriverLock, &mut fwps) == 0 {
+                break;
+            }
+            let mut one_ms = LARGE_INTEGER { QuadPart: -10_000 };
+            // SAFETY: PASSIVE_LEVEL (unload); a relative interval we own.
+            let _ = unsafe { KeDelayExecutionThread(_MODE::KernelMode as i8, 0, &mut one_ms) };
+        }
     }
 
     fn boot_state(&mut self) -> (BootMode, Option<u64>) {
@@ -774,33 +782,16 @@ classify_fn!(classify_ec4, Kind::Closure(Family::V4));
 classify_fn!(classify_ec6, Kind::Closure(Family::V6));
 
 fn classify(kind: Kind, raw: &RawClassify) {
-    let t = now();
+    let entry = match kind {
+        Kind::ConnectRedirect(f) => shell::Entry::ConnectRedirect(f),
+        Kind::AuthConnect(f) => shell::Entry::AuthConnect(f),
+        Kind::Closure(f) => shell::Entry::Closure(f),
+    };
     // SAFETY: built for this classify only, with its own handles.
-    let mut kernel_fwps = unsafe { KernelFwps::new() };
-    // Apply and release are kept and made after the lock, still inside classifyFn.
-    let mut fwps = Deferred::new(&mut kernel_fwps);
-    let handled = STATE.with(|s| {
-        let Some(d) = s.as_mut() else { return false };
-        match kind {
-            // SAFETY: `raw` holds this classifyFn's arguments; we are inside it.
-            Kind::ConnectRedirect(f) => unsafe { d.callout.classify_connect_redirect(&mut fwps, f, raw, t) },
-            // SAFETY: as above.
-            Kind::AuthConnect(f) => unsafe { d.callout.classify_auth_connect(f, raw, t) },
-            // SAFETY: as above.
-            Kind::Closure(f) => unsafe { d.callout.classify_endpoint_closure(f, raw, t) },
-        }
-        // Held classifications time out on the pend timer, not here.
-        d.callout.sync_timer(&mut PendKTimer);
-        true
-    });
-    fwps.finish();
-    if !handled {
-        // No driver state (unload under way): fail open, explicitly.
-        // SAFETY: classifyOut of the classifyFn we are in.
-        if let Some(out) = unsafe { raw.classify_out.as_mut() } {
-            out.actionType = FWP_ACTION_CONTINUE;
-        }
-    }
+    let mut fwps = unsafe { KernelFwps::new() };
+    // The shell's order: the adapter under the lock, apply and release after it.
+    // SAFETY: `raw` holds this classifyFn's arguments; we are inside it.
+    unsafe { shell::classify(&mut DriverLock, &mut fwps, &mut PendKTimer, entry, raw, now()) };
 }
 
 /// The pend timeout's kernel timer and its DPC.

@@ -65,6 +65,22 @@ pub enum Routine {
 }
 
 impl Routine {
+    /// Routines that move a classification on in the engine (pend it, apply
+    /// its layer data, complete it, drop the handle that keeps it): the ones
+    /// the driver makes with its lock released
+    /// ([`Kernel::forbid_engine_calls_under`]). The lookups of the
+    /// classification in progress (its redirect state, its handle, its
+    /// writable layer data) are not among them.
+    pub const fn moves_classification_on(self) -> bool {
+        matches!(
+            self,
+            Self::FwpsPendClassify
+                | Self::FwpsApplyModifiedLayerData
+                | Self::FwpsCompleteClassify
+                | Self::FwpsReleaseClassifyHandle
+        )
+    }
+
     /// The documented maximum IRQL.
     pub const fn max_irql(self) -> Irql {
         match self {
@@ -109,6 +125,9 @@ pub struct Kernel {
     now: Instant,
     /// Spin locks the driver's classifyFn acquires ([`Self::mark_classify_lock`]).
     classify_locks: Vec<SpinLockId>,
+    /// Driver locks under which no routine that moves a classification on
+    /// may be called ([`Self::forbid_engine_calls_under`]).
+    quiet_locks: Vec<SpinLockId>,
     /// Re-entries of classifyFn from FwpsCompleteClassify0.
     pub reentries: u64,
     /// Every routine called, in order (for tests that read the sequence).
@@ -134,6 +153,7 @@ impl Kernel {
             timers: BTreeMap::new(),
             now: Instant::from_millis(0),
             classify_locks: Vec::new(),
+            quiet_locks: Vec::new(),
             reentries: 0,
             calls: Vec::new(),
             trace: false,
@@ -160,10 +180,20 @@ impl Kernel {
         self.irql = irql;
     }
 
-    /// Checks a call against its documented maximum IRQL; panics on a violation.
+    /// Checks a call against its documented maximum IRQL, and against the
+    /// driver locks held ([`Self::forbid_engine_calls_under`]); panics on a
+    /// violation.
     pub fn call(&mut self, routine: Routine) {
         if self.trace {
             self.calls.push((routine, self.irql));
+        }
+        if routine.moves_classification_on()
+            && let Some(lock) = self.quiet_locks.iter().find(|l| self.held.iter().any(|(h, _)| h == *l))
+        {
+            panic!(
+                "WFP call while holding the driver's spin lock: {routine:?} called with {lock:?} held \
+                 (a support routine that takes the engine's own locks, under ours)"
+            );
         }
         assert!(
             self.irql <= routine.max_irql(),
@@ -204,6 +234,25 @@ impl Kernel {
     pub fn mark_classify_lock(&mut self, lock: SpinLockId) {
         if !self.classify_locks.contains(&lock) {
             self.classify_locks.push(lock);
+        }
+    }
+
+    /// Declares `lock` the driver's own spin lock: from now on, calling a
+    /// routine that moves a classification on ([`Routine::moves_classification_on`])
+    /// while this thread holds it panics.
+    ///
+    /// Source: "Preventing Errors and Deadlocks While Using Spin Locks",
+    /// Nested Spin Lock Acquisition: "A driver must not call a support
+    /// routine that uses spin locks unless a deadlock cannot occur." The
+    /// engine serializes a classification's pend, apply and completion with
+    /// its own locks, and no page documents an order between those and a
+    /// callout's lock (nor that a completion cannot classify again, see
+    /// [`crate::readings::Completion`]), so a deadlock cannot be ruled out.
+    /// FwpsPendClassify0's page allows DISPATCH_LEVEL ("IRQL: <=
+    /// DISPATCH_LEVEL"): the restriction is the lock, not the IRQL.
+    pub fn forbid_engine_calls_under(&mut self, lock: SpinLockId) {
+        if !self.quiet_locks.contains(&lock) {
+            self.quiet_locks.push(lock);
         }
     }
 

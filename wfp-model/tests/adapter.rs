@@ -14,7 +14,7 @@ use arbiter::control::{Access, Caller, HandleId, Handles, Op, Reply, Request, Ru
 use arbiter::policy::Rule;
 use arbiter::{Action, Arbiter, Capacities, Config, Duration, Instant, Reason, RuleSet, Verdict};
 use arbiter_callout::Fwps;
-use arbiter_callout::complete::Deferred;
+use arbiter_callout::complete::{Deferred, Kept};
 use arbiter_callout::control::{Device, cleanup, dispatch, open};
 use arbiter_callout::filters::{FILTERS, FilterLayer, filter_for};
 use arbiter_callout::pend::{Fallback, PendConfig, PendTimer};
@@ -495,7 +495,8 @@ fn cr_locked(lock: &mut ModelLock, rt: &mut Runtime, f: &FlowInfo, deferred: boo
     let mut watch = Watch { rt, lock: lock.lock, under_lock: Vec::new() };
     watch.rt.kernel.acquire_spin_lock(lock.lock);
     if deferred {
-        let mut d = Deferred::new(&mut watch);
+        let mut kept = Kept::default();
+        let mut d = Deferred::new(&mut watch, &mut kept);
         // SAFETY: every pointer in `raw` points into `ind`, alive for the call.
         unsafe { lock.callout.classify_connect_redirect(&mut d, Family::V4, &raw, T0) };
         d.inner_mut().rt.kernel.release_spin_lock(lock.lock);
@@ -671,4 +672,187 @@ fn hostile_ioctl_buffers_through_the_dispatch_are_refused() {
     });
     assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
     assert!(rt.kernel.held_locks().is_empty());
+}
+
+// ---- finding: FwpsPendClassify0 under the driver's spin lock ---------------------------
+
+impl ModelLock {
+    /// The driver's lock, declared to the model as one under which no
+    /// routine that moves a classification on may be called.
+    fn strict(callout: Callout<RuleSet>, rt: &mut Runtime) -> Self {
+        let lock = Self::new(callout, rt);
+        rt.kernel.forbid_engine_calls_under(lock.lock);
+        lock
+    }
+}
+
+/// The pend timer as the driver's KTIMER: where it is armed.
+#[derive(Default)]
+struct Armed(Option<Instant>);
+
+impl PendTimer for Armed {
+    fn arm(&mut self, due: Instant) {
+        self.0 = Some(due);
+    }
+    fn cancel(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// What another CPU does between two holds of the lock.
+type Hook = Box<dyn FnOnce(&mut ModelLock, &mut Runtime)>;
+
+/// A lock whose second hold is preceded by `hook`: what another CPU does
+/// while a classifyFn is between its two holds of the driver's lock.
+struct Between {
+    inner: ModelLock,
+    holds: usize,
+    hook: Option<Hook>,
+}
+
+impl CalloutLock<RuleSet, Runtime> for Between {
+    fn with<R>(&mut self, rt: &mut Runtime, f: impl FnOnce(&mut Callout<RuleSet>, &mut Runtime) -> R) -> Option<R> {
+        self.holds += 1;
+        if self.holds == 2
+            && let Some(hook) = self.hook.take()
+        {
+            hook(&mut self.inner, rt);
+        }
+        self.inner.with(rt, f)
+    }
+}
+
+/// One connect-redirect classifyFn of our V4 filter through the driver's
+/// own path, `shell::classify`, at DISPATCH_LEVEL.
+fn cr_shell<L: CalloutLock<RuleSet, Runtime>>(
+    lock: &mut L,
+    rt: &mut Runtime,
+    f: &FlowInfo,
+    timer: &mut Armed,
+) -> Classified {
+    let spec = filter_for(FilterLayer::ConnectRedirectV4).unwrap();
+    let entry = FWPS_CLASSIFY_OUT0 {
+        actionType: LayerArbiter::new().entry_action(&rt.readings),
+        rights: FWPS_RIGHT_ACTION_WRITE,
+        ..Default::default()
+    };
+    let mut ind = Indication::new(FilterLayer::ConnectRedirectV4, f, FILTER_V4, spec.action_type, 0, entry, None);
+    let id = rt.begin_classify(fresh(), &raw const *ind.out);
+    let raw = ind.raw(id);
+    rt.kernel.set_irql(arbiter_wfp_model::Irql::Dispatch);
+    // SAFETY: every pointer in `raw` points into `ind`, alive for the call.
+    unsafe { shell::classify(lock, rt, timer, shell::Entry::ConnectRedirect(Family::V4), &raw, T0) };
+    rt.kernel.set_irql(arbiter_wfp_model::Irql::Passive);
+    let out = *ind.out;
+    let (data, applied) = rt.end_classify(id);
+    let outcome = resolve(spec.action_type, out.actionType, &rt.readings);
+    Classified { out, data, applied, outcome }
+}
+
+/// The driver used to call FwpsPendClassify0 inside the classifyFn's hold
+/// of its spin lock. Now it reserves a slot under the lock, pends with the
+/// lock released, and commits under the lock again; the model fails any
+/// pend, apply, completion or release made under the lock. Under every
+/// reading, the held flow is then proxied when the proxy registers.
+#[test]
+fn pend_is_made_with_the_driver_lock_released() {
+    for r in Readings::all() {
+        let mut rt = Runtime::new(r);
+        let mut lock =
+            ModelLock::strict(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+        let mut timer = Armed::default();
+        let got = cr_shell(&mut lock, &mut rt, &flow("10.0.0.5:50000", "93.184.216.34:443"), &mut timer);
+        assert_eq!(rt.pended().len(), 1, "{r:?}: not held");
+        assert_eq!(lock.callout.held(), 1);
+        assert_eq!(got.out.actionType, wfp_ffi::FWP_ACTION_BLOCK, "{r:?}: BLOCK until completion (the seed)");
+        assert_eq!(got.out.rights & FWPS_RIGHT_ACTION_WRITE, 0);
+        assert_eq!(timer.0, Some(T0.saturating_add(Duration::from_millis(500))), "the timeout is armed");
+        assert!(rt.kernel.held_locks().is_empty());
+        register(&mut lock.callout);
+        shell::complete_pended(&mut lock, &mut rt, T0);
+        let done = rt.take_completed();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].data.remote, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(lock.callout.counters().pended, 1);
+        rt.assert_quiescent();
+    }
+}
+
+/// FwpsPendClassify0 refuses (made with the lock released): the
+/// reservation is rolled back under the lock and the flow decided again
+/// without holding it, the core's own answer (continue, proxy-unavailable),
+/// audited once.
+#[test]
+fn a_refused_pend_is_rolled_back_and_the_flow_decided_without_holding() {
+    for r in Readings::all() {
+        let mut rt = Runtime::new(r);
+        rt.refuse_pend = true;
+        let mut lock =
+            ModelLock::strict(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+        let mut timer = Armed::default();
+        let got = cr_shell(&mut lock, &mut rt, &flow("10.0.0.5:50000", "93.184.216.34:443"), &mut timer);
+        assert_eq!(lock.callout.held(), 0, "{r:?}");
+        assert_eq!(got.outcome, Outcome::Continue, "{r:?}");
+        assert_eq!(got.applied.len(), 1, "one apply per acquire");
+        assert_eq!(reasons(&lock.callout), [(Verdict::Continue, Reason::ProxyUnavailable)]);
+        assert_eq!(lock.callout.counters().pend_refused, 1);
+        assert_eq!(timer.0, None, "nothing held, nothing to time");
+        rt.assert_quiescent();
+    }
+}
+
+/// The proxy registers (a control request on another CPU, which completes
+/// what is held) while the classifyFn is between its holds of the lock:
+/// the flow it just pended was not held yet for that completion, so it is
+/// committed with the timer armed for now, and its completion proxies it
+/// without waiting for the timeout.
+#[test]
+fn the_proxy_registering_between_the_two_holds_completes_the_flow_at_once() {
+    for r in Readings::all() {
+        let mut rt = Runtime::new(r);
+        let inner = ModelLock::strict(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+        let hook: Hook = Box::new(|lock, rt| {
+            let _ = lock.with(rt, |c, _| register(c));
+            shell::complete_pended(lock, rt, T0);
+        });
+        let mut lock = Between { inner, holds: 0, hook: Some(hook) };
+        let mut timer = Armed::default();
+        let _ = cr_shell(&mut lock, &mut rt, &flow("10.0.0.5:50000", "93.184.216.34:443"), &mut timer);
+        assert_eq!(lock.inner.callout.held(), 1, "{r:?}: committed after the registration's completions");
+        assert_eq!(timer.0, Some(T0), "{r:?}: due now, not at the timeout");
+        // The timer's DPC.
+        shell::complete_pended(&mut lock, &mut rt, T0);
+        let done = rt.take_completed();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].data.remote, "127.0.0.1:8080".parse::<SocketAddr>().unwrap(), "{r:?}: proxied");
+        rt.assert_quiescent();
+    }
+}
+
+/// Unload completes held classifications while a classifyFn is between its
+/// holds: the reservation is reported outstanding (the driver waits), no
+/// new flow is held from then on, and once the classifyFn has committed,
+/// the next round completes it with the fallback. Nothing is left pended.
+#[test]
+fn unload_between_the_two_holds_waits_for_the_reservation() {
+    for r in Readings::all() {
+        let mut rt = Runtime::new(r);
+        let inner = ModelLock::strict(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+        let outstanding = std::rc::Rc::new(std::cell::Cell::new(usize::MAX));
+        let seen = std::rc::Rc::clone(&outstanding);
+        let hook: Hook = Box::new(move |lock, rt| seen.set(shell::complete_held(lock, rt)));
+        let mut lock = Between { inner, holds: 0, hook: Some(hook) };
+        let mut timer = Armed::default();
+        let _ = cr_shell(&mut lock, &mut rt, &flow("10.0.0.5:50000", "93.184.216.34:443"), &mut timer);
+        assert_eq!(outstanding.get(), 1, "{r:?}: unload sees the reservation");
+        assert_eq!(shell::complete_held(&mut lock, &mut rt), 0);
+        let done = rt.take_completed();
+        assert_eq!(done.len(), 1, "{r:?}");
+        assert_eq!(resolve(wfp_ffi::FWP_ACTION_CALLOUT_UNKNOWN, done[0].classify_out.actionType, &r), Outcome::Block);
+        // Closing: a new flow is no longer held.
+        let _ = cr_shell(&mut lock, &mut rt, &flow("10.0.0.5:50001", "93.184.216.34:443"), &mut timer);
+        assert_eq!(lock.inner.callout.held(), 0);
+        assert!(rt.pended().is_empty());
+        rt.assert_quiescent();
+    }
 }
