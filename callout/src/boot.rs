@@ -34,7 +34,6 @@
 //! (every object of [`PROVIDER_KEY`]).
 
 use arbiter::Protocol;
-use arbiter::audit::{GuardChange, GuardRecord};
 use arbiter::boot::{BootConfig, BootMode};
 use wfp_ffi::{
     FWP_ACTION_BLOCK, FWP_ACTION_PERMIT, FWP_ACTION_TYPE, FWPM_FILTER_FLAG_BOOTTIME,
@@ -356,70 +355,6 @@ pub fn decide<'a>(
         .map(|f| f.action)
 }
 
-/// What the driver must do to the boot sublayer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GuardAction {
-    /// Add the override filters (both families).
-    AddOverride,
-    /// Delete the override filters.
-    DeleteOverride,
-    /// Nothing to change.
-    Nothing,
-}
-
-/// The driver's boot guard: whether the override is in place, and the
-/// audit record of each change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BootGuard {
-    mode: BootMode,
-    lifted: bool,
-}
-
-impl BootGuard {
-    /// A guard for `mode`, not lifted (the driver has just loaded).
-    pub const fn new(mode: BootMode) -> Self {
-        Self { mode, lifted: false }
-    }
-
-    /// Is the override in place?
-    pub const fn lifted(&self) -> bool {
-        self.lifted
-    }
-
-    /// The configured mode.
-    pub const fn mode(&self) -> BootMode {
-        self.mode
-    }
-
-    /// Our filters are in place and the proxy `pid` registered.
-    pub const fn ready(&mut self, pid: u64) -> (GuardAction, Option<GuardRecord>) {
-        if self.lifted {
-            return (GuardAction::Nothing, None);
-        }
-        self.lifted = true;
-        let action = if matches!(self.mode, BootMode::Block) { GuardAction::AddOverride } else { GuardAction::Nothing };
-        (action, Some(GuardRecord { mode: self.mode, change: GuardChange::Ready, proxy_pid: pid }))
-    }
-
-    /// The proxy `pid` died or unregistered: back to the configured mode.
-    pub const fn proxy_lost(&mut self, pid: u64) -> (GuardAction, Option<GuardRecord>) {
-        if !self.lifted {
-            return (GuardAction::Nothing, None);
-        }
-        self.lifted = false;
-        let action =
-            if matches!(self.mode, BootMode::Block) { GuardAction::DeleteOverride } else { GuardAction::Nothing };
-        (action, Some(GuardRecord { mode: self.mode, change: GuardChange::ProxyLost, proxy_pid: pid }))
-    }
-
-    /// The driver unloads (its dynamic session, and the override, end).
-    pub const fn unloading(&mut self) -> Option<GuardRecord> {
-        let was = self.lifted;
-        self.lifted = false;
-        if was { Some(GuardRecord { mode: self.mode, change: GuardChange::Unloading, proxy_pid: 0 }) } else { None }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use alloc::vec::Vec;
@@ -496,23 +431,5 @@ mod tests {
             assert_eq!(f.fwpm_flags() & FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT != 0, f.action == FWP_ACTION_BLOCK);
         }
         assert_eq!(override_filter(FilterLayer::AuthConnectV6).fwpm_flags(), 0, "the override stays soft");
-    }
-
-    #[test]
-    fn the_guard_lifts_restores_and_audits() {
-        let mut g = BootGuard::new(BootMode::Block);
-        assert_eq!(g.proxy_lost(7), (GuardAction::Nothing, None));
-        let (a, r) = g.ready(7);
-        assert_eq!(a, GuardAction::AddOverride);
-        assert_eq!(r.map(|r| r.change), Some(GuardChange::Ready));
-        assert_eq!(g.ready(7).0, GuardAction::Nothing, "idempotent");
-        let (a, r) = g.proxy_lost(7);
-        assert_eq!(a, GuardAction::DeleteOverride);
-        assert_eq!(r, Some(GuardRecord { mode: BootMode::Block, change: GuardChange::ProxyLost, proxy_pid: 7 }));
-        assert_eq!(g.ready(8).0, GuardAction::AddOverride);
-        assert_eq!(g.unloading().map(|r| r.change), Some(GuardChange::Unloading));
-        let mut open = BootGuard::new(BootMode::Open);
-        assert_eq!(open.ready(1).0, GuardAction::Nothing);
-        assert_eq!(open.proxy_lost(1).1.map(|r| r.change), Some(GuardChange::ProxyLost), "audited in open mode too");
     }
 }

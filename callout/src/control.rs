@@ -11,7 +11,7 @@
 //! take the no-proxy path (held, then the fallback) instead.
 
 use arbiter::audit::ring::AuditRing;
-use arbiter::control::{Caller, ControlTarget, HandleId, Handles, RulesRejected, Status};
+use arbiter::control::{Caller, ControlTarget, DriverCounters, HandleId, Handles, RulesRejected, Status};
 use arbiter::{Counters, Instant, Policy, ProxyRegistration};
 
 use crate::adapter::Callout;
@@ -31,6 +31,9 @@ pub struct Device<'a, P, D, F> {
     pub fwps: &'a mut F,
     /// Now.
     pub now: Instant,
+    /// The driver's own counters, as read before the request (the boot
+    /// guard's failed override adds: `Lifecycle::override_failures`).
+    pub driver_counters: DriverCounters,
 }
 
 impl<P, D, F> ControlTarget for Device<'_, P, D, F>
@@ -66,6 +69,9 @@ where
     }
     fn counters(&self) -> Counters {
         *self.callout.arbiter().counters()
+    }
+    fn driver_counters(&self) -> DriverCounters {
+        self.driver_counters
     }
     fn ring(&mut self) -> &mut AuditRing {
         self.callout.parts_mut().1

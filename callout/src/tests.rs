@@ -664,6 +664,7 @@ fn held_while_no_proxy_then_proxied_when_it_registers() {
         instance: 7,
         fwps: &mut fw,
         now: T0.saturating_add(Duration::from_millis(100)),
+        driver_counters: arbiter::control::DriverCounters::default(),
     };
     let n = dispatch(&mut device, Op::RegisterProxy.ioctl(), &PROXY_CALLER, &request, &mut reply);
     assert_eq!(Reply::decode(&reply[..n]).unwrap().status, Status::Ok);
@@ -703,6 +704,7 @@ fn closing_the_proxys_handle_stops_redirecting_at_once() {
         instance: 7,
         fwps: &mut fw,
         now: T0,
+        driver_counters: arbiter::control::DriverCounters::default(),
     };
     assert_eq!(open(&mut device, &PROXY_CALLER), Status::Ok);
     let mut reply = vec![0u8; 256];
@@ -729,6 +731,7 @@ fn closing_the_proxys_handle_stops_redirecting_at_once() {
         instance: 7,
         fwps: &mut fw,
         now: T0,
+        driver_counters: arbiter::control::DriverCounters::default(),
     };
     cleanup(&mut device, PROXY_CALLER.handle);
     assert_eq!(c.arbiter().proxy(), None);

@@ -27,7 +27,13 @@ pub(crate) fn run(rules: Option<&Path>, as_json: bool) -> u8 {
     let mut out = Vec::new();
     let mut lines = Vec::new();
     for mode in [BootMode::Open, BootMode::Block] {
-        let t = timeline(&rules, mode);
+        let t = match timeline(&rules, mode) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{e}");
+                return EXIT_FAILED;
+            }
+        };
         let escapes = t.escapes();
         let blocked = t.blocked_when_ready();
         if (mode == BootMode::Block && !escapes.is_empty()) || !blocked.is_empty() {

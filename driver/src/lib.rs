@@ -40,7 +40,8 @@ use arbiter::boot::BootMode;
 use arbiter::compiled::CompiledRules;
 use arbiter::compiled::blob::{self, BlobError};
 use arbiter::control::{
-    Access, Caller, HandleId, Handles, MAX_RULES_LEN, REQUEST_HEADER_LEN, Request, RulesRejected, Status,
+    Access, Caller, DriverCounters, HandleId, Handles, MAX_RULES_LEN, REQUEST_HEADER_LEN, Request, RulesRejected,
+    Status,
 };
 use arbiter::{Arbiter, Capacities, Config, Instant, RuleSet};
 use arbiter_callout::adapter::RawClassify;
@@ -933,7 +934,9 @@ where
     let r = STATE.with(|s| {
         let d = s.as_mut()?;
         let Driver { callout, handles, instance, .. } = &mut **d;
-        let mut device = Device { callout, handles, decode_rules, instance: *instance, fwps: &mut fwps, now: t };
+        let driver_counters = DriverCounters { override_failures: life().map_or(0, Lifecycle::override_failures) };
+        let mut device =
+            Device { callout, handles, decode_rules, instance: *instance, fwps: &mut fwps, now: t, driver_counters };
         Some(f(&mut device))
     });
     // A proxy that registered: what it decided is completed with the lock released.

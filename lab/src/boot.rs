@@ -1,28 +1,51 @@
 //! The start-up timeline (`arbiter lab --boot`): flows arriving in every
-//! phase from boot to unload, under `[boot] mode = "open"` and `"block"`.
+//! phase from boot to unload, under `[boot] mode = "open"` and `"block"`,
+//! run on the WFP model with the real code.
 //!
-//! What enforces in each phase follows boottime notes from Microsoft's pages
-//! (see `arbiter_callout::boot`): boot-time filters from tcpip.sys start
-//! until BFE starts, persistent filters from then on; our callouts decide
-//! only once the driver has added its filters, which needs the BFE; the
-//! driver's override lifts the boot set once our proxy has registered and
-//! is deleted when the proxy goes away or the driver unloads.
+//! - The service's `install-boot` runs the real install plan
+//!   ([`arbiter_callout::boot::install_plan`] through
+//!   [`arbiter_callout::boot::run_plan`]) on the model's management API, then
+//!   the machine reboots ([`Wfp::reboot`]).
+//! - The driver is the real [`Lifecycle`]: started and its callouts
+//!   registered when it loads, its filters added when the BFE runs, its
+//!   boot guard ([`Lifecycle::sync_guard`]) run after every change (as the
+//!   driver does after each control request and handle cleanup), stopped at
+//!   unload. The guard's audit records are the timeline's `AUDITED` column.
+//! - Every flow is classified by the model's arbitration
+//!   ([`Wfp::classify_values`]): at ALE_CONNECT_REDIRECT (our callout, once
+//!   our filters are in, sends flows our rules proxy to our proxy's loopback
+//!   listener when a proxy is registered), then at ALE_AUTH_CONNECT with the
+//!   flow's destination after any redirect: the boot set (boot-time filters
+//!   until the BFE starts, persistent ones after; the driver's override when
+//!   lifted) and our callout (which blocks what our rules block).
 //!
-//! In every phase each flow meets, in order: the boot sublayer (the filters
-//! of [`arbiter_callout::boot::boot_filters`] in force, with the override when
-//! lifted; a block there is final), then our connect-redirect decision from
-//! the rules (when our filters are in place): proxied to our listener if a
-//! proxy is registered, left alone otherwise (`proxy-unavailable`), or
-//! blocked by a block rule.
+//! The model's reading of WFP (which filters are in force when, arbitration
+//! across sublayers, dynamic sessions) is documented in
+//! `arbiter_wfp_model::mgmt`, with the Microsoft pages it is taken from.
 
+mod driver;
+
+use core::cell::RefCell;
 use core::fmt;
+use core::net::SocketAddr;
+use std::rc::Rc;
 
 use arbiter::boot::{BootConfig, BootMode};
 use arbiter::wide::WideString;
 use arbiter::{Action, Flow, Policy, Protocol, RuleSet};
-use arbiter_callout::boot::{BootFilter, BootGuard, GuardAction, boot_filters, decide, override_filter};
+use arbiter_callout::boot::{install_plan, run_plan};
 use arbiter_callout::filters::FilterLayer;
-use wfp_ffi::{FWP_ACTION_BLOCK, FWPM_FILTER_FLAG_BOOTTIME, FWPM_FILTER_FLAG_PERSISTENT};
+use arbiter_callout::shell::Lifecycle;
+use arbiter_wfp_model::arbitration::Outcome;
+use arbiter_wfp_model::mgmt::Values;
+use arbiter_wfp_model::{Readings, Wfp, bootset};
+use driver::{Driver, Probe};
+use wfp_ffi::{FWP_CONDITION_FLAG_IS_LOOPBACK, FWPM_SERVICE_RUNNING};
+
+/// Our proxy's pid in the timeline.
+const PROXY_PID: u64 = 5151;
+/// Our proxy's loopback listener port (where redirected flows go).
+const PROXY_PORT: u16 = 5151;
 
 /// A phase of the machine's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,14 +98,6 @@ impl Phase {
     /// Is everything ready (driver, BFE, filters, proxy)?
     pub const fn ready(self) -> bool {
         matches!(self, Self::ProxyRegistered | Self::ProxyRestarted)
-    }
-
-    const fn bfe_up(self) -> bool {
-        !matches!(self, Self::BfeDown | Self::DriverLoaded)
-    }
-
-    const fn our_filters(self) -> bool {
-        matches!(self, Self::FiltersAdded | Self::ProxyRegistered | Self::ProxyCrashed | Self::ProxyRestarted)
     }
 }
 
@@ -204,56 +219,112 @@ fn wanted(rules: &RuleSet, f: &BootFlow) -> Option<Action> {
     rules.first_match(&flow).map(|h| h.action)
 }
 
-/// Runs the timeline for `rules` with its `[boot]` mode replaced by `mode`.
-pub fn timeline(rules: &RuleSet, mode: BootMode) -> Timeline {
-    let config = BootConfig { mode, ..rules.boot.clone() };
-    let set: Vec<BootFilter> = boot_filters(&config).filter(|f| !f.layer.is_v6()).collect();
-    let overrides = [override_filter(FilterLayer::AuthConnectV4)];
-    let mut guard = BootGuard::new(mode);
-    let mut audited = Vec::new();
-    let mut phases = Vec::new();
-    for phase in Phase::ALL {
-        // The driver's guard reacts to what changed.
-        let (action, record) = match phase {
-            Phase::ProxyRegistered | Phase::ProxyRestarted => guard.ready(5151),
-            Phase::ProxyCrashed => guard.proxy_lost(5151),
-            Phase::DriverUnloaded => (GuardAction::DeleteOverride, guard.unloading()),
-            _ => (GuardAction::Nothing, None),
-        };
-        let _ = action;
-        if let Some(r) = record {
-            audited.push((phase, r.change.name()));
-        }
-        let flag = if phase.bfe_up() { FWPM_FILTER_FLAG_PERSISTENT } else { FWPM_FILTER_FLAG_BOOTTIME };
-        let mut in_force: Vec<&BootFilter> = set.iter().filter(|f| f.flags == flag).collect();
-        if guard.lifted() && mode == BootMode::Block {
-            in_force.extend(overrides.iter());
-        }
-        let proxy = phase.ready();
-        let cells = FLOWS
-            .iter()
-            .map(|f| {
-                let wanted = wanted(rules, f);
-                let remote: core::net::SocketAddr =
-                    f.remote.parse().unwrap_or_else(|_| core::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-                let boot = decide(in_force.iter().copied(), f.protocol, remote.port(), remote.ip().is_loopback());
-                let fate = if boot == Some(FWP_ACTION_BLOCK) {
-                    Fate::BlockedByGuard
-                } else if !phase.our_filters() {
-                    Fate::Direct
-                } else {
-                    match wanted {
-                        Some(Action::Block) => Fate::BlockedByRule,
-                        Some(Action::Proxy) if proxy => Fate::Proxied,
-                        _ => Fate::Direct,
-                    }
-                };
-                Cell { flow: *f, wanted, fate }
-            })
-            .collect();
-        phases.push((phase, cells));
+/// The timeline could not run: a step of the real code failed on the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineError {
+    /// The step.
+    pub step: &'static str,
+    /// Its status.
+    pub status: i32,
+}
+
+impl fmt::Display for TimelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "boot timeline: {} failed on the WFP model with status {:#010x}", self.step, self.status)
     }
-    Timeline { mode, phases, audited }
+}
+
+impl std::error::Error for TimelineError {}
+
+/// The service's `install-boot`: one session, the install plan in one transaction.
+fn install(wfp: &mut Wfp, config: &BootConfig) -> Result<(), TimelineError> {
+    let failed = |step, status| TimelineError { step, status };
+    let engine = wfp.engine_open().map_err(|s| failed("FwpmEngineOpen0 (install-boot)", s))?;
+    let r = run_plan(&mut bootset::Session { wfp, engine }, install_plan(config));
+    wfp.engine_close(engine);
+    r.map(|_| ()).map_err(|e| failed("the install plan", e.status))
+}
+
+/// One flow through the model: connect redirect, then auth connect.
+fn classify(wfp: &mut Wfp, probe: &RefCell<Probe>, proxy: bool, f: &BootFlow, wanted: Option<Action>) -> Fate {
+    let remote: SocketAddr = f.remote.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let loopback = |yes: bool| if yes { FWP_CONDITION_FLAG_IS_LOOPBACK } else { 0 };
+    let values =
+        Values { flags: loopback(remote.ip().is_loopback()), protocol: f.protocol.0, remote_port: remote.port() };
+    *probe.borrow_mut() = Probe { block: wanted == Some(Action::Block), ..Probe::default() };
+    if wfp.classify_values(FilterLayer::ConnectRedirectV4, &values) == Outcome::Block {
+        return if probe.borrow().blocked { Fate::BlockedByRule } else { Fate::BlockedByGuard };
+    }
+    let redirected = probe.borrow().reached_redirect && proxy && wanted == Some(Action::Proxy);
+    let auth = if redirected {
+        Values { flags: loopback(true), protocol: f.protocol.0, remote_port: PROXY_PORT }
+    } else {
+        values
+    };
+    match wfp.classify_values(FilterLayer::AuthConnectV4, &auth) {
+        Outcome::Block if probe.borrow().blocked => Fate::BlockedByRule,
+        Outcome::Block => Fate::BlockedByGuard,
+        Outcome::Permit | Outcome::Continue if redirected => Fate::Proxied,
+        Outcome::Permit | Outcome::Continue => Fate::Direct,
+    }
+}
+
+fn cells(wfp: &mut Wfp, probe: &RefCell<Probe>, proxy: bool, wanted: &[Option<Action>]) -> Vec<Cell> {
+    FLOWS
+        .iter()
+        .zip(wanted)
+        .map(|(f, &w)| Cell { flow: *f, wanted: w, fate: classify(wfp, probe, proxy, f, w) })
+        .collect()
+}
+
+/// Runs the timeline for `rules` with its `[boot]` mode replaced by `mode`.
+///
+/// # Errors
+///
+/// A step of the real code (installing the boot set, registering our
+/// callouts, adding our filters) failed on the model.
+pub fn timeline(rules: &RuleSet, mode: BootMode) -> Result<Timeline, TimelineError> {
+    let config = BootConfig { mode, ..rules.boot.clone() };
+    let wanted: Vec<Option<Action>> = FLOWS.iter().map(|f| wanted(rules, f)).collect();
+    let mut wfp = Wfp::new(Readings::default());
+    install(&mut wfp, &config)?;
+    wfp.reboot();
+    let mut phases = vec![(Phase::BfeDown, cells(&mut wfp, &RefCell::default(), false, &wanted))];
+    let mut audited = Vec::new();
+    // DriverEntry: the lifecycle, then our callouts and the BFE subscription.
+    let mut k = Driver::new(&mut wfp, mode);
+    let life = Lifecycle::start(&mut k);
+    k.register().map_err(|status| TimelineError { step: "FwpsCalloutRegister0", status })?;
+    for phase in Phase::ALL.into_iter().skip(1) {
+        match phase {
+            Phase::BfeDown => {}
+            Phase::DriverLoaded => {
+                if k.wfp.bfe_state() == FWPM_SERVICE_RUNNING {
+                    life.bfe_running(&mut k).map_err(|status| TimelineError { step: "adding our filters", status })?;
+                }
+            }
+            Phase::BfeUp => k.wfp.set_bfe_state(FWPM_SERVICE_RUNNING),
+            // The BFE state callback (RUNNING).
+            Phase::FiltersAdded => {
+                life.bfe_running(&mut k).map_err(|status| TimelineError { step: "adding our filters", status })?;
+            }
+            // The proxy's register request; later its handle's cleanup.
+            Phase::ProxyRegistered | Phase::ProxyRestarted => k.proxy = Some(PROXY_PID),
+            Phase::ProxyCrashed => k.proxy = None,
+            Phase::DriverUnloaded => {
+                let _ = life.stop(&mut k);
+                k.proxy = None;
+            }
+        }
+        if phase != Phase::DriverUnloaded {
+            life.sync_guard(&mut k);
+        }
+        audited.extend(k.audited.drain(..).map(|r| (phase, r.change.name())));
+        let probe = Rc::clone(&k.probe);
+        let proxy = k.proxy.is_some();
+        phases.push((phase, cells(k.wfp, &probe, proxy, &wanted)));
+    }
+    Ok(Timeline { mode, phases, audited })
 }
 
 impl fmt::Display for Timeline {
@@ -290,7 +361,7 @@ mod tests {
 
     #[test]
     fn block_mode_lets_nothing_escape_in_any_phase() {
-        let t = timeline(&rules(), BootMode::Block);
+        let t = timeline(&rules(), BootMode::Block).unwrap();
         assert_eq!(t.escapes(), vec![], "{t}");
         // Loopback and the allow-list stay open throughout.
         for (_, cells) in &t.phases {
@@ -303,7 +374,7 @@ mod tests {
     #[test]
     fn no_mode_blocks_anything_once_ready() {
         for mode in [BootMode::Open, BootMode::Block] {
-            let t = timeline(&rules(), mode);
+            let t = timeline(&rules(), mode).unwrap();
             assert_eq!(t.blocked_when_ready(), vec![], "{t}");
             for (p, cells) in t.phases.iter().filter(|(p, _)| p.ready()) {
                 for c in cells {
@@ -320,7 +391,7 @@ mod tests {
 
     #[test]
     fn open_mode_is_todays_behaviour_and_escapes_before_ready() {
-        let t = timeline(&rules(), BootMode::Open);
+        let t = timeline(&rules(), BootMode::Open).unwrap();
         let e = t.escapes();
         assert!(e.contains(&(Phase::BfeDown, "web")) && e.contains(&(Phase::ProxyCrashed, "web")), "{t}");
         assert!(!e.iter().any(|(p, _)| p.ready()));
@@ -328,15 +399,49 @@ mod tests {
 
     #[test]
     fn proxy_loss_and_return_are_audited() {
-        let t = timeline(&rules(), BootMode::Block);
+        let t = timeline(&rules(), BootMode::Block).unwrap();
         assert_eq!(
             t.audited,
             vec![
                 (Phase::ProxyRegistered, "ready"),
                 (Phase::ProxyCrashed, "proxy-lost"),
                 (Phase::ProxyRestarted, "ready"),
-                (Phase::DriverUnloaded, "unloading"),
             ]
         );
+        // Unload writes no record: the ring goes with the driver, and the
+        // override with its dynamic session (`Lifecycle::stop`).
+        assert_eq!(
+            timeline(&rules(), BootMode::Open).unwrap().audited,
+            vec![
+                (Phase::ProxyRegistered, "ready"),
+                (Phase::ProxyCrashed, "proxy-lost"),
+                (Phase::ProxyRestarted, "ready")
+            ]
+        );
+    }
+
+    /// The rules' allow-list reaches the filters through the real install
+    /// plan: ssh (which our rules leave alone) goes out before we are ready
+    /// only when the allow-list names it.
+    #[test]
+    fn the_allow_list_is_installed_by_the_real_plan() {
+        let fate = |t: &Timeline, phase: Phase, flow: &str| {
+            t.phases
+                .iter()
+                .find(|(p, _)| *p == phase)
+                .and_then(|(_, c)| c.iter().find(|c| c.flow.name == flow))
+                .map(|c| c.fate)
+        };
+        let t = timeline(&rules(), BootMode::Block).unwrap();
+        for phase in [Phase::BfeDown, Phase::BfeUp, Phase::ProxyCrashed] {
+            assert_eq!(fate(&t, phase, "ssh"), Some(Fate::BlockedByGuard), "{t}");
+        }
+        let with_ssh = format!("{BOOT_RULES}\n[boot]\nmode = \"block\"\nallow = [\"dhcp\", \"dns\", \"tcp/22\"]\n");
+        let t = timeline(&crate::rules::parse_str(&with_ssh, "boot+ssh").unwrap(), BootMode::Block).unwrap();
+        for phase in [Phase::BfeDown, Phase::BfeUp, Phase::ProxyCrashed] {
+            assert_eq!(fate(&t, phase, "ssh"), Some(Fate::Direct), "{t}");
+            assert_eq!(fate(&t, phase, "web"), Some(Fate::BlockedByGuard), "{t}");
+        }
+        assert_eq!(t.escapes(), vec![]);
     }
 }

@@ -405,6 +405,7 @@ impl Sim {
             instance: self.instance,
             fwps: &mut fwps,
             now: arbiter::Instant::from_millis(0),
+            driver_counters: control::DriverCounters::default(),
         };
         f(&mut device)
     }

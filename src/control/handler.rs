@@ -22,8 +22,8 @@ use core::net::{IpAddr, SocketAddr};
 
 use super::ioctl::Access;
 use super::wire::{
-    COUNTERS_LEN, INFO_LEN, Info, Op, REPLY_HEADER_LEN, REPLY_MAGIC, RING_STATS_LEN, Request, RulesRejected, Status,
-    VERSION, put_counters, put_ring_stats,
+    COUNTERS_LEN, DRIVER_COUNTERS_LEN, DriverCounters, INFO_LEN, Info, Op, REPLY_HEADER_LEN, REPLY_MAGIC,
+    RING_STATS_LEN, Request, RulesRejected, Status, VERSION, put_counters, put_driver_counters, put_ring_stats,
 };
 use crate::arbiter::{Counters, SetProxyError};
 use crate::audit::ring::{AuditRing, DrainError};
@@ -102,6 +102,12 @@ pub trait ControlTarget {
     fn proxy(&self) -> Option<ProxyRegistration>;
     /// The core's counters.
     fn counters(&self) -> Counters;
+    /// The driver's counters that are not the core's: for now, the boot
+    /// guard's failed override adds (`Lifecycle::override_failures` in the
+    /// callout crate). The default knows none.
+    fn driver_counters(&self) -> DriverCounters {
+        DriverCounters::default()
+    }
     /// The audit ring.
     fn ring(&mut self) -> &mut AuditRing;
     /// The open handles' roles.
@@ -260,7 +266,7 @@ fn apply<T: ControlTarget + ?Sized>(
         Request::Hello => Some(INFO_LEN),
         Request::SetRules(_) => Some(8),
         Request::RegisterProxy(_) | Request::UnregisterProxy { .. } => Some(0),
-        Request::ReadCounters => Some(COUNTERS_LEN.saturating_add(RING_STATS_LEN)),
+        Request::ReadCounters => Some(COUNTERS_LEN.saturating_add(RING_STATS_LEN).saturating_add(DRIVER_COUNTERS_LEN)),
         Request::DrainAudit { .. } => None,
     };
     if let Some(need) = fixed
@@ -318,7 +324,13 @@ fn apply<T: ControlTarget + ?Sized>(
         Request::ReadCounters => {
             let counters = target.counters();
             let stats = target.ring().stats();
-            (Status::Ok, put_counters(&mut w, &counters).and_then(|()| put_ring_stats(&mut w, &stats)))
+            let driver = target.driver_counters();
+            (
+                Status::Ok,
+                put_counters(&mut w, &counters)
+                    .and_then(|()| put_ring_stats(&mut w, &stats))
+                    .and_then(|()| put_driver_counters(&mut w, &driver)),
+            )
         }
         // Answered above.
         Request::DrainAudit { .. } => (Status::Internal, Ok(())),

@@ -28,9 +28,9 @@ pub mod wire;
 pub use handler::{Caller, ControlTarget, HandleId, Handles, Owner, close_handle, handle, open_handle};
 pub use ioctl::{Access, DEVICE_LINK, DEVICE_NAME, DEVICE_PATH, FILE_DEVICE_ARBITER};
 pub use wire::{
-    COUNTERS_LEN, Drained, Info, MAX_RULES_LEN, MIN_REPLY_BUFFER, Op, REGISTRATION_LEN, REPLY_HEADER_LEN, REPLY_MAGIC,
-    REQUEST_HEADER_LEN, REQUEST_MAGIC, RING_STATS_LEN, Reply, ReplyError, Request, RequestError, RulesRejected, Status,
-    VERSION,
+    COUNTERS_LEN, DRIVER_COUNTERS_LEN, Drained, DriverCounters, Info, MAX_RULES_LEN, MIN_REPLY_BUFFER, Op,
+    REGISTRATION_LEN, REPLY_HEADER_LEN, REPLY_MAGIC, REQUEST_HEADER_LEN, REQUEST_MAGIC, RING_STATS_LEN, Reply,
+    ReplyError, Request, RequestError, RulesRejected, Status, VERSION,
 };
 
 #[cfg(test)]

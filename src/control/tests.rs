@@ -1,6 +1,6 @@
 use super::handler::{Caller, HandleId, close_handle, handle, open_handle};
 use super::ioctl::Access;
-use super::wire::{get_counters, put_counters};
+use super::wire::{get_counters, put_counters, put_driver_counters};
 use super::*;
 use crate::arbiter::Counters;
 use crate::audit::AuditRecord;
@@ -206,6 +206,34 @@ fn counters_carry_every_field() {
     let (counters, stats) = Reply::decode(&raw).unwrap().counters().unwrap();
     assert_eq!(counters, *rig.t.arbiter.counters());
     assert_eq!((stats.held, stats.used, stats.next_seq), (1, 15, 1));
+}
+
+/// The driver's own counters (the boot guard's failed override adds) are
+/// appended after the ring's state; a reply from a driver that predates
+/// them (ending after the ring's state) still decodes, as `None`.
+#[test]
+fn counters_reply_appends_the_driver_counters() {
+    let mut rig = Rig::new(1024);
+    let raw = rig.call(&Request::ReadCounters.to_vec(), MIN_REPLY_BUFFER);
+    assert_eq!(raw.len(), MIN_REPLY_BUFFER, "the minimum reply buffer holds it");
+    let reply = Reply::decode(&raw).unwrap();
+    let (counters, stats, driver) = reply.all_counters().unwrap();
+    assert_eq!(driver, Some(DriverCounters::default()));
+    assert_eq!(reply.counters().unwrap(), (counters, stats));
+    // The driver counters are the last 8 bytes.
+    let mut body = [0u8; DRIVER_COUNTERS_LEN];
+    put_driver_counters(&mut Writer::new(&mut body), &DriverCounters { override_failures: 0x0102 }).unwrap();
+    assert_eq!(body, 0x0102u64.to_le_bytes());
+    // An older driver's reply: 8 bytes shorter, body length to match.
+    let mut old = raw[..raw.len() - DRIVER_COUNTERS_LEN].to_vec();
+    let len = u32::from_le_bytes(old[20..24].try_into().unwrap()) - 8;
+    old[20..24].copy_from_slice(&len.to_le_bytes());
+    let old = Reply::decode(&old).unwrap();
+    assert_eq!(old.all_counters().unwrap(), (counters, stats, None));
+    assert_eq!(old.counters().unwrap(), (counters, stats));
+    // Too small for the new field: refused before anything is read.
+    let short = rig.call(&Request::ReadCounters.to_vec(), MIN_REPLY_BUFFER - 1);
+    assert_eq!(Reply::decode(&short).unwrap().status, Status::ReplyTooSmall);
 }
 
 /// Drains everything through the control protocol, checking that each

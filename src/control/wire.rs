@@ -41,8 +41,11 @@ pub const REGISTRATION_LEN: usize = 48;
 pub const RING_STATS_LEN: usize = 40;
 /// Encoded size of [`Counters`]: fifteen u64s.
 pub const COUNTERS_LEN: usize = 15 * 8;
+/// Encoded size of [`DriverCounters`]: one u64. Appended after the ring
+/// stats in the read-counters reply; a driver built before it sends none.
+pub const DRIVER_COUNTERS_LEN: usize = 8;
 /// A reply buffer this large holds every reply except long drains.
-pub const MIN_REPLY_BUFFER: usize = REPLY_HEADER_LEN + COUNTERS_LEN + RING_STATS_LEN;
+pub const MIN_REPLY_BUFFER: usize = REPLY_HEADER_LEN + COUNTERS_LEN + RING_STATS_LEN + DRIVER_COUNTERS_LEN;
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -604,6 +607,21 @@ pub(crate) fn put_counters(w: &mut Writer<'_>, c: &Counters) -> Result<(), Short
     w.u64(records)
 }
 
+/// The driver's own counters (not the core's), at the end of the
+/// read-counters reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverCounters {
+    /// Boot guard: adds of the override filter that failed (the boot set
+    /// then still blocks although our proxy is registered; e.g. block mode
+    /// in the rules but the boot set not installed).
+    pub override_failures: u64,
+}
+
+pub(crate) fn put_driver_counters(w: &mut Writer<'_>, c: &DriverCounters) -> Result<(), Short> {
+    let DriverCounters { override_failures } = *c;
+    w.u64(override_failures)
+}
+
 pub(crate) fn get_counters(r: &mut Reader<'_>) -> Result<Counters, Short> {
     let connect_redirect = r.u64()?;
     let auth_connect = r.u64()?;
@@ -740,10 +758,18 @@ impl<'a> Reply<'a> {
 
     /// The counters and the ring's state.
     pub fn counters(&self) -> Result<(Counters, RingStats), ReplyError> {
+        self.all_counters().map(|(c, s, _)| (c, s))
+    }
+
+    /// The counters, the ring's state and the driver's own counters (`None`
+    /// from a driver that predates them: its reply ends after the ring's
+    /// state).
+    pub fn all_counters(&self) -> Result<(Counters, RingStats, Option<DriverCounters>), ReplyError> {
         let mut r = self.expect(Op::ReadCounters, Status::Ok)?;
         let c = get_counters(&mut r)?;
         let s = get_ring_stats(&mut r)?;
-        Self::done(&r, (c, s))
+        let d = if r.remaining() == 0 { None } else { Some(DriverCounters { override_failures: r.u64()? }) };
+        Self::done(&r, (c, s, d))
     }
 
     /// The drained records.

@@ -568,7 +568,8 @@ impl Wfp {
 
     /// FwpmFilterAdd0: returns the run-time filter id (assigned at once,
     /// usable after commit). A non-zero key already in use is
-    /// `FWP_E_ALREADY_EXISTS`; FWPM_FILTER0 refuses BOOTTIME with PERSISTENT
+    /// `FWP_E_ALREADY_EXISTS`; a sublayer that does not exist (committed or
+    /// added by the transaction) `FWP_E_SUBLAYER_NOT_FOUND`; FWPM_FILTER0 refuses BOOTTIME with PERSISTENT
     /// ("cannot be set together"), which the model fails loudly.
     pub fn filter_add(&mut self, engine: u64, filter: Filter) -> Result<u64, NTSTATUS> {
         self.rt.kernel.call(Routine::FwpmManagement);
@@ -578,6 +579,12 @@ impl Wfp {
         );
         if filter.key != 0 && self.exists(engine, Kind::Filter, filter.key) {
             return Err(STATUS_FWP_ALREADY_EXISTS);
+        }
+        // "WFP Error Codes": FWP_E_SUBLAYER_NOT_FOUND, "The sublayer does not
+        // exist". A zero key is FWPM_FILTER0's "not assigned": the default
+        // sublayer, which always exists.
+        if filter.sublayer != 0 && !self.exists(engine, Kind::Sublayer, filter.sublayer) {
+            return Err(STATUS_FWP_SUBLAYER_NOT_FOUND);
         }
         let id = self.id();
         let s = self.stage(engine, Op::Filter(id, filter));

@@ -305,8 +305,10 @@ fn bfe_lifecycle_and_unregistering_a_callout_with_filters() {
 /// session's objects stay.
 #[test]
 fn a_dynamic_sessions_objects_end_with_it() {
+    // (`filter` puts its filters in sublayer 1.)
     let mut w = Wfp::new(Readings::default());
     let stat = w.engine_open().unwrap();
+    assert_eq!(w.sublayer_add(stat, 1, 0x1000), 0);
     let kept = w.filter_add(stat, filter(FilterLayer::ConnectRedirectV4, FWP_ACTION_CALLOUT_UNKNOWN, 9)).unwrap();
     let dynamic = w.engine_open_dynamic().unwrap();
     assert_eq!(w.transaction_begin(dynamic), 0);

@@ -574,6 +574,7 @@ fn control<R>(
                 instance: 7,
                 fwps: rt,
                 now,
+                driver_counters: arbiter::control::DriverCounters::default(),
             };
             f(&mut device)
         })

@@ -1,7 +1,8 @@
 //! The driver's lifecycle (`arbiter_callout::shell::Lifecycle`) run on the
 //! WFP model: the BFE stopped then started, the BFE restarting, filters added
 //! once, unload with classifications held and with a callout still busy, and
-//! the IRQL rules of the registry read.
+//! the IRQL rules of the registry read; the boot guard, with the proxy
+//! registered and unregistered through the real control device.
 
 use core::cell::Cell;
 use std::rc::Rc;
@@ -43,6 +44,15 @@ struct OnModel<'a> {
     proxy: Option<u64>,
     /// Boot-guard records written to the ring.
     audited: Vec<GuardRecord>,
+    /// When set, the driver's callout state and control handles: the mode
+    /// and the proxy are then read from it as the driver's `boot_state`
+    /// does, and the proxy registers through the real control path.
+    control: Option<(Callout<RuleSet>, Handles)>,
+    /// What the driver reads from its `Lifecycle` before a control request
+    /// (`Lifecycle::override_failures`).
+    override_failures: u64,
+    /// The last control reply.
+    last_reply: Vec<u8>,
 }
 
 impl<'a> OnModel<'a> {
@@ -60,6 +70,9 @@ impl<'a> OnModel<'a> {
             mode: BootMode::Open,
             proxy: None,
             audited: Vec::new(),
+            control: None,
+            override_failures: 0,
+            last_reply: Vec::new(),
         }
     }
 
@@ -175,7 +188,11 @@ impl Kernel for OnModel<'_> {
         result
     }
     fn boot_state(&mut self) -> (BootMode, Option<u64>) {
-        (self.mode, self.proxy)
+        match &self.control {
+            // What the driver reads under its lock.
+            Some((c, _)) => (c.arbiter().policy().boot_mode(), c.arbiter().proxy().map(|p| p.pid)),
+            None => (self.mode, self.proxy),
+        }
     }
     fn add_override(&mut self, engine: usize, filter: &BootFilter) -> Result<u64, Status> {
         self.wfp.filter_add(engine as u64, bootset::filter(filter))
@@ -560,4 +577,131 @@ fn install_replaces_atomically_and_a_failure_changes_nothing() {
     service(&mut wfp, remove_plan()).expect("removed");
     service(&mut wfp, remove_plan()).expect("nothing left to remove");
     assert!(wfp.filters().is_empty());
+}
+
+// ---- the guard driven through the real control path ----
+
+use arbiter::control::{Access, Caller, DriverCounters, HandleId, Handles, Reply, Request, Status as Control};
+use arbiter::{Arbiter, Capacities, Config, Policy, ProxyRegistration, RuleSet};
+use arbiter_callout::control::{Device, cleanup, dispatch, open};
+use arbiter_callout::{Callout, CalloutConfig};
+
+impl OnModel<'_> {
+    /// The driver's callout state, with `[boot]` set by its rules.
+    fn with_callout(&mut self, mode: BootMode) {
+        let rules = RuleSet { boot: BootConfig { mode, ..BootConfig::default() }, ..RuleSet::default() };
+        let caps = Capacities { endpoints: 16, destinations: 16, known_proxies: 4 };
+        let arbiter = Arbiter::new(Config::default(), caps, rules).expect("arbiter");
+        let callout = Callout::new(arbiter, CalloutConfig { ring_bytes: 1 << 12, pend: None }).expect("callout");
+        self.control = Some((callout, Handles::new()));
+    }
+
+    /// One IRP on the control device, as the driver's dispatch routines
+    /// make it: `IRP_MJ_CREATE`, `IRP_MJ_DEVICE_CONTROL` or `IRP_MJ_CLEANUP`.
+    fn irp(&mut self, caller: &Caller, request: Option<Request<'_>>, close: bool) -> Option<Control> {
+        let (callout, handles) = self.control.as_mut().expect("with_callout first");
+        let mut decode = |_: &[u8]| Err(arbiter::control::RulesRejected { code: 1, offset: 0 });
+        let mut device = Device {
+            callout,
+            handles,
+            decode_rules: &mut decode,
+            instance: 1,
+            fwps: &mut self.wfp.rt,
+            now: arbiter::Instant::ZERO,
+            driver_counters: DriverCounters { override_failures: self.override_failures },
+        };
+        if close {
+            cleanup(&mut device, caller.handle);
+            return None;
+        }
+        let Some(request) = request else {
+            return Some(open(&mut device, caller));
+        };
+        let mut reply = vec![0u8; 256];
+        let n = dispatch(&mut device, request.op().ioctl(), caller, &request.to_vec(), &mut reply);
+        reply.truncate(n);
+        self.last_reply = reply;
+        Some(Reply::decode(&self.last_reply).expect("a reply").status)
+    }
+}
+
+/// The proxy service's handle `n`: its own process, read and write.
+const fn proxy_handle(pid: u32, n: u64) -> Caller {
+    Caller { pid, handle: HandleId(0xF000 + n), access: Access::READ_WRITE }
+}
+
+fn registration(pid: u32) -> Request<'static> {
+    Request::RegisterProxy(ProxyRegistration {
+        pid: u64::from(pid),
+        v4: Some("127.0.0.1:8080".parse().expect("addr")),
+        v6: None,
+    })
+}
+
+/// The guard follows the proxy's registration as the real control handler
+/// keeps it: registered through `IRP_MJ_DEVICE_CONTROL`, gone when its
+/// handle is cleaned up (the proxy crashed) or when it unregisters; the
+/// mode comes from the callout's rules, as the driver reads it.
+#[test]
+fn the_guard_follows_registrations_made_through_the_control_device() {
+    let mut wfp = machine();
+    service(&mut wfp, install_plan(&block_mode())).expect("installed");
+    let mut k = OnModel::new(&mut wfp);
+    k.with_callout(BootMode::Block);
+    k.verdict.set(Some(FWP_ACTION_PERMIT));
+    let life = driver_entry(&mut k);
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block, "no proxy yet");
+    // The proxy opens the device and registers; the driver syncs the guard
+    // after the request.
+    let first = proxy_handle(77, 1);
+    assert_eq!(k.irp(&first, None, false), Some(Control::Ok));
+    assert_eq!(k.irp(&first, Some(registration(77)), false), Some(Control::Ok));
+    life.sync_guard(&mut k);
+    assert!(life.override_ids().iter().all(|&id| id != 0));
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    // It crashes: IRP_MJ_CLEANUP of its handle unregisters it.
+    let _ = k.irp(&first, None, true);
+    life.sync_guard(&mut k);
+    assert_eq!(life.override_ids(), [0, 0]);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    assert_eq!(
+        k.audited.last(),
+        Some(&GuardRecord { mode: BootMode::Block, change: GuardChange::ProxyLost, proxy_pid: 77 })
+    );
+    // It restarts, then unregisters on purpose.
+    let second = proxy_handle(78, 2);
+    assert_eq!(k.irp(&second, None, false), Some(Control::Ok));
+    assert_eq!(k.irp(&second, Some(registration(78)), false), Some(Control::Ok));
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    assert_eq!(k.irp(&second, Some(Request::UnregisterProxy { pid: 78 }), false), Some(Control::Ok));
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    assert_eq!(changes(&k), [GuardChange::Ready, GuardChange::ProxyLost, GuardChange::Ready, GuardChange::ProxyLost]);
+    assert_eq!(k.audited.last().map(|r| r.proxy_pid), Some(78));
+    assert_eq!(life.override_failures(), 0);
+}
+
+/// Block mode in the rules but the boot set not installed: the override
+/// cannot be added (there is no boot sublayer), each failure is counted,
+/// and the count reaches user mode in the read-counters reply.
+#[test]
+fn failed_override_adds_are_counted_and_read_through_the_control_device() {
+    let mut wfp = machine();
+    let mut k = OnModel::new(&mut wfp);
+    k.with_callout(BootMode::Block);
+    let life = driver_entry(&mut k);
+    let proxy = proxy_handle(77, 1);
+    assert_eq!(k.irp(&proxy, None, false), Some(Control::Ok));
+    assert_eq!(k.irp(&proxy, Some(registration(77)), false), Some(Control::Ok));
+    life.sync_guard(&mut k);
+    assert_eq!(life.override_ids(), [0, 0]);
+    assert_eq!(life.override_failures(), 2, "V4 and V6");
+    assert_eq!(changes(&k), [GuardChange::Ready], "the guard still follows the proxy");
+    // The driver reads the count before each control request.
+    k.override_failures = life.override_failures();
+    assert_eq!(k.irp(&proxy, Some(Request::ReadCounters), false), Some(Control::Ok));
+    let (_, _, driver) = Reply::decode(&k.last_reply).expect("reply").all_counters().expect("counters");
+    assert_eq!(driver, Some(DriverCounters { override_failures: 2 }));
 }
