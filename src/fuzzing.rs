@@ -214,7 +214,8 @@ fn decode_compiled(blob: &[u8]) -> Result<CompiledRules, RulesRejected> {
 ///   shared validator accepts; accepted rules pass the shared validator;
 /// - closing the proxy's handle unregisters it.
 pub fn control(data: &[u8]) {
-    let _ = Reply::decode(data).map(|r| (r.info(), r.rules(), r.counters(), r.drained().map(|d| d.records().count())));
+    let _ = Reply::decode(data)
+        .map(|r| (r.info(), r.rules(), r.counters(), r.driver_counters(), r.drained().map(|d| d.records().count())));
     let Some((&pick, request)) = data.split_first() else { return };
     let Some(mut target) = populated() else { return };
     let op = Op::ALL.get(usize::from(pick & 7)).copied();

@@ -266,7 +266,8 @@ fn apply<T: ControlTarget + ?Sized>(
         Request::Hello => Some(INFO_LEN),
         Request::SetRules(_) => Some(8),
         Request::RegisterProxy(_) | Request::UnregisterProxy { .. } => Some(0),
-        Request::ReadCounters => Some(COUNTERS_LEN.saturating_add(RING_STATS_LEN).saturating_add(DRIVER_COUNTERS_LEN)),
+        Request::ReadCounters => Some(COUNTERS_LEN.saturating_add(RING_STATS_LEN)),
+        Request::ReadDriverCounters => Some(DRIVER_COUNTERS_LEN),
         Request::DrainAudit { .. } => None,
     };
     if let Some(need) = fixed
@@ -324,14 +325,9 @@ fn apply<T: ControlTarget + ?Sized>(
         Request::ReadCounters => {
             let counters = target.counters();
             let stats = target.ring().stats();
-            let driver = target.driver_counters();
-            (
-                Status::Ok,
-                put_counters(&mut w, &counters)
-                    .and_then(|()| put_ring_stats(&mut w, &stats))
-                    .and_then(|()| put_driver_counters(&mut w, &driver)),
-            )
+            (Status::Ok, put_counters(&mut w, &counters).and_then(|()| put_ring_stats(&mut w, &stats)))
         }
+        Request::ReadDriverCounters => (Status::Ok, put_driver_counters(&mut w, &target.driver_counters())),
         // Answered above.
         Request::DrainAudit { .. } => (Status::Internal, Ok(())),
     };

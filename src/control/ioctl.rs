@@ -16,6 +16,7 @@
 //! | unregister-proxy | 0x904 | `FILE_WRITE_ACCESS` | `0x8A7BA410` |
 //! | drain-audit | 0x905 | `FILE_READ_ACCESS` | `0x8A7B6414` |
 //! | read-counters | 0x906 | `FILE_READ_ACCESS` | `0x8A7B6418` |
+//! | read-driver-counters | 0x907 | `FILE_READ_ACCESS` | `0x8A7B641C` |
 //!
 //! The table is checked by a test.
 

@@ -72,6 +72,7 @@ fn requests_round_trip_with_one_encoding() {
         Request::UnregisterProxy { pid: 5151 },
         Request::DrainAudit { cursor: 99, max_bytes: 4096 },
         Request::ReadCounters,
+        Request::ReadDriverCounters,
     ] {
         let bytes = req.to_vec();
         assert_eq!(bytes.len(), req.encoded_len());
@@ -208,31 +209,24 @@ fn counters_carry_every_field() {
     assert_eq!((stats.held, stats.used, stats.next_seq), (1, 15, 1));
 }
 
-/// The driver's own counters (the boot guard's failed override adds) are
-/// appended after the ring's state; a reply from a driver that predates
-/// them (ending after the ring's state) still decodes, as `None`.
+/// The driver's own counters (the boot guard's failed override adds) have
+/// their own read-only op, so the read-counters reply keeps the shape that
+/// readers built before them decode (they refuse trailing bytes).
 #[test]
-fn counters_reply_appends_the_driver_counters() {
+fn driver_counters_have_their_own_op_and_the_counters_reply_keeps_its_shape() {
     let mut rig = Rig::new(1024);
     let raw = rig.call(&Request::ReadCounters.to_vec(), MIN_REPLY_BUFFER);
-    assert_eq!(raw.len(), MIN_REPLY_BUFFER, "the minimum reply buffer holds it");
+    assert_eq!(raw.len(), REPLY_HEADER_LEN + COUNTERS_LEN + RING_STATS_LEN, "read-counters is unchanged");
+    assert!(Reply::decode(&raw).unwrap().counters().is_ok());
+    let raw = rig.call(&Request::ReadDriverCounters.to_vec(), MIN_REPLY_BUFFER);
+    assert_eq!(raw.len(), REPLY_HEADER_LEN + DRIVER_COUNTERS_LEN);
     let reply = Reply::decode(&raw).unwrap();
-    let (counters, stats, driver) = reply.all_counters().unwrap();
-    assert_eq!(driver, Some(DriverCounters::default()));
-    assert_eq!(reply.counters().unwrap(), (counters, stats));
-    // The driver counters are the last 8 bytes.
+    assert_eq!(reply.driver_counters().unwrap(), DriverCounters::default());
+    assert!(reply.counters().is_err(), "one op's reply is not read as another's");
     let mut body = [0u8; DRIVER_COUNTERS_LEN];
     put_driver_counters(&mut Writer::new(&mut body), &DriverCounters { override_failures: 0x0102 }).unwrap();
     assert_eq!(body, 0x0102u64.to_le_bytes());
-    // An older driver's reply: 8 bytes shorter, body length to match.
-    let mut old = raw[..raw.len() - DRIVER_COUNTERS_LEN].to_vec();
-    let len = u32::from_le_bytes(old[20..24].try_into().unwrap()) - 8;
-    old[20..24].copy_from_slice(&len.to_le_bytes());
-    let old = Reply::decode(&old).unwrap();
-    assert_eq!(old.all_counters().unwrap(), (counters, stats, None));
-    assert_eq!(old.counters().unwrap(), (counters, stats));
-    // Too small for the new field: refused before anything is read.
-    let short = rig.call(&Request::ReadCounters.to_vec(), MIN_REPLY_BUFFER - 1);
+    let short = rig.call(&Request::ReadDriverCounters.to_vec(), REPLY_HEADER_LEN + DRIVER_COUNTERS_LEN - 1);
     assert_eq!(Reply::decode(&short).unwrap().status, Status::ReplyTooSmall);
 }
 
@@ -437,6 +431,7 @@ fn ioctl_codes_are_the_documented_ones() {
         (Op::UnregisterProxy, 0x8A7B_A410),
         (Op::DrainAudit, 0x8A7B_6414),
         (Op::ReadCounters, 0x8A7B_6418),
+        (Op::ReadDriverCounters, 0x8A7B_641C),
     ];
     for (op, code) in table {
         assert_eq!(op.ioctl(), code, "{}", op.name());
@@ -463,7 +458,12 @@ fn a_read_only_handle_cannot_change_anything() {
         assert_eq!(rig.status_as(&reader, &req), Status::AccessDenied, "{:?}", req.op());
     }
     assert_eq!(crate::fuzzing::snapshot(&mut rig.t), before);
-    for req in [Request::Hello, Request::ReadCounters, Request::DrainAudit { cursor: 0, max_bytes: 0 }] {
+    for req in [
+        Request::Hello,
+        Request::ReadCounters,
+        Request::ReadDriverCounters,
+        Request::DrainAudit { cursor: 0, max_bytes: 0 },
+    ] {
         assert_eq!(rig.status_as(&reader, &req), Status::Ok, "{:?}", req.op());
     }
     // A write-only handle cannot read.

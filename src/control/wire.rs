@@ -41,11 +41,11 @@ pub const REGISTRATION_LEN: usize = 48;
 pub const RING_STATS_LEN: usize = 40;
 /// Encoded size of [`Counters`]: fifteen u64s.
 pub const COUNTERS_LEN: usize = 15 * 8;
-/// Encoded size of [`DriverCounters`]: one u64. Appended after the ring
-/// stats in the read-counters reply; a driver built before it sends none.
+/// Encoded size of [`DriverCounters`]: one u64, the whole body of the
+/// read-driver-counters reply.
 pub const DRIVER_COUNTERS_LEN: usize = 8;
 /// A reply buffer this large holds every reply except long drains.
-pub const MIN_REPLY_BUFFER: usize = REPLY_HEADER_LEN + COUNTERS_LEN + RING_STATS_LEN + DRIVER_COUNTERS_LEN;
+pub const MIN_REPLY_BUFFER: usize = REPLY_HEADER_LEN + COUNTERS_LEN + RING_STATS_LEN;
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,14 +61,26 @@ pub enum Op {
     UnregisterProxy = 4,
     /// Read audit records from this handle's cursor. Read access.
     DrainAudit = 5,
-    /// Read every counter. Read access.
+    /// Read every counter of the core and the ring's state. Read access.
     ReadCounters = 6,
+    /// Read the driver's own counters ([`DriverCounters`]). Read access.
+    /// Its own op, so that the read-counters reply keeps its shape for
+    /// readers built before it; a driver built before it does not know its
+    /// IOCTL code and refuses the request.
+    ReadDriverCounters = 7,
 }
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Self; 6] =
-        [Self::Hello, Self::SetRules, Self::RegisterProxy, Self::UnregisterProxy, Self::DrainAudit, Self::ReadCounters];
+    pub const ALL: [Self; 7] = [
+        Self::Hello,
+        Self::SetRules,
+        Self::RegisterProxy,
+        Self::UnregisterProxy,
+        Self::DrainAudit,
+        Self::ReadCounters,
+        Self::ReadDriverCounters,
+    ];
 
     /// From the wire code.
     pub const fn from_u16(v: u16) -> Option<Self> {
@@ -79,6 +91,7 @@ impl Op {
             4 => Some(Self::UnregisterProxy),
             5 => Some(Self::DrainAudit),
             6 => Some(Self::ReadCounters),
+            7 => Some(Self::ReadDriverCounters),
             _ => None,
         }
     }
@@ -92,13 +105,14 @@ impl Op {
             Self::UnregisterProxy => "unregister-proxy",
             Self::DrainAudit => "drain-audit",
             Self::ReadCounters => "read-counters",
+            Self::ReadDriverCounters => "read-driver-counters",
         }
     }
 
     /// The access the handle needs: read for what only reports, write for what changes the driver.
     pub const fn access(self) -> Access {
         match self {
-            Self::Hello | Self::DrainAudit | Self::ReadCounters => Access::READ,
+            Self::Hello | Self::DrainAudit | Self::ReadCounters | Self::ReadDriverCounters => Access::READ,
             Self::SetRules | Self::RegisterProxy | Self::UnregisterProxy => Access::WRITE,
         }
     }
@@ -113,7 +127,7 @@ impl Op {
     /// manager checks the access bits against the handle before the driver
     /// sees the request; the handler checks them again.
     pub const fn ioctl(self) -> u32 {
-        // Op codes are 1..=6: the function stays within its 12 bits.
+        // Op codes are 1..=7: the function stays within its 12 bits.
         ctl_code(FILE_DEVICE_ARBITER, 0x900 | self as u32, self.access())
     }
 
@@ -252,6 +266,8 @@ pub enum Request<'a> {
     },
     /// [`Op::ReadCounters`].
     ReadCounters,
+    /// [`Op::ReadDriverCounters`].
+    ReadDriverCounters,
 }
 
 /// Why a request was refused before anything was applied.
@@ -285,12 +301,13 @@ impl Request<'_> {
             Self::UnregisterProxy { .. } => Op::UnregisterProxy,
             Self::DrainAudit { .. } => Op::DrainAudit,
             Self::ReadCounters => Op::ReadCounters,
+            Self::ReadDriverCounters => Op::ReadDriverCounters,
         }
     }
 
     fn body_len(&self) -> usize {
         match self {
-            Self::Hello | Self::ReadCounters => 0,
+            Self::Hello | Self::ReadCounters | Self::ReadDriverCounters => 0,
             Self::SetRules(blob) => blob.len(),
             Self::RegisterProxy(_) => REGISTRATION_LEN,
             Self::UnregisterProxy { .. } => 8,
@@ -312,7 +329,7 @@ impl Request<'_> {
         w.u16(self.op() as u16)?;
         w.u32(body_len)?;
         match self {
-            Self::Hello | Self::ReadCounters => {}
+            Self::Hello | Self::ReadCounters | Self::ReadDriverCounters => {}
             Self::SetRules(blob) => w.put(blob)?,
             Self::RegisterProxy(reg) => put_registration(&mut w, Some(reg))?,
             Self::UnregisterProxy { pid } => w.u64(*pid)?,
@@ -366,7 +383,7 @@ impl<'a> Request<'a> {
             return Err(fail(raw_op, Status::BadLength, end, "bytes after the body"));
         }
         let want = match op {
-            Op::Hello | Op::ReadCounters => Some(0),
+            Op::Hello | Op::ReadCounters | Op::ReadDriverCounters => Some(0),
             Op::SetRules => None,
             Op::RegisterProxy => Some(REGISTRATION_LEN),
             Op::UnregisterProxy => Some(8),
@@ -387,6 +404,7 @@ impl<'a> Request<'a> {
         Ok(match op {
             Op::Hello => Self::Hello,
             Op::ReadCounters => Self::ReadCounters,
+            Op::ReadDriverCounters => Self::ReadDriverCounters,
             Op::SetRules => Self::SetRules(body),
             Op::RegisterProxy => match get_registration(&mut b) {
                 Ok(Some(reg)) => Self::RegisterProxy(reg),
@@ -607,8 +625,8 @@ pub(crate) fn put_counters(w: &mut Writer<'_>, c: &Counters) -> Result<(), Short
     w.u64(records)
 }
 
-/// The driver's own counters (not the core's), at the end of the
-/// read-counters reply.
+/// The driver's own counters (not the core's): the body of the
+/// read-driver-counters reply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverCounters {
     /// Boot guard: adds of the override filter that failed (the boot set
@@ -758,18 +776,17 @@ impl<'a> Reply<'a> {
 
     /// The counters and the ring's state.
     pub fn counters(&self) -> Result<(Counters, RingStats), ReplyError> {
-        self.all_counters().map(|(c, s, _)| (c, s))
-    }
-
-    /// The counters, the ring's state and the driver's own counters (`None`
-    /// from a driver that predates them: its reply ends after the ring's
-    /// state).
-    pub fn all_counters(&self) -> Result<(Counters, RingStats, Option<DriverCounters>), ReplyError> {
         let mut r = self.expect(Op::ReadCounters, Status::Ok)?;
         let c = get_counters(&mut r)?;
         let s = get_ring_stats(&mut r)?;
-        let d = if r.remaining() == 0 { None } else { Some(DriverCounters { override_failures: r.u64()? }) };
-        Self::done(&r, (c, s, d))
+        Self::done(&r, (c, s))
+    }
+
+    /// The driver's own counters.
+    pub fn driver_counters(&self) -> Result<DriverCounters, ReplyError> {
+        let mut r = self.expect(Op::ReadDriverCounters, Status::Ok)?;
+        let d = DriverCounters { override_failures: r.u64()? };
+        Self::done(&r, d)
     }
 
     /// The drained records.
