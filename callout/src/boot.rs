@@ -216,19 +216,25 @@ pub fn remove_plan() -> impl Iterator<Item = BootStep> {
     every_key().map(BootStep::DeleteFilter).chain([BootStep::DeleteSublayer, BootStep::DeleteProvider])
 }
 
-/// Installing boot-time protection for `config`: whatever set was there
-/// is removed ([`remove_plan`]) and, in block mode, the provider, the
-/// sublayer and [`boot_filters`] are added, all in one transaction, so a
-/// changed allow-list replaces the old one at once. In open mode this is
-/// the removal alone.
+/// Installing boot-time protection for `config`, in one transaction. In
+/// block mode: the filters of whatever set was there are deleted (every key
+/// [`boot_filters`] may use), the provider and the sublayer are added where
+/// they are missing and kept where they are there, and [`boot_filters`] are
+/// added, so a changed allow-list replaces the old one at once. The
+/// driver's override is left alone: it lives in the sublayer, the driver is
+/// not told of a reinstall, and deleting it would leave the new block-all
+/// cutting off a machine whose proxy is running. In open mode this is the
+/// removal ([`remove_plan`]).
 pub fn install_plan(config: &BootConfig) -> impl Iterator<Item = BootStep> + '_ {
     let on = config.mode == BootMode::Block;
-    remove_plan().chain(
-        [BootStep::AddProvider, BootStep::AddSublayer]
-            .into_iter()
-            .filter(move |_| on)
-            .chain(boot_filters(config).map(BootStep::AddFilter)),
-    )
+    let most = u16::try_from(MAX_BOOT_FILTERS).unwrap_or(u16::MAX);
+    let replace = (0..most)
+        .map(|i| BootStep::DeleteFilter(key(i)))
+        .chain([BootStep::AddProvider, BootStep::AddSublayer])
+        .chain(boot_filters(config).map(BootStep::AddFilter))
+        .filter(move |_| on);
+    let remove = remove_plan().filter(move |_| !on);
+    replace.chain(remove)
 }
 
 /// The management calls a [`BootStep`] plan needs, over one engine
@@ -250,18 +256,20 @@ pub trait BootEngine {
     fn commit(&mut self) -> Result<(), i32>;
     /// `FwpmTransactionAbort0`.
     fn abort(&mut self);
-    /// `FwpmProviderAdd0` of our boot provider.
+    /// `FwpmProviderAdd0` of our boot provider: `Ok(false)` when it is
+    /// there already (`FWP_E_ALREADY_EXISTS`).
     ///
     /// # Errors
     ///
     /// The routine's status.
-    fn add_provider(&mut self) -> Result<(), i32>;
-    /// `FwpmSubLayerAdd0` of our boot sublayer.
+    fn add_provider(&mut self) -> Result<bool, i32>;
+    /// `FwpmSubLayerAdd0` of our boot sublayer: `Ok(false)` when it is
+    /// there already (`FWP_E_ALREADY_EXISTS`).
     ///
     /// # Errors
     ///
     /// The routine's status.
-    fn add_sublayer(&mut self) -> Result<(), i32>;
+    fn add_sublayer(&mut self) -> Result<bool, i32>;
     /// `FwpmFilterAdd0` of `filter`.
     ///
     /// # Errors
@@ -320,8 +328,8 @@ pub fn run_plan<E: BootEngine>(engine: &mut E, steps: impl Iterator<Item = BootS
             BootStep::DeleteFilter(key) => engine.delete_filter(key).map(|d| (0, usize::from(d))),
             BootStep::DeleteSublayer => engine.delete_sublayer().map(|d| (0, usize::from(d))),
             BootStep::DeleteProvider => engine.delete_provider().map(|d| (0, usize::from(d))),
-            BootStep::AddProvider => engine.add_provider().map(|()| (1, 0)),
-            BootStep::AddSublayer => engine.add_sublayer().map(|()| (1, 0)),
+            BootStep::AddProvider => engine.add_provider().map(|a| (usize::from(a), 0)),
+            BootStep::AddSublayer => engine.add_sublayer().map(|a| (usize::from(a), 0)),
             BootStep::AddFilter(f) => engine.add_filter(&f).map(|()| (1, 0)),
         };
         match r {
@@ -420,9 +428,17 @@ mod tests {
             assert!(steps.contains(&BootStep::DeleteFilter(f.key)), "{f:?}");
         }
         assert!(install_plan(&BootConfig::default()).eq(remove_plan()), "open mode: removal only");
+        // Block mode replaces the set's filters and keeps the override (and
+        // so the sublayer and provider it lives in).
         let install: Vec<_> = install_plan(&block()).collect();
-        assert_eq!(install[steps.len()], BootStep::AddProvider);
-        assert_eq!(install.len(), steps.len() + 2 + boot_filters(&block()).count());
+        assert_eq!(install[MAX_BOOT_FILTERS], BootStep::AddProvider);
+        assert_eq!(install[MAX_BOOT_FILTERS + 1], BootStep::AddSublayer);
+        assert_eq!(install.len(), MAX_BOOT_FILTERS + 2 + boot_filters(&block()).count());
+        for layer in [FilterLayer::AuthConnectV4, FilterLayer::AuthConnectV6] {
+            let kept = BootStep::DeleteFilter(override_filter(layer).key);
+            assert!(!install.contains(&kept), "the override is not deleted by a reinstall");
+        }
+        assert!(!install.contains(&BootStep::DeleteSublayer) && !install.contains(&BootStep::DeleteProvider));
     }
 
     #[test]

@@ -102,6 +102,8 @@ mod windows {
     const FWP_E_PROVIDER_NOT_FOUND: u32 = 0x8032_0005;
     /// `FWP_E_SUBLAYER_NOT_FOUND`.
     const FWP_E_SUBLAYER_NOT_FOUND: u32 = 0x8032_0007;
+    /// `FWP_E_ALREADY_EXISTS`.
+    const FWP_E_ALREADY_EXISTS: u32 = 0x8032_0009;
 
     /// "arbiter boot protection", NUL-terminated UTF-16.
     fn name() -> Vec<u16> {
@@ -110,6 +112,15 @@ mod windows {
 
     fn ok(status: u32) -> Result<(), i32> {
         if status == 0 { Ok(()) } else { Err(status as i32) }
+    }
+
+    /// `Ok(false)`: the object was there already.
+    fn added(status: u32) -> Result<bool, i32> {
+        match status {
+            0 => Ok(true),
+            FWP_E_ALREADY_EXISTS => Ok(false),
+            s => Err(s as i32),
+        }
     }
 
     fn found(status: u32, not_found: u32) -> Result<bool, i32> {
@@ -172,16 +183,16 @@ mod windows {
             // SAFETY: our open engine, in a transaction.
             let _ = unsafe { FwpmTransactionAbort0(self.engine) };
         }
-        fn add_provider(&mut self) -> Result<(), i32> {
+        fn add_provider(&mut self) -> Result<bool, i32> {
             let p = boot_fwpm::provider(self.name.as_mut_ptr());
             // SAFETY: our open engine; `p` and its name live across the call; default security.
-            ok(unsafe { FwpmProviderAdd0(self.engine, &p, null_mut()) })
+            added(unsafe { FwpmProviderAdd0(self.engine, &p, null_mut()) })
         }
-        fn add_sublayer(&mut self) -> Result<(), i32> {
+        fn add_sublayer(&mut self) -> Result<bool, i32> {
             let mut provider = GUID::default();
             let s = boot_fwpm::sublayer(&mut provider, self.name.as_mut_ptr());
             // SAFETY: as above; `provider` lives across the call.
-            ok(unsafe { FwpmSubLayerAdd0(self.engine, &s, null_mut()) })
+            added(unsafe { FwpmSubLayerAdd0(self.engine, &s, null_mut()) })
         }
         fn add_filter(&mut self, filter: &BootFilter) -> Result<(), i32> {
             let (mut conditions, mut provider) = ([boot_fwpm::NO_CONDITION; 2], GUID::default());

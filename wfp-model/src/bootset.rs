@@ -15,8 +15,8 @@ use arbiter_callout::boot::{
 use wfp_ffi::{FWP_CONDITION_FLAG_IS_LOOPBACK, GUID, NTSTATUS, STATUS_SUCCESS};
 
 use crate::mgmt::{
-    Condition, Filter, Key, STATUS_FWP_FILTER_NOT_FOUND, STATUS_FWP_PROVIDER_NOT_FOUND, STATUS_FWP_SUBLAYER_NOT_FOUND,
-    Wfp,
+    Condition, Filter, Key, STATUS_FWP_ALREADY_EXISTS, STATUS_FWP_FILTER_NOT_FOUND, STATUS_FWP_PROVIDER_NOT_FOUND,
+    STATUS_FWP_SUBLAYER_NOT_FOUND, Wfp,
 };
 
 /// A GUID as the model's 128-bit key.
@@ -63,6 +63,16 @@ const fn ok(s: NTSTATUS) -> Result<(), i32> {
     if s < 0 { Err(s) } else { Ok(()) }
 }
 
+const fn added(s: NTSTATUS) -> Result<bool, i32> {
+    if s == STATUS_FWP_ALREADY_EXISTS {
+        Ok(false)
+    } else if s < 0 {
+        Err(s)
+    } else {
+        Ok(true)
+    }
+}
+
 const fn found(s: NTSTATUS, not_found: NTSTATUS) -> Result<bool, i32> {
     if s == not_found {
         Ok(false)
@@ -83,11 +93,11 @@ impl BootEngine for Session<'_> {
     fn abort(&mut self) {
         let _ = self.wfp.transaction_abort(self.engine);
     }
-    fn add_provider(&mut self) -> Result<(), i32> {
-        ok(self.wfp.provider_add_with(self.engine, key(&PROVIDER_KEY), PROVIDER_FLAGS))
+    fn add_provider(&mut self) -> Result<bool, i32> {
+        added(self.wfp.provider_add_with(self.engine, key(&PROVIDER_KEY), PROVIDER_FLAGS))
     }
-    fn add_sublayer(&mut self) -> Result<(), i32> {
-        ok(self.wfp.sublayer_add_with(self.engine, key(&SUBLAYER_KEY), SUBLAYER_WEIGHT, SUBLAYER_FLAGS))
+    fn add_sublayer(&mut self) -> Result<bool, i32> {
+        added(self.wfp.sublayer_add_with(self.engine, key(&SUBLAYER_KEY), SUBLAYER_WEIGHT, SUBLAYER_FLAGS))
     }
     fn add_filter(&mut self, f: &BootFilter) -> Result<(), i32> {
         self.wfp.filter_add(self.engine, filter(f)).map(|_| ())

@@ -521,6 +521,39 @@ fn removal_works_while_the_driver_holds_the_override() {
     assert_eq!(changes(&k), [GuardChange::Ready, GuardChange::ProxyLost]);
 }
 
+/// Review finding: installing the set again (a changed allow-list) while
+/// the driver holds its override must keep the override: the driver is not
+/// told, and a deleted override would leave the new block-all hard-blocking
+/// every flow until the proxy registered again.
+#[test]
+fn installing_again_while_the_driver_holds_the_override_keeps_it() {
+    let mut wfp = machine();
+    service(&mut wfp, install_plan(&block_mode())).expect("installed");
+    let mut k = OnModel::new(&mut wfp);
+    k.mode = BootMode::Block;
+    let life = driver_entry(&mut k);
+    k.proxy = Some(9);
+    life.sync_guard(&mut k);
+    let held = life.override_ids();
+    assert!(held.iter().all(|&id| id != 0));
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
+    let mut ntp = block_mode();
+    ntp.allow.push(arbiter::boot::BootAllow::udp(123));
+    ntp.canonicalize();
+    service(k.wfp, install_plan(&ntp)).expect("replaced while the override is held");
+    for id in held {
+        assert!(k.wfp.filters().contains_key(&id), "the override {id} survives the new set");
+    }
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Permit, "a ready machine is not cut off by a reinstall");
+    // The new set is in force once the proxy goes.
+    k.proxy = None;
+    life.sync_guard(&mut k);
+    assert_eq!(auth(&mut k, &WEB), Outcome::Block);
+    let ntp_flow = Values { flags: 0, protocol: 17, remote_port: 123 };
+    assert_eq!(k.wfp.classify_values(FilterLayer::AuthConnectV4, &ntp_flow), Outcome::Permit);
+}
+
 /// Installing again replaces the set in one transaction (a changed
 /// allow-list); a failing step aborts it and leaves the machine as it was.
 #[test]
@@ -547,10 +580,10 @@ fn install_replaces_atomically_and_a_failure_changes_nothing() {
         fn abort(&mut self) {
             self.0.abort()
         }
-        fn add_provider(&mut self) -> Result<(), i32> {
+        fn add_provider(&mut self) -> Result<bool, i32> {
             self.0.add_provider()
         }
-        fn add_sublayer(&mut self) -> Result<(), i32> {
+        fn add_sublayer(&mut self) -> Result<bool, i32> {
             self.0.add_sublayer()
         }
         fn add_filter(&mut self, f: &BootFilter) -> Result<(), i32> {
