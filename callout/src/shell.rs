@@ -485,6 +485,10 @@ mod tests {
         stop_during_guard: Option<*const Lifecycle>,
         /// Another sync_guard while the guard adds the override.
         guard_during_guard: Option<*const Lifecycle>,
+        /// A sync_guard (a control request) while the filters are added.
+        guard_during_add: Option<*const Lifecycle>,
+        /// `FwpmFilterDeleteById0` fails with this.
+        delete_fails: Option<Status>,
     }
 
     impl Fake {
@@ -502,6 +506,8 @@ mod tests {
                 audited: Vec::new(),
                 stop_during_guard: None,
                 guard_during_guard: None,
+                guard_during_add: None,
+                delete_fails: None,
             }
         }
 
@@ -534,6 +540,10 @@ mod tests {
         }
         fn add_filters(&mut self, engine: usize, weight: u16) -> Result<[u64; 2], Status> {
             self.calls.push(Call::Add(engine, weight));
+            if let Some(lifecycle) = self.guard_during_add.take() {
+                // SAFETY: the test keeps the lifecycle alive across this call.
+                unsafe { &*lifecycle }.sync_guard(self);
+            }
             if let Some(lifecycle) = self.reenter.take() {
                 // SAFETY: the test keeps the lifecycle alive across this call.
                 let lifecycle = unsafe { &*lifecycle };
@@ -573,7 +583,7 @@ mod tests {
         }
         fn delete_filter(&mut self, _: usize, id: u64) -> Result<(), Status> {
             self.calls.push(Call::DeleteOverride(id));
-            Ok(())
+            self.delete_fails.map_or(Ok(()), Err)
         }
         fn audit_guard(&mut self, record: GuardRecord) {
             self.audited.push(record.change);
@@ -660,6 +670,45 @@ mod tests {
         // The next pass sees the filters gone while the proxy is still there.
         life.sync_guard(&mut k);
         assert_eq!(k.audited, [GuardChange::Ready, GuardChange::FiltersGone]);
+    }
+
+    /// Review finding: a failed `FwpmFilterDeleteById0` (a transaction
+    /// lock held too long, no memory) was forgotten, so the override kept
+    /// lifting the boot set after the proxy was lost, with nothing to retry.
+    #[test]
+    fn a_failed_override_delete_is_kept_and_retried() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        assert!(life.bfe_running(&mut k).is_ok());
+        k.proxy = Some(42);
+        life.sync_guard(&mut k);
+        let held = life.override_ids();
+        assert!(held.iter().all(|&id| id != 0));
+        k.proxy = None;
+        k.delete_fails = Some(-5);
+        life.sync_guard(&mut k);
+        assert_eq!(life.override_ids(), held, "still in the engine, so still ours to delete");
+        k.delete_fails = None;
+        life.sync_guard(&mut k);
+        assert_eq!(life.override_ids(), [0, 0]);
+        let deletes = k.calls.iter().filter(|c| matches!(c, Call::DeleteOverride(_))).count();
+        assert_eq!(deletes, 4, "each override tried twice");
+        assert_eq!(k.audited, [GuardChange::Ready, GuardChange::ProxyLost], "the loss is audited once");
+    }
+
+    /// Review question: does a guard pass that runs while the filters are
+    /// being added (a control request on another thread) audit a change
+    /// that did not happen? It does not: nothing was lifted yet.
+    #[test]
+    fn a_guard_pass_while_the_filters_are_added_audits_nothing() {
+        let mut k = Fake::new();
+        let life = Lifecycle::start(&mut k);
+        k.proxy = Some(42);
+        k.guard_during_add = Some(&life);
+        assert!(life.bfe_running(&mut k).is_ok());
+        assert!(k.audited.is_empty(), "nothing changed yet: {:?}", k.audited);
+        life.sync_guard(&mut k);
+        assert_eq!(k.audited, [GuardChange::Ready]);
     }
 
     #[test]

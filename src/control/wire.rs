@@ -629,9 +629,11 @@ pub(crate) fn put_counters(w: &mut Writer<'_>, c: &Counters) -> Result<(), Short
 /// read-driver-counters reply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverCounters {
-    /// Boot guard: adds of the override filter that failed (the boot set
-    /// then still blocks although our proxy is registered; e.g. block mode
-    /// in the rules but the boot set not installed).
+    /// Boot guard: adds and deletes of the override filter that failed. A
+    /// failed add leaves the boot set blocking although our proxy is
+    /// registered (e.g. block mode in the rules but the boot set not
+    /// installed); a failed delete leaves it lifted until the next guard
+    /// pass deletes it.
     pub override_failures: u64,
 }
 

@@ -25,8 +25,9 @@ impl Lifecycle {
         [self.overrides[0].load(Ordering::Acquire), self.overrides[1].load(Ordering::Acquire)]
     }
 
-    /// Override adds that failed (`FwpmFilterAdd0`; e.g. block mode in the
-    /// rules but the boot set not installed, so there is no sublayer).
+    /// Override adds and deletes that failed (`FwpmFilterAdd0`, e.g. block
+    /// mode in the rules but the boot set not installed, so there is no
+    /// sublayer; `FwpmFilterDeleteById0`, retried on the next pass).
     pub fn override_failures(&self) -> u64 {
         self.override_failures.load(Ordering::Relaxed)
     }
@@ -67,9 +68,17 @@ impl Lifecycle {
         for (slot, layer) in self.overrides.iter().zip([FilterLayer::AuthConnectV4, FilterLayer::AuthConnectV6]) {
             let id = slot.load(Ordering::Acquire);
             if claimed && id != 0 && !want_override {
-                // Gone already (the set was removed) counts as deleted.
-                let _ = kernel.delete_filter(engine, id);
-                slot.store(0, Ordering::Release);
+                // Gone already (the set was removed) counts as deleted
+                // (`Kernel::delete_filter`). Any other failure (the
+                // engine's transaction lock not acquired in time, no
+                // memory) keeps the id: the override still lifts the set,
+                // and the next pass (the next control request, handle
+                // cleanup or BFE change) deletes it again.
+                if kernel.delete_filter(engine, id).is_ok() {
+                    slot.store(0, Ordering::Release);
+                } else {
+                    self.override_failures.fetch_add(1, Ordering::Relaxed);
+                }
             } else if claimed && id == 0 && want_override {
                 match kernel.add_override(engine, &override_filter(layer)) {
                     Ok(id) => slot.store(id, Ordering::Release),
