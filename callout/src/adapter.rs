@@ -271,6 +271,15 @@ impl<P: Policy> Callout<P> {
         self.pend.as_ref().map_or(0, PendQueue::reserved)
     }
 
+    /// Classifications unload must still wait for: reserved, held, and
+    /// those in a completion batch that another runner (the pend timer's
+    /// DPC) has out with the lock released (counted as one while it is out:
+    /// its size cannot be read until it comes back).
+    pub fn outstanding(&self) -> usize {
+        let batch_out = usize::from(self.pend.is_some() && self.completions.is_none());
+        self.reserved().saturating_add(self.held()).saturating_add(batch_out)
+    }
+
     /// Unload has begun: no new classification is held from now on (those
     /// already reserved still commit, and are completed by the next call).
     pub const fn stop_holding(&mut self) {

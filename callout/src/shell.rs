@@ -293,13 +293,14 @@ pub fn complete_pended<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, f
 }
 
 /// Unload's completion of held classifications (after the filters are
-/// gone). Returns how many classifications were still between the two
-/// holds of the lock of their classifyFn; the caller waits and calls again
-/// until none is.
+/// gone). Returns how many are still outstanding ([`Callout::outstanding`]:
+/// a classifyFn between the two holds of its lock, a hold committed after
+/// this round's completions, a batch the pend timer's DPC has out); the
+/// caller waits and calls again until none is.
 pub fn complete_held<P: Policy, F: Fwps, L: CalloutLock<P, F>>(lock: &mut L, fwps: &mut F) -> usize {
     let _ = lock.with(fwps, |c, _| c.stop_holding());
     complete_pended(lock, fwps, Instant::from_millis(u64::MAX));
-    lock.with(fwps, |c, _| c.reserved()).unwrap_or(0)
+    lock.with(fwps, |c, _| c.outstanding()).unwrap_or(0)
 }
 
 /// Which classifyFn WFP called.

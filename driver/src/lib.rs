@@ -454,8 +454,10 @@ impl Kernel for Wdm {
         // SAFETY: completions use the handles they were pended with.
         let mut fwps = unsafe { KernelFwps::new() };
         // Decided under the lock, completed after it; a classifyFn that is
-        // pending with the lock released is waited for (up to 5 s), then its
-        // hold is completed too.
+        // pending with the lock released, or a batch the pend timer's DPC
+        // has out, is waited for, then completed too. 500 waits of at least
+        // 1 ms: KeDelayExecutionThread rounds up to the system timer's
+        // resolution, so up to about 8 s at the default 15.6 ms.
         for _ in 0..500 {
             if shell::complete_held(&mut DriverLock, &mut fwps) == 0 {
                 break;
@@ -509,7 +511,8 @@ impl Kernel for Wdm {
         let mut result = Ok(());
         for id in ids.into_iter().filter(|&id| id != 0) {
             // A classifyFn still running makes it STATUS_DEVICE_BUSY; the
-            // driver must not unload with a callout registered: wait, up to 5 s.
+            // driver must not unload with a callout registered: wait (500
+            // waits of at least 1 ms, as above).
             let mut status = STATUS_SUCCESS;
             for _ in 0..500 {
                 // SAFETY: a callout id we registered; no filter references it any more.

@@ -829,6 +829,36 @@ fn the_proxy_registering_between_the_two_holds_completes_the_flow_at_once() {
     }
 }
 
+/// Review finding: unload stopped waiting while a held classification was
+/// committed but its completion batch was out (the pend timer's DPC
+/// completing on another processor): `complete_held` counted only the
+/// reservations, reported nothing outstanding, and the classification stayed
+/// pended after the driver was gone.
+#[test]
+fn unload_waits_while_the_completion_batch_is_out() {
+    for r in Readings::all() {
+        let mut rt = Runtime::new(r);
+        let mut lock =
+            ModelLock::strict(callout(Some(Action::Proxy), Some(pend_config(Fallback::Block)), true), &mut rt);
+        let mut timer = Armed::default();
+        let _ = cr_shell(&mut lock, &mut rt, &flow("10.0.0.5:50000", "93.184.216.34:443"), &mut timer);
+        assert_eq!(lock.callout.held(), 1, "{r:?}");
+        // The pend timer's DPC took the timed-out classification into the
+        // batch and has the batch out, with the lock released.
+        lock.callout.complete_pended(&mut rt, Instant::from_millis(u64::MAX));
+        let mut batch = lock.callout.take_completions().expect("the completion batch");
+        assert!(shell::complete_held(&mut lock, &mut rt) > 0, "{r:?}: the classification in the batch is outstanding");
+        assert_eq!(rt.pended().len(), 1, "{r:?}");
+        // The DPC completes it and gives the batch back.
+        batch.run(&mut rt);
+        lock.callout.restore_completions(batch);
+        assert_eq!(shell::complete_held(&mut lock, &mut rt), 0, "{r:?}");
+        assert_eq!(rt.take_completed().len(), 1, "{r:?}");
+        assert!(rt.pended().is_empty());
+        rt.assert_quiescent();
+    }
+}
+
 /// Unload completes held classifications while a classifyFn is between its
 /// holds: the reservation is reported outstanding (the driver waits), no
 /// new flow is held from then on, and once the classifyFn has committed,
