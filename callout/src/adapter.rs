@@ -134,6 +134,19 @@ pub struct Callout<P> {
     counters: AdapterCounters,
 }
 
+/// What [`Callout::commit_pend`] made of a pend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a rolled-back flow is decided again, an unheld one completed"]
+pub enum Committed {
+    /// Held until the proxy registers or the timeout.
+    Held,
+    /// Not pended: decide the flow again without holding it.
+    RolledBack,
+    /// Pended but not held (this classify handle): complete it and release
+    /// the handle now, with the lock released.
+    Unheld(u64),
+}
+
 /// A classification the adapter decided to hold, with its slot reserved in
 /// the pend queue. The caller makes `FwpsAcquireClassifyHandle0` and
 /// `FwpsPendClassify0` with [`Self::pend`] once the driver's lock is
@@ -146,6 +159,12 @@ pub struct PendTicket {
 }
 
 impl PendTicket {
+    /// A ticket for `slot`, for the crate's tests.
+    #[cfg(test)]
+    pub(crate) const fn for_slot(slot: usize) -> Self {
+        Self { slot }
+    }
+
     /// The seed's pend, with the lock released: acquire the classify handle,
     /// `FwpsPendClassify0` with the classifyFn's own classifyOut, then
     /// BLOCK without the write right until completion. On failure nothing
@@ -332,9 +351,13 @@ impl<P: Policy> Callout<P> {
         let Some(ticket) = (unsafe { self.connect_redirect(fwps, family, raw, now, true) }) else { return };
         // SAFETY: as above; the same classify.
         let pended = unsafe { ticket.pend(fwps, raw) };
-        if !self.commit_pend(ticket, pended, now) {
-            // SAFETY: as above.
-            let _ = unsafe { self.connect_redirect(fwps, family, raw, now, false) };
+        match self.commit_pend(ticket, pended, now) {
+            Committed::Held => {}
+            Committed::RolledBack => {
+                // SAFETY: as above.
+                let _ = unsafe { self.connect_redirect(fwps, family, raw, now, false) };
+            }
+            Committed::Unheld(handle) => crate::shell::orphaned(fwps, handle, raw),
         }
     }
 
@@ -362,27 +385,34 @@ impl<P: Policy> Callout<P> {
     }
 
     /// Commits a reserved hold under the lock: `pended` is what
-    /// [`PendTicket::pend`] returned. True when the classification is now
-    /// held (with the timer due at once if our proxy registered meanwhile);
-    /// false when the pend failed, the slot is freed, the miss counted, and
-    /// the caller must decide the flow again without holding it
-    /// (a second [`Self::classify_connect_redirect_pass`] without `hold`).
-    pub fn commit_pend(&mut self, ticket: PendTicket, pended: Result<u64, NTSTATUS>, now: Instant) -> bool {
-        let Some(queue) = self.pend.as_mut() else { return false };
+    /// [`PendTicket::pend`] returned: [`Committed::Held`] (with the timer
+    /// due at once if our proxy registered meanwhile);
+    /// [`Committed::RolledBack`] when the pend failed (the slot freed, the
+    /// miss counted: the caller decides the flow again without holding it);
+    /// [`Committed::Unheld`] when the pend succeeded but the slot cannot
+    /// take it (not expected: a slot a ticket reserved is touched by
+    /// nothing but its commit), so the caller completes and releases it at
+    /// once, with the lock released.
+    pub fn commit_pend(&mut self, ticket: PendTicket, pended: Result<u64, NTSTATUS>, now: Instant) -> Committed {
+        let Some(queue) = self.pend.as_mut() else {
+            return pended.map_or(Committed::RolledBack, Committed::Unheld);
+        };
         match pended {
             Ok(handle) if queue.commit(ticket.slot, handle) => {
                 self.counters.pended = self.counters.pended.saturating_add(1);
                 if self.arbiter.proxy().is_some() {
                     self.due_now = Some(now);
                 }
-                true
+                Committed::Held
             }
-            // A slot a ticket reserved is touched by nothing but its commit.
-            Ok(_) => false,
+            Ok(handle) => {
+                self.counters.pend_refused = self.counters.pend_refused.saturating_add(1);
+                Committed::Unheld(handle)
+            }
             Err(_) => {
                 queue.remove(ticket.slot);
                 self.counters.pend_refused = self.counters.pend_refused.saturating_add(1);
-                false
+                Committed::RolledBack
             }
         }
     }

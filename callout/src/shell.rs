@@ -44,7 +44,7 @@ use arbiter::{Instant, Policy};
 
 use wfp_ffi::{FWP_ACTION_CONTINUE, FWPS_CLASSIFY_OUT0, FWPS_RIGHT_ACTION_WRITE};
 
-use crate::adapter::{Callout, PendTicket, RawClassify};
+use crate::adapter::{Callout, Committed, PendTicket, RawClassify};
 use crate::boot::BootFilter;
 use crate::complete::{Deferred, Kept};
 use crate::fwps::Fwps;
@@ -407,9 +407,9 @@ unsafe fn pend_unlocked<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
         held
     });
     match (held, pended) {
-        (Some(true), _) => false,
-        (Some(false), _) => true,
-        (None, Ok(handle)) => {
+        (Some(Committed::Held), _) => false,
+        (Some(Committed::RolledBack), _) => true,
+        (Some(Committed::Unheld(handle)), _) | (None, Ok(handle)) => {
             orphaned(fwps, handle, raw);
             false
         }
@@ -420,14 +420,16 @@ unsafe fn pend_unlocked<P: Policy, F: Fwps, L: CalloutLock<P, F>, T: PendTimer>(
     }
 }
 
-/// The callout went while its classifyFn pended. Unload waits for every
-/// reservation ([`complete_held`]) before it takes the callout, so this is
-/// not expected; should it happen, nothing else would ever complete the
-/// classification: it is completed now, left alone (classifyOut keeps the
-/// pend's BLOCK, as the seed returns it).
+/// A pended classification nothing will hold: the callout went while its
+/// classifyFn pended (unload waits for every reservation,
+/// [`complete_held`], before it takes the callout), or its slot refused the
+/// commit. Neither is expected; should it happen, nothing else would ever
+/// complete the classification: it is completed now, left alone
+/// (classifyOut keeps the pend's BLOCK, as the seed returns it), and its
+/// handle released.
 #[cold]
 #[inline(never)]
-fn orphaned<F: Fwps>(fwps: &mut F, handle: u64, raw: &RawClassify) {
+pub(crate) fn orphaned<F: Fwps>(fwps: &mut F, handle: u64, raw: &RawClassify) {
     // SAFETY: classifyOut of the classifyFn we are in (the caller's contract).
     if let Some(out) = unsafe { raw.classify_out.as_ref() } {
         let done = FWPS_CLASSIFY_OUT0 {

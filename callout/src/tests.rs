@@ -798,3 +798,19 @@ fn sockaddr_round_trips() {
     s.ss_family = 99;
     assert_eq!(from_storage(&s), None);
 }
+
+/// Review finding: a pend whose commit is refused (pended, but its slot
+/// cannot take it) was handled as a failed pend: the flow was decided again
+/// on a classification already pended, and its classify handle was never
+/// completed nor released. Now the caller is told to complete and release
+/// it at once ([`crate::shell::classify`] does, through `orphaned`).
+#[test]
+fn a_pend_whose_commit_is_refused_is_completed_not_decided_again() {
+    use crate::adapter::{Committed, PendTicket};
+    let mut c = callout(Some(Action::Proxy), Some(pend_config(Fallback::Block, 4)));
+    // Slot 0 reserved nothing: its commit is refused.
+    assert_eq!(c.commit_pend(PendTicket::for_slot(0), Ok(7), T0), Committed::Unheld(7));
+    assert_eq!(c.commit_pend(PendTicket::for_slot(0), Err(-1), T0), Committed::RolledBack);
+    assert_eq!((c.held(), c.reserved()), (0, 0));
+    assert_eq!(c.counters().pend_refused, 2);
+}
