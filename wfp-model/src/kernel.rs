@@ -243,13 +243,19 @@ impl Kernel {
     ///
     /// Source: "Preventing Errors and Deadlocks While Using Spin Locks",
     /// Nested Spin Lock Acquisition: "A driver must not call a support
-    /// routine that uses spin locks unless a deadlock cannot occur." The
-    /// engine serializes a classification's pend, apply and completion with
-    /// its own locks, and no page documents an order between those and a
-    /// callout's lock (nor that a completion cannot classify again, see
-    /// [`crate::readings::Completion`]), so a deadlock cannot be ruled out.
-    /// FwpsPendClassify0's page allows DISPATCH_LEVEL ("IRQL: <=
-    /// DISPATCH_LEVEL"): the restriction is the lock, not the IRQL.
+    /// routine that uses spin locks unless a deadlock cannot occur." No
+    /// page says which of the engine's routines take locks of their own,
+    /// nor in what order against a callout's lock (nor that a completion
+    /// cannot classify again, see [`crate::readings::Completion`]), so a
+    /// deadlock cannot be ruled out for the routines that act on a
+    /// classification after classifyFn's first steps: pend, apply,
+    /// completion and release. Which routines this covers is our design
+    /// choice, not a documented list: the lookups of the classification in
+    /// progress (the redirect-state query and the two acquires) are still
+    /// allowed under the lock, as the driver makes them (a known gap in
+    /// driver/README.md). FwpsPendClassify0's page allows DISPATCH_LEVEL
+    /// ("IRQL: <= DISPATCH_LEVEL"): the restriction is the lock, not the
+    /// IRQL.
     pub fn forbid_engine_calls_under(&mut self, lock: SpinLockId) {
         if !self.quiet_locks.contains(&lock) {
             self.quiet_locks.push(lock);
