@@ -645,6 +645,7 @@ impl MiddleTables<'_> {
 const KELVIN: u16 = 0x212a;
 
 /// Does the segment at positions `[q, e]` accept the units from `at` on?
+#[inline(never)]
 fn segment_at<S: Units + ?Sized>(t: &MiddleTables<'_>, s: &S, q: u32, e: u32, at: usize) -> bool {
     let len = to_usize(e.saturating_sub(q)).saturating_add(1);
     let Some(lane) = s.lane(at, at.saturating_add(len)) else { return false };
@@ -855,7 +856,9 @@ fn word(q: [u16; 4]) -> u64 {
 }
 
 /// The old matcher: iterative, one backtrack point, no allocation, but
-/// O(pattern × id) at worst. Only for patterns the validator refuses.
+/// O(pattern × id) at worst. Only for patterns the validator refuses. Not
+/// inlined: its locals stay off the hot matcher's frame.
+#[inline(never)]
 fn wild_match_backtracking<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
     let (mut p, mut i) = (0usize, from);
     // Where to resume after the last `*`: (pattern index after it, subject index).
