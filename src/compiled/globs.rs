@@ -282,14 +282,6 @@ impl Units for AppId<'_> {
     }
 }
 
-/// An app id as [`Units`]: folded on the stack, or read as it is.
-pub(super) enum Read<'a> {
-    /// Fits [`FOLD_UNITS`].
-    Folded(&'a [u16]),
-    /// Too long: folded unit by unit.
-    Raw(AppId<'a>),
-}
-
 /// Folds `app` into `buf`; `None` when it does not fit. ASCII is folded four
 /// units at a time (an id is almost always ASCII), anything else by
 /// [`fold_unit`].
@@ -1269,15 +1261,6 @@ impl GlobIndex {
         }
         let s = to_usize(b.start);
         self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[])
-    }
-
-    /// [`Self::key_matches`] over either form of an id.
-    #[inline]
-    pub(super) fn read_matches(&self, key: u32, id: &Read<'_>) -> bool {
-        match id {
-            Read::Folded(units) => self.key_matches(key, *units),
-            Read::Raw(app) => self.key_matches(key, app),
-        }
     }
 
     /// Does any filed pattern match? Not inlined: the driver's stack check
