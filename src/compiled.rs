@@ -478,14 +478,49 @@ impl CompiledRules {
     /// copied: the glob tables fold case as they read it.
     fn visit_globs(&self, q: &Query<'_>, original: bool, lists: [Option<(&[Posting], u8)>; 2], best: &mut u32) {
         let id = if original { q.original_app } else { q.app };
-        self.globs.for_each_match(&id, |key: u32| {
+        // A cursor, not a callback: each rule check runs beside the walk.
+        let mut matches = self.globs.matches(&id);
+        while let Some(key) = matches.next_key() {
             for (postings, skip) in lists.iter().flatten() {
                 if let Some(&p) = postings.get(to_usize(key)) {
                     self.visit(p, q, *skip, best);
                 }
             }
-            true
-        });
+        }
+    }
+
+    /// Lowers `best` to the first rule found through the flow's protocol,
+    /// package, remote address or port: every index but the globs. Not
+    /// inlined, so that its locals are off the stack while the glob walk
+    /// runs under [`Self::first_index`].
+    #[inline(never)]
+    fn visit_exact(&self, q: &Query<'_>, best: &mut u32) {
+        if self.worth(Primary::Protocol, *best)
+            && let Some(&p) = self.protocol.get(usize::from(q.protocol))
+        {
+            self.visit(p, q, 0, best);
+        }
+        if self.worth(Primary::Package, *best)
+            && let Some(&p) = self.package.get(to_usize(q.package))
+        {
+            self.visit(p, q, PACKAGE, best);
+        }
+        if self.worth(Primary::Remote, *best) {
+            let (v6, mut node) = match q.addr {
+                IpAddr::V4(ip) => (false, self.v4.innermost(u32::from(ip))),
+                IpAddr::V6(ip) => (true, self.v6.innermost(u128::from(ip))),
+            };
+            // Innermost prefix first, then each one around it.
+            while let Some((p, parent)) = if v6 { self.v6.step(node) } else { self.v4.step(node) } {
+                self.visit(p, q, REMOTE, best);
+                node = parent;
+            }
+        }
+        if self.worth(Primary::Ports, *best) {
+            for p in self.ports.path(q.port) {
+                self.visit(p, q, PORTS, best);
+            }
+        }
     }
 
     /// The index of the first rule matching `flow`.
@@ -497,32 +532,7 @@ impl CompiledRules {
         }
         // Rules without conditions match every flow: the first is an upper bound.
         let mut best = self.first.first().copied().unwrap_or(NONE);
-        if self.worth(Primary::Protocol, best)
-            && let Some(&p) = self.protocol.get(usize::from(q.protocol))
-        {
-            self.visit(p, &q, 0, &mut best);
-        }
-        if self.worth(Primary::Package, best)
-            && let Some(&p) = self.package.get(to_usize(q.package))
-        {
-            self.visit(p, &q, PACKAGE, &mut best);
-        }
-        if self.worth(Primary::Remote, best) {
-            let (v6, mut node) = match q.addr {
-                IpAddr::V4(ip) => (false, self.v4.innermost(u32::from(ip))),
-                IpAddr::V6(ip) => (true, self.v6.innermost(u128::from(ip))),
-            };
-            // Innermost prefix first, then each one around it.
-            while let Some((p, parent)) = if v6 { self.v6.step(node) } else { self.v4.step(node) } {
-                self.visit(p, &q, REMOTE, &mut best);
-                node = parent;
-            }
-        }
-        if self.worth(Primary::Ports, best) {
-            for p in self.ports.path(q.port) {
-                self.visit(p, &q, PORTS, &mut best);
-            }
-        }
+        self.visit_exact(&q, &mut best);
         // Glob matching is the dearest lookup: last, and only when a rule
         // filed under a glob could still beat the answer so far.
         let app = self.worth(Primary::App, best).then_some((self.app.as_slice(), APP));

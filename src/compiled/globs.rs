@@ -282,14 +282,6 @@ impl Units for AppId<'_> {
     }
 }
 
-/// An app id as [`Units`]: folded on the stack, or read as it is.
-pub(super) enum Read<'a> {
-    /// Fits [`FOLD_UNITS`].
-    Folded(&'a [u16]),
-    /// Too long: folded unit by unit.
-    Raw(AppId<'a>),
-}
-
 /// Folds `app` into `buf`; `None` when it does not fit. ASCII is folded four
 /// units at a time (an id is almost always ASCII), anything else by
 /// [`fold_unit`].
@@ -645,6 +637,7 @@ impl MiddleTables<'_> {
 const KELVIN: u16 = 0x212a;
 
 /// Does the segment at positions `[q, e]` accept the units from `at` on?
+#[inline(never)]
 fn segment_at<S: Units + ?Sized>(t: &MiddleTables<'_>, s: &S, q: u32, e: u32, at: usize) -> bool {
     let len = to_usize(e.saturating_sub(q)).saturating_add(1);
     let Some(lane) = s.lane(at, at.saturating_add(len)) else { return false };
@@ -855,7 +848,9 @@ fn word(q: [u16; 4]) -> u64 {
 }
 
 /// The old matcher: iterative, one backtrack point, no allocation, but
-/// O(pattern × id) at worst. Only for patterns the validator refuses.
+/// O(pattern × id) at worst. Only for patterns the validator refuses. Not
+/// inlined: its locals stay off the hot matcher's frame.
+#[inline(never)]
 fn wild_match_backtracking<S: Units + ?Sized>(pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
     let (mut p, mut i) = (0usize, from);
     // Where to resume after the last `*`: (pattern index after it, subject index).
@@ -1211,115 +1206,66 @@ impl GlobIndex {
     /// most once, in no particular order, until `f` returns false. Returns
     /// false when stopped early.
     pub(super) fn for_each_match<S: Units + ?Sized>(&self, id: &S, mut f: impl FnMut(u32) -> bool) -> bool {
+        let mut matches = self.matches(id);
+        while let Some(k) = matches.next_key() {
+            if !f(k) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The filed keys whose patterns match the id, each at most once, in
+    /// the order [`Self::for_each_match`] visits them. A cursor rather than
+    /// a callback: the caller's work on a key runs beside the index's walk,
+    /// not under it, which keeps the kernel's classify path shallow.
+    pub(super) fn matches<'i, 's, S: Units + ?Sized>(&'i self, id: &'s S) -> Matches<'i, 's, S> {
         let n = id.count();
         // The whole id (only when a literal pattern is that long) and its heads.
         let whole = self.exact && n <= self.longest_exact;
         let heads = to_usize(64u32.saturating_sub(self.prefix_lens.leading_zeros())).saturating_sub(1);
         let reach = if whole { n } else { heads.min(n) };
-        if reach > 0 || whole {
-            let mut d = Digest::NEW;
-            for i in 0..reach {
-                d.push(id.at(i));
-                let l = i.saturating_add(1);
-                if self.prefix_lens & 1u64.checked_shl(len_u32(l)).unwrap_or(0) != 0
-                    && !self.probe((PREFIX, len16(l), d.value()), id, &mut f, None)
-                {
-                    return false;
-                }
-            }
-            if whole && !self.probe((EXACT, len16(n), d.value()), id, &mut f, None) {
-                return false;
-            }
+        Matches {
+            ix: self,
+            id,
+            n,
+            reach,
+            whole,
+            phase: Phase::Heads,
+            at: 0,
+            digest: Digest::NEW,
+            suffixes: 0,
+            tried: Tried::default(),
+            keys: &[],
         }
-        // Its components, until every component bucket has been tried.
-        if self.component_lens != 0 {
-            let mut tried = Tried::default();
-            let mut start = 0usize;
-            while tried.count < self.component_buckets {
-                let end = id
-                    .lane(start, n)
-                    .and_then(|l| l.units().position(|u| u == BACKSLASH))
-                    .map_or(n, |i| start.saturating_add(i));
-                let len = end.saturating_sub(start);
-                if len > 0 && self.component_lens & 1u64.checked_shl(len_u32(len)).unwrap_or(0) != 0 {
-                    let d = digest((start..end).map(|i| id.at(i)));
-                    if !self.probe((COMPONENT, len16(len), d), id, &mut f, Some(&mut tried)) {
-                        return false;
-                    }
-                }
-                if end >= n {
-                    break;
-                }
-                start = end.saturating_add(1);
-            }
-        }
-        // Back to front: its tails.
-        let mut suffixes = self.suffix_lens & !1;
-        let mut tail = Digest::NEW;
-        let mut l = 0usize;
-        while suffixes != 0 && l < n {
-            l = l.saturating_add(1);
-            tail.push(id.at(n.saturating_sub(l)));
-            if suffixes.trailing_zeros() == len_u32(l) {
-                suffixes &= suffixes.wrapping_sub(1);
-                if !self.probe((SUFFIX, len16(l), tail.value()), id, &mut f, None) {
-                    return false;
-                }
-            }
-        }
-        for &k in &self.always {
-            if self.key_matches(k, id) && !f(k) {
-                return false;
-            }
-        }
-        true
     }
 
-    /// Tries the patterns filed under `anchor`; false when `f` said stop.
-    /// With `seen`, a bucket already tried in this lookup is skipped.
-    #[inline]
-    fn probe<S: Units + ?Sized>(
-        &self,
-        anchor: Anchor,
-        id: &S,
-        f: &mut impl FnMut(u32) -> bool,
-        seen: Option<&mut Tried>,
-    ) -> bool {
+    /// The keys filed under `anchor` (none when no bucket has it). With
+    /// `seen`, a bucket already tried in this lookup gives none.
+    fn bucket(&self, anchor: Anchor, seen: Option<&mut Tried>) -> &[u32] {
         let bit = filter_bit(anchor, self.filter_shift);
         if self.filter.get(bit / 64).is_none_or(|w| w & (1 << (bit % 64)) == 0) {
-            return true;
+            return &[];
         }
         let Some(b) = self.anchors.find(self.hasher.hash_one(anchor), |b| b.anchor == anchor) else {
-            return true;
+            return &[];
         };
         if let Some(seen) = seen {
             let o = usize::from(b.ordinal);
-            let Some(word) = seen.bits.get_mut(o / 64) else { return true };
+            let Some(word) = seen.bits.get_mut(o / 64) else { return &[] };
             if *word & (1 << (o % 64)) != 0 {
-                return true;
+                return &[];
             }
             *word |= 1 << (o % 64);
             seen.count = seen.count.saturating_add(1);
         }
         let s = to_usize(b.start);
-        for &k in self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[]) {
-            if self.key_matches(k, id) && !f(k) {
-                return false;
-            }
-        }
-        true
+        self.anchor_keys.get(s..s.saturating_add(to_usize(b.len))).unwrap_or(&[])
     }
 
-    /// [`Self::key_matches`] over either form of an id.
-    #[inline]
-    pub(super) fn read_matches(&self, key: u32, id: &Read<'_>) -> bool {
-        match id {
-            Read::Folded(units) => self.key_matches(key, *units),
-            Read::Raw(app) => self.key_matches(key, app),
-        }
-    }
-
-    /// Does any filed pattern match?
+    /// Does any filed pattern match? Not inlined: the driver's stack check
+    /// finds the rule matcher's entry by this name.
+    #[inline(never)]
     pub(super) fn any_match(&self, app: &AppId<'_>) -> bool {
         !self.for_each_match(app, |_| false)
     }
@@ -1409,4 +1355,124 @@ pub(super) fn dedup_patterns<'p>(pairs: &mut Vec<(&'p [u16], u32)>) -> Result<Ve
         }
     }
     Ok(distinct)
+}
+
+/// Where a [`Matches`] walk is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The id's heads (`at`: units digested), then the whole id.
+    Heads,
+    /// Its components (`at`: where the next one starts).
+    Components,
+    /// Back to front, its tails (`at`: units digested).
+    Tails,
+    /// The patterns without an anchor.
+    Always,
+    /// Nothing left.
+    Done,
+}
+
+/// A walk over the filed keys matching an id: see [`GlobIndex::matches`].
+pub(super) struct Matches<'i, 's, S: Units + ?Sized> {
+    ix: &'i GlobIndex,
+    id: &'s S,
+    n: usize,
+    /// Heads digested before the whole id.
+    reach: usize,
+    whole: bool,
+    phase: Phase,
+    at: usize,
+    digest: Digest,
+    suffixes: u64,
+    tried: Tried,
+    /// The current bucket's keys not yet checked.
+    keys: &'i [u32],
+}
+
+impl<'i, S: Units + ?Sized> Matches<'i, '_, S> {
+    /// The next matching key, or `None` when there is none left.
+    pub(super) fn next_key(&mut self) -> Option<u32> {
+        loop {
+            while let Some((&k, rest)) = self.keys.split_first() {
+                self.keys = rest;
+                if self.ix.key_matches(k, self.id) {
+                    return Some(k);
+                }
+            }
+            self.keys = self.next_bucket()?;
+        }
+    }
+
+    /// Steps the walk to its next probed bucket: its keys (perhaps none),
+    /// or `None` when the walk is over.
+    #[inline(never)]
+    fn next_bucket(&mut self) -> Option<&'i [u32]> {
+        let ix = self.ix;
+        let (id, n) = (self.id, self.n);
+        match self.phase {
+            Phase::Heads => {
+                while self.at < self.reach {
+                    self.digest.push(id.at(self.at));
+                    self.at = self.at.saturating_add(1);
+                    let l = self.at;
+                    if ix.prefix_lens & 1u64.checked_shl(len_u32(l)).unwrap_or(0) != 0 {
+                        return Some(ix.bucket((PREFIX, len16(l), self.digest.value()), None));
+                    }
+                }
+                self.phase = Phase::Components;
+                self.at = 0;
+                if self.whole {
+                    return Some(ix.bucket((EXACT, len16(n), self.digest.value()), None));
+                }
+                Some(&[])
+            }
+            Phase::Components => {
+                if ix.component_lens == 0 || self.tried.count >= ix.component_buckets {
+                    self.start_tails();
+                    return Some(&[]);
+                }
+                let start = self.at;
+                let end = id
+                    .lane(start, n)
+                    .and_then(|l| l.units().position(|u| u == BACKSLASH))
+                    .map_or(n, |i| start.saturating_add(i));
+                if end >= n {
+                    self.start_tails();
+                } else {
+                    self.at = end.saturating_add(1);
+                }
+                let len = end.saturating_sub(start);
+                if len > 0 && ix.component_lens & 1u64.checked_shl(len_u32(len)).unwrap_or(0) != 0 {
+                    let d = digest((start..end).map(|i| id.at(i)));
+                    return Some(ix.bucket((COMPONENT, len16(len), d), Some(&mut self.tried)));
+                }
+                Some(&[])
+            }
+            Phase::Tails => {
+                while self.suffixes != 0 && self.at < n {
+                    self.at = self.at.saturating_add(1);
+                    let l = self.at;
+                    self.digest.push(id.at(n.saturating_sub(l)));
+                    if self.suffixes.trailing_zeros() == len_u32(l) {
+                        self.suffixes &= self.suffixes.wrapping_sub(1);
+                        return Some(ix.bucket((SUFFIX, len16(l), self.digest.value()), None));
+                    }
+                }
+                self.phase = Phase::Always;
+                Some(&[])
+            }
+            Phase::Always => {
+                self.phase = Phase::Done;
+                Some(&ix.always)
+            }
+            Phase::Done => None,
+        }
+    }
+
+    fn start_tails(&mut self) {
+        self.phase = Phase::Tails;
+        self.at = 0;
+        self.digest = Digest::NEW;
+        self.suffixes = self.ix.suffix_lens & !1;
+    }
 }

@@ -10,7 +10,7 @@
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
-use super::globs::{GlobIndex, Read};
+use super::globs::GlobIndex;
 use super::postings::{ANY_PROTOCOL, Entry, NONE, to_u32, to_usize};
 use super::prefix::Addr;
 use crate::flow::{AppId, Flow, SidBuf};
@@ -54,23 +54,6 @@ pub(super) struct Query<'f> {
     pub(super) original_app: AppId<'f>,
     /// The original app id is byte for byte the app id.
     pub(super) same_apps: bool,
-    /// The ids' folded units, once the glob phase has folded them.
-    pub(super) app_units: Option<&'f [u16]>,
-    pub(super) original_units: Option<&'f [u16]>,
-}
-
-impl<'f> Query<'f> {
-    /// The app id, folded if it has been.
-    #[inline]
-    pub(super) fn app(&self) -> Read<'f> {
-        self.app_units.map_or(Read::Raw(self.app), Read::Folded)
-    }
-
-    /// The original app id, folded if it has been.
-    #[inline]
-    pub(super) fn original_app(&self) -> Read<'f> {
-        self.original_units.map_or(Read::Raw(self.original_app), Read::Folded)
-    }
 }
 
 /// All rules, flattened.
@@ -221,8 +204,6 @@ impl RuleTable {
             app: flow.app,
             original_app: flow.original_app,
             same_apps: flow.app.as_bytes() == flow.original_app.as_bytes(),
-            app_units: None,
-            original_units: None,
         }
     }
 
@@ -269,15 +250,13 @@ impl RuleTable {
         }
         if need & APP != 0 {
             let keys = self.app.get(run(rec.app, next.app)).unwrap_or(&[]);
-            let id = q.app();
-            if !keys.iter().any(|&k| globs.read_matches(k, &id)) {
+            if !any_key(keys, &q.app, globs) {
                 return false;
             }
         }
         if need & ORIGINAL_APP != 0 {
             let keys = self.original_app.get(run(rec.original_app, next.original_app)).unwrap_or(&[]);
-            let id = q.original_app();
-            if !keys.iter().any(|&k| globs.read_matches(k, &id)) {
+            if !any_key(keys, &q.original_app, globs) {
                 return false;
             }
         }
@@ -299,4 +278,16 @@ impl RuleTable {
         .into_iter()
         .fold(0, usize::saturating_add)
     }
+}
+
+/// Does any of `keys` match `id`? A plain loop: no iterator adapter's frame
+/// between the rule check and the glob matcher.
+#[inline(always)]
+fn any_key(keys: &[u32], id: &AppId<'_>, globs: &GlobIndex) -> bool {
+    for &k in keys {
+        if globs.key_matches(k, id) {
+            return true;
+        }
+    }
+    false
 }
