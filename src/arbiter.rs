@@ -16,7 +16,7 @@ use crate::audit::{
     FallbackRecord, RecordRef,
 };
 use crate::decide::{
-    self, ConnectFacts, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict,
+    self, ConnectFacts, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Row, Verdict,
 };
 use crate::flow::{AuthConnectInput, ConnectRedirectInput, Destination, Flow};
 use crate::packed::PackedEntry;
@@ -271,6 +271,14 @@ impl EndpointTable {
     }
 }
 
+/// Builds a decided row's outcome into `out`. Its own frame: the outcome
+/// (some 120 bytes) is never on the stack of the frames that match the
+/// rules, only written where the caller keeps it.
+#[inline(never)]
+fn settle(row: Row, flow: &Flow<'_>, env: &Env, out: &mut Outcome) {
+    *out = row.outcome(flow, env);
+}
+
 /// The live facts: answers from the tables and the policy, memoized.
 struct Live<'t, 'f, P> {
     policy: &'t P,
@@ -454,7 +462,7 @@ impl<P: Policy> Arbiter<P> {
         let env = self.env();
         let loops = self.policy.loop_policy();
         let mut consulted = Consulted::default();
-        let outcome = self.consult_connect(input, now, &mut consulted);
+        let outcome = self.consult_connect(input, now, &mut consulted).outcome(&input.flow, &env);
         self.connect_effects(input, &outcome, &loops, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
@@ -478,25 +486,41 @@ impl<P: Policy> Arbiter<P> {
     /// [`AuditRing::push_record`] of the [`Decision`]'s records would give),
     /// and only the outcome comes back. classifyFn runs on a small kernel
     /// stack, where a [`Decision`] (some 780 bytes) is too much to hold.
-    /// Never inlined, so that its few locals stay off the caller's frame.
-    #[inline(never)]
     pub fn decide_connect_redirect_into(
         &mut self,
         input: &ConnectRedirectInput<'_>,
         now: Instant,
         ring: &mut AuditRing,
     ) -> Outcome {
-        let mut consulted = Consulted::default();
-        let outcome = self.consult_connect(input, now, &mut consulted);
-        self.record_connect(input, &consulted, &outcome, now, ring);
+        let mut outcome = Outcome::of(Verdict::Continue, Reason::LayerDataUnavailable);
+        self.decide_connect_redirect_to(input, now, ring, &mut outcome);
         outcome
     }
 
-    /// Rows C1..C14 with live facts: the outcome, and the facts it
-    /// consulted in `memo`. Not inlined, so that the rules are matched
-    /// below a small frame.
+    /// [`Self::decide_connect_redirect_into`] with the outcome written to
+    /// `out` instead of returned: the kernel adapter keeps it in its own
+    /// state, so that its some 120 bytes are not on the caller's frame while
+    /// the rules are matched. Never inlined, so that its few locals stay off
+    /// the caller's frame.
     #[inline(never)]
-    fn consult_connect(&self, input: &ConnectRedirectInput<'_>, now: Instant, memo: &mut Consulted) -> Outcome {
+    pub fn decide_connect_redirect_to(
+        &mut self,
+        input: &ConnectRedirectInput<'_>,
+        now: Instant,
+        ring: &mut AuditRing,
+        out: &mut Outcome,
+    ) {
+        let mut consulted = Consulted::default();
+        let row = self.consult_connect(input, now, &mut consulted);
+        settle(row, &input.flow, &self.env, out);
+        self.record_connect(input, &consulted, out, now, ring);
+    }
+
+    /// Rows C1..C14 with live facts: the deciding row, and the facts it
+    /// consulted in `memo`. Inlined into its callers: one frame less above
+    /// the rule match on the classify path's stack.
+    #[inline(always)]
+    fn consult_connect(&self, input: &ConnectRedirectInput<'_>, now: Instant, memo: &mut Consulted) -> Row {
         let loops = self.policy.loop_policy();
         let mut live = Live {
             policy: &self.policy,
@@ -507,9 +531,9 @@ impl<P: Policy> Arbiter<P> {
             window: loops.hop_window,
             memo: Consulted::default(),
         };
-        let outcome = decide::connect_redirect(input, &self.env, &loops, &mut live);
+        let row = decide::connect_redirect_row(input, &self.env, &loops, &mut live);
         *memo = live.memo;
-        outcome
+        row
     }
 
     /// The effects of a connect-redirect decision, then its records into

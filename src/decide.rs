@@ -116,7 +116,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    const fn of(verdict: Verdict, reason: Reason) -> Self {
+    pub(crate) const fn of(verdict: Verdict, reason: Reason) -> Self {
         Self { verdict, reason, redirect: None }
     }
 }
@@ -227,6 +227,38 @@ pub fn connect_redirect(
     loops: &LoopPolicy,
     facts: &mut impl ConnectFacts,
 ) -> Outcome {
+    connect_redirect_row(input, env, loops, facts).outcome(&input.flow, env)
+}
+
+/// The row of [`connect_redirect`] that decides, before its outcome is
+/// built: a few bytes, where an [`Outcome`] with its redirect target is
+/// some 120. The kernel's classify path asks the facts (and so matches the
+/// rules) holding only this, and builds the outcome afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Row {
+    /// A verdict without a redirect.
+    Of(Verdict, Reason),
+    /// Proxy the flow ([`proxy`]: or `proxy-unavailable`).
+    Proxy(Reason),
+}
+
+impl Row {
+    /// The outcome of this row for `flow`.
+    pub(crate) fn outcome(self, flow: &Flow<'_>, env: &Env) -> Outcome {
+        match self {
+            Self::Of(verdict, reason) => Outcome::of(verdict, reason),
+            Self::Proxy(reason) => proxy(flow, env, reason),
+        }
+    }
+}
+
+/// Rows C1..C14 of [`connect_redirect`], up to the outcome.
+pub(crate) fn connect_redirect_row(
+    input: &ConnectRedirectInput<'_>,
+    env: &Env,
+    loops: &LoopPolicy,
+    facts: &mut impl ConnectFacts,
+) -> Row {
     use RedirectState::{PreviouslyRedirectedBySelf, RedirectedByOther, RedirectedBySelf};
     use Verdict::{Continue, Permit};
     let flow = &input.flow;
@@ -234,68 +266,68 @@ pub fn connect_redirect(
     // Rows C1..C4 read only the indication: one match on the tuple.
     match (flow.protocol.is_tcp_or_udp(), input.state, input.write_right) {
         // C1: we only redirect TCP and UDP; ICMP and raw sockets pass through.
-        (false, _, _) => return Outcome::of(Continue, Reason::UnsupportedProtocol),
+        (false, _, _) => return Row::Of(Continue, Reason::UnsupportedProtocol),
         // C2: our proxy's outbound that carries the records it copied: the
         // chain is ours and already ends at the real destination.
-        (true, RedirectedBySelf, _) => return Outcome::of(Continue, Reason::RedirectedBySelf),
+        (true, RedirectedBySelf, _) => return Row::Of(Continue, Reason::RedirectedBySelf),
         // C3: A -> B -> back at A. Redirecting again would loop; the deployment
         // chooses whether the returning flow may go on or is stopped.
         (true, PreviouslyRedirectedBySelf, _) => {
             return match loops.revisit {
-                PermitOrBlock::Permit => Outcome::of(Permit, Reason::RevisitPermitted),
-                PermitOrBlock::Block => Outcome::of(Verdict::Block, Reason::RevisitBlocked),
+                PermitOrBlock::Permit => Row::Of(Permit, Reason::RevisitPermitted),
+                PermitOrBlock::Block => Row::Of(Verdict::Block, Reason::RevisitBlocked),
             };
         }
         // C4: someone above us hard-permitted or blocked; we may only veto,
         // and nothing here warrants a veto.
-        (true, _, false) => return Outcome::of(Continue, Reason::NoWriteRight),
+        (true, _, false) => return Row::Of(Continue, Reason::NoWriteRight),
         (true, _, true) => {}
     }
 
     // Extension after C4: a chain we could not hold whole cannot rule out C5
     // or C6, so do not touch the flow.
     if input.previous.overflowed() {
-        return Outcome::of(Continue, Reason::ChainTooLong);
+        return Row::Of(Continue, Reason::ChainTooLong);
     }
     // C5: another vendor is sending this flow to its local proxy right now.
     // Overriding its local redirect handle is what makes two proxies fight.
     if input.previous.entries().any(|e| e.filter != env.own_filter && e.local_redirect_handle) {
-        return Outcome::of(Permit, Reason::LocalProxyOfOther);
+        return Row::Of(Permit, Reason::LocalProxyOfOther);
     }
     // C6: we modified this flow already in this classification: this is the
     // reauthorization our REAUTHORIZE_IF_MODIFIED_BY_OTHERS asked for.
     if input.previous.entries().any(|e| e.filter == env.own_filter) {
-        return Outcome::of(Continue, Reason::ModifiedBySelf);
+        return Row::Of(Continue, Reason::ModifiedBySelf);
     }
     // C7: our proxy's own outbound without records (it did not propagate, or
     // another vendor redirected it): never send our proxy to itself.
     if env.proxy.is_some_and(|p| p.pid == flow.pid) {
-        return Outcome::of(Permit, Reason::OwnProxyOutbound);
+        return Row::Of(Permit, Reason::OwnProxyOutbound);
     }
 
     let by_other = input.state == RedirectedByOther;
     // C9 comes before the rule lookup: a trusted vendor's redirected flow is
     // left alone whatever the rules say, and so can never be "would proxy" (C8).
     if by_other && facts.trusted() {
-        return Outcome::of(Continue, Reason::TrustedOther);
+        return Row::Of(Continue, Reason::TrustedOther);
     }
     match facts.rule().map(|r| r.action) {
         Some(Action::Proxy) => {
             // C8: the flow would be proxied, but a local proxy keeps sending
             // this destination back through us: records were lost somewhere.
             if facts.known_local_proxy() && facts.hops() >= loops.max_hops {
-                return Outcome::of(loops.on_loop.into(), Reason::LoopSuspected);
+                return Row::Of(loops.on_loop.into(), Reason::LoopSuspected);
             }
             // C10 / C11.
             let reason = if by_other { Reason::UntrustedOtherProxied } else { Reason::RuleProxy };
-            proxy(flow, env, reason)
+            Row::Proxy(reason)
         }
         // C12.
-        Some(Action::Block) => Outcome::of(Verdict::Block, Reason::RuleBlock),
+        Some(Action::Block) => Row::Of(Verdict::Block, Reason::RuleBlock),
         // C13.
-        Some(Action::Bypass) => Outcome::of(Continue, Reason::RuleBypass),
+        Some(Action::Bypass) => Row::Of(Continue, Reason::RuleBypass),
         // C14.
-        None => Outcome::of(Continue, Reason::NoRule),
+        None => Row::Of(Continue, Reason::NoRule),
     }
 }
 

@@ -28,7 +28,7 @@ use core::ptr::NonNull;
 use arbiter::audit::ring::AuditRing;
 use arbiter::context::CONTEXT_LEN;
 use arbiter::flow::{AuthConnectInput, ConnectRedirectInput, PreviousChain, RedirectState};
-use arbiter::{Action, Arbiter, Instant, OutOfMemory, Policy, Reason, RedirectTarget, Verdict};
+use arbiter::{Action, Arbiter, Instant, OutOfMemory, Outcome, Policy, Reason, Verdict};
 use wfp_ffi::{
     FWP_ACTION_BLOCK, FWP_ACTION_CONTINUE, FWP_ACTION_PERMIT, FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED,
     FWP_CONDITION_FLAG_IS_REAUTHORIZE, FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS, FWPS_CLASSIFY_OUT0,
@@ -132,6 +132,11 @@ pub struct Callout<P> {
     /// the registration's completions missed it): the pend timer fires now.
     due_now: Option<Instant>,
     counters: AdapterCounters,
+    /// The outcome of the connect-redirect decision in progress (under the
+    /// lock), written by the core and read back to write the verdict and
+    /// any redirect: here, not on the classify's small stack, where it
+    /// would sit (some 120 bytes) while the rules are matched.
+    outcome: Outcome,
 }
 
 /// What [`Callout::commit_pend`] made of a pend.
@@ -222,6 +227,7 @@ impl<P: Policy> Callout<P> {
             closing: false,
             due_now: None,
             counters: AdapterCounters::default(),
+            outcome: Outcome { verdict: Verdict::Continue, reason: Reason::LayerDataUnavailable, redirect: None },
         })
     }
 
@@ -452,13 +458,8 @@ impl<P: Policy> Callout<P> {
             reauthorize: false,
             previous: PreviousChain::new(),
         };
-        // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
-        let read = unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::connect_redirect(family)) }
-            .and_then(|ind| {
-                input.reauthorize = ind.flags()? & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0;
-                ind.read_flow_into(&mut input.flow)?;
-                Ok(ind.redirect_records())
-            });
+        // SAFETY: the caller's contract, passed on.
+        let read = unsafe { read_connect_redirect(raw, family, &mut input) };
         let records = match read {
             Ok(r) => r,
             Err(e) => {
@@ -485,8 +486,8 @@ impl<P: Policy> Callout<P> {
         }
         if !write_right {
             // The rows that read the chain come after C4: nothing to acquire.
-            let decision = self.arbiter.decide_connect_redirect_into(&input, now, &mut self.ring);
-            write_verdict(out, decision.verdict, filter.flags, false);
+            self.arbiter.decide_connect_redirect_to(&input, now, &mut self.ring, &mut self.outcome);
+            write_verdict(out, self.outcome.verdict, filter.flags, false);
             return None;
         }
         // A flow our rules would proxy while our proxy is away is held, in
@@ -514,8 +515,8 @@ impl<P: Policy> Callout<P> {
             write_verdict(out, Verdict::Continue, filter.flags, true);
             return None;
         }
-        let decision = self.arbiter.decide_connect_redirect_into(&input, now, &mut self.ring);
-        let flags = self.finish_connect(fwps, h, decision.verdict, decision.redirect.as_ref(), out, filter.flags);
+        self.arbiter.decide_connect_redirect_to(&input, now, &mut self.ring, &mut self.outcome);
+        let flags = self.finish_connect(fwps, h, self.outcome.verdict, out, filter.flags);
         fwps.apply_modified_layer_data(h.handle, h.request, flags);
         fwps.release_classify_handle(h.handle);
         None
@@ -538,28 +539,28 @@ impl<P: Policy> Callout<P> {
     /// verdict (rewriting it for a proxy) and writes classifyOut; returns the
     /// flags for `FwpsApplyModifiedLayerData0`, which the caller makes (at
     /// once in classifyFn, after the lock for a completion), then releases
-    /// the classify handle.
+    /// the classify handle. A `proxy` verdict is the decision just written
+    /// to [`Self::outcome`]: the flow goes to its redirect target.
+    #[inline(never)]
     fn finish_connect<F: Fwps>(
         &mut self,
         fwps: &mut F,
         h: Held,
         verdict: Verdict,
-        redirect: Option<&RedirectTarget>,
         out: &mut FWPS_CLASSIFY_OUT0,
         filter_flags: u16,
     ) -> u32 {
-        let verdict = match (verdict, redirect) {
-            (Verdict::Proxy, Some(target)) => {
-                if self.rewrite(fwps, h, target) {
+        let verdict = match verdict {
+            Verdict::Proxy => {
+                if self.rewrite(fwps, h) {
                     write_verdict(out, Verdict::Proxy, filter_flags, true);
                     return FWPS_CLASSIFY_FLAG_REAUTHORIZE_IF_MODIFIED_BY_OTHERS;
                 }
-                // Could not rewrite: the flow goes on unchanged.
+                // Could not rewrite (or, not expected, no target): the flow
+                // goes on unchanged.
                 Verdict::Continue
             }
-            // The core pairs proxy with a target; without one, change nothing.
-            (Verdict::Proxy, None) => Verdict::Continue,
-            (v, _) => v,
+            v => v,
         };
         write_verdict(out, verdict, filter_flags, true);
         match verdict {
@@ -568,9 +569,11 @@ impl<P: Policy> Callout<P> {
         }
     }
 
-    /// Writes the redirect into the acquired request. On failure nothing is
-    /// changed and nothing is leaked.
-    fn rewrite<F: Fwps>(&mut self, fwps: &mut F, h: Held, target: &RedirectTarget) -> bool {
+    /// Writes the redirect target of [`Self::outcome`] into the acquired
+    /// request. On failure (or without a target: the core pairs proxy with
+    /// one) nothing is changed and nothing is leaked.
+    fn rewrite<F: Fwps>(&mut self, fwps: &mut F, h: Held) -> bool {
+        let Some(target) = &self.outcome.redirect else { return false };
         let Ok(pid) = u32::try_from(target.target_pid) else { return false };
         let Some(context) = fwps.allocate_context(CONTEXT_LEN) else {
             self.counters.context_alloc_failed = self.counters.context_alloc_failed.saturating_add(1);
@@ -670,11 +673,11 @@ impl<P: Policy> Callout<P> {
             };
             let flags = if proxy_ready {
                 // SAFETY: the request was just acquired for this classify.
-                let (verdict, redirect) = match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
+                let verdict = match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
                     Ok(previous) => {
                         input.previous = previous;
-                        let d = self.arbiter.decide_connect_redirect_into(&input, now, &mut self.ring);
-                        (d.verdict, d.redirect)
+                        self.arbiter.decide_connect_redirect_to(&input, now, &mut self.ring, &mut self.outcome);
+                        self.outcome.verdict
                     }
                     Err(_) => {
                         self.counters.malformed = self.counters.malformed.saturating_add(1);
@@ -685,11 +688,11 @@ impl<P: Policy> Callout<P> {
                             now,
                             &mut self.ring,
                         );
-                        (Verdict::Continue, None)
+                        Verdict::Continue
                     }
                 };
                 self.counters.pend_completed = self.counters.pend_completed.saturating_add(1);
-                self.finish_connect(fwps, h, verdict, redirect.as_ref(), &mut p.classify_out, p.filter_flags)
+                self.finish_connect(fwps, h, verdict, &mut p.classify_out, p.filter_flags)
             } else {
                 // Audited like a decision, and a fallback block is cached for
                 // auth-connect (A1): a block at a redirect layer alone does not
@@ -697,7 +700,8 @@ impl<P: Policy> Callout<P> {
                 let verdict = fallback_verdict(fallback);
                 self.arbiter.decide_without_table_into(&input, verdict, Reason::PendTimeout, now, &mut self.ring);
                 self.counters.pend_timed_out = self.counters.pend_timed_out.saturating_add(1);
-                self.finish_connect(fwps, h, verdict, None, &mut p.classify_out, p.filter_flags)
+                // A fallback verdict is never proxy: no target is read.
+                self.finish_connect(fwps, h, verdict, &mut p.classify_out, p.filter_flags)
             };
             // Apply, complete with the deep copy, then release: after the lock.
             batch.push(h.handle, Some((h.request, flags)), &p.classify_out);
@@ -807,6 +811,28 @@ impl<P: Policy> Callout<P> {
             Err(e) => self.malformed(e),
         }
     }
+}
+
+/// Reads a connect-redirect indication's flags and flow into `input`, and
+/// returns its redirect records (if any). Its own frame: the indication's
+/// views are off [`Callout::connect_redirect`]'s, which stays live while the
+/// rules are matched.
+///
+/// # Safety
+///
+/// As for [`Callout::classify_connect_redirect`].
+#[inline(never)]
+unsafe fn read_connect_redirect<'a>(
+    raw: &RawClassify,
+    family: Family,
+    input: &mut ConnectRedirectInput<'a>,
+) -> Result<Option<HANDLE>, ReadError> {
+    // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
+    let ind: Indication<'a> =
+        unsafe { Indication::from_raw(raw.values, raw.meta, family, Indexes::connect_redirect(family)) }?;
+    input.reauthorize = ind.flags()? & FWP_CONDITION_FLAG_IS_REAUTHORIZE != 0;
+    ind.read_flow_into(&mut input.flow)?;
+    Ok(ind.redirect_records())
 }
 
 /// Acquires the classify handle and the writable connect request.
