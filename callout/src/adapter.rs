@@ -459,30 +459,9 @@ impl<P: Policy> Callout<P> {
             previous: PreviousChain::new(),
         };
         // SAFETY: the caller's contract, passed on.
-        let read = unsafe { read_connect_redirect(raw, family, &mut input) };
-        let records = match read {
-            Ok(r) => r,
-            Err(e) => {
-                self.malformed(e);
-                write_verdict(out, Verdict::Continue, filter.flags, write_right);
-                return None;
-            }
-        };
-        if let Some(records) = records {
-            let raw_state = fwps.query_redirect_state(records, self.redirect_handle());
-            match u8::try_from(raw_state).ok().and_then(RedirectState::from_u8) {
-                Some(s) => input.state = s,
-                None => {
-                    self.malformed(ReadError {
-                        field: "FwpsQueryConnectionRedirectState0",
-                        kind: crate::read::ReadErrorKind::BadRedirectState(raw_state),
-                    });
-                    input.state = RedirectState::RedirectedByOther;
-                    self.unclassified(&input, Reason::UnreadableIndication, now);
-                    write_verdict(out, Verdict::Continue, filter.flags, write_right);
-                    return None;
-                }
-            }
+        if !unsafe { self.read_connect_input(fwps, family, raw, &mut input, now) } {
+            write_verdict(out, Verdict::Continue, filter.flags, write_right);
+            return None;
         }
         if !write_right {
             // The rows that read the chain come after C4: nothing to acquire.
@@ -507,10 +486,9 @@ impl<P: Policy> Callout<P> {
             return None;
         };
         // SAFETY: the request was just acquired for this classify.
-        if let Err(e) = unsafe { walk_chain_into(h.request, &self.own_filters, OWN_FILTER, &mut input.previous) } {
+        if !unsafe { self.read_chain(h, &mut input.previous) } {
             fwps.apply_modified_layer_data(h.handle, h.request, 0);
             fwps.release_classify_handle(h.handle);
-            self.malformed(e);
             self.unclassified(&input, Reason::UnreadableIndication, now);
             write_verdict(out, Verdict::Continue, filter.flags, true);
             return None;
@@ -520,6 +498,69 @@ impl<P: Policy> Callout<P> {
         fwps.apply_modified_layer_data(h.handle, h.request, flags);
         fwps.release_classify_handle(h.handle);
         None
+    }
+
+    /// Reads the indication into `input` and asks WFP for its redirect state.
+    /// False when it cannot be read: counted, and audited when enough of it
+    /// was read; the caller writes `continue`. Its own frame, so that the
+    /// indication's views and the read errors are off the caller's, which
+    /// stays live while the rules are matched.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::classify_connect_redirect`].
+    #[inline(never)]
+    unsafe fn read_connect_input<F: Fwps>(
+        &mut self,
+        fwps: &mut F,
+        family: Family,
+        raw: &RawClassify,
+        input: &mut ConnectRedirectInput<'_>,
+        now: Instant,
+    ) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        let records = match unsafe { read_connect_redirect(raw, family, input) } {
+            Ok(r) => r,
+            Err(e) => {
+                self.malformed(e);
+                return false;
+            }
+        };
+        if let Some(records) = records {
+            let raw_state = fwps.query_redirect_state(records, self.redirect_handle());
+            match u8::try_from(raw_state).ok().and_then(RedirectState::from_u8) {
+                Some(s) => input.state = s,
+                None => {
+                    self.malformed(ReadError {
+                        field: "FwpsQueryConnectionRedirectState0",
+                        kind: crate::read::ReadErrorKind::BadRedirectState(raw_state),
+                    });
+                    input.state = RedirectState::RedirectedByOther;
+                    self.unclassified(input, Reason::UnreadableIndication, now);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Walks the acquired request's previousVersion chain into `chain`
+    /// (counted as malformed when it cannot be read). Its own frame, for
+    /// the same reason as [`Self::read_connect_input`].
+    ///
+    /// # Safety
+    ///
+    /// `h` was just acquired for the classify in progress.
+    #[inline(never)]
+    unsafe fn read_chain(&mut self, h: Held, chain: &mut PreviousChain) -> bool {
+        // SAFETY: the caller's contract.
+        match unsafe { walk_chain_into(h.request, &self.own_filters, OWN_FILTER, chain) } {
+            Ok(()) => true,
+            Err(e) => {
+                self.malformed(e);
+                false
+            }
+        }
     }
 
     /// Would this flow be proxied but for our absent proxy? Asked before the
@@ -835,7 +876,9 @@ unsafe fn read_connect_redirect<'a>(
     Ok(ind.redirect_records())
 }
 
-/// Acquires the classify handle and the writable connect request.
+/// Acquires the classify handle and the writable connect request. Its own
+/// frame (the handle's out-parameter), off the caller's.
+#[inline(never)]
 fn acquire<F: Fwps>(
     fwps: &mut F,
     classify_context: *const c_void,
