@@ -18,7 +18,7 @@ use crate::audit::{
 use crate::decide::{
     self, ConnectFacts, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Row, Verdict,
 };
-use crate::flow::{AuthConnectInput, ConnectRedirectInput, Destination, Flow};
+use crate::flow::{AuthConnectInput, ConnectRedirectInput, ConnectRedirectRef, Destination, Flow};
 use crate::packed::PackedEntry;
 use crate::policy::{LoopPolicy, PermitOrBlock, Policy, RuleHit};
 use crate::reason::Reason;
@@ -461,9 +461,10 @@ impl<P: Policy> Arbiter<P> {
     pub fn decide_connect_redirect<'a>(&mut self, input: &ConnectRedirectInput<'a>, now: Instant) -> Decision<'a> {
         let env = self.env();
         let loops = self.policy.loop_policy();
+        let parts = input.as_parts();
         let mut consulted = Consulted::default();
-        let outcome = self.consult_connect(input, now, &mut consulted).outcome(&input.flow, &env);
-        self.connect_effects(input, &outcome, &loops, now);
+        let outcome = self.consult_connect(&parts, now, &mut consulted).outcome(&input.flow, &env);
+        self.connect_effects(&parts, &outcome, &loops, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
             at: now,
@@ -493,26 +494,27 @@ impl<P: Policy> Arbiter<P> {
         ring: &mut AuditRing,
     ) -> Outcome {
         let mut outcome = Outcome::of(Verdict::Continue, Reason::LayerDataUnavailable);
-        self.decide_connect_redirect_to(input, now, ring, &mut outcome);
+        self.decide_connect_redirect_to(&input.as_parts(), now, ring, &mut outcome);
         outcome
     }
 
-    /// [`Self::decide_connect_redirect_into`] with the outcome written to
-    /// `out` instead of returned: the kernel adapter keeps it in its own
-    /// state, so that its some 120 bytes are not on the caller's frame while
-    /// the rules are matched. Never inlined, so that its few locals stay off
-    /// the caller's frame.
+    /// [`Self::decide_connect_redirect_into`] over a borrowed input, with
+    /// the outcome written to `out` instead of returned: the kernel adapter
+    /// keeps both the previousVersion chain and the outcome in its own
+    /// state, so that their some 260 bytes are not on its frame while the
+    /// rules are matched. Never inlined, so that its few locals stay off the
+    /// caller's frame.
     #[inline(never)]
     pub fn decide_connect_redirect_to(
         &mut self,
-        input: &ConnectRedirectInput<'_>,
+        input: &ConnectRedirectRef<'_, '_>,
         now: Instant,
         ring: &mut AuditRing,
         out: &mut Outcome,
     ) {
         let mut consulted = Consulted::default();
         let row = self.consult_connect(input, now, &mut consulted);
-        settle(row, &input.flow, &self.env, out);
+        settle(row, input.flow, &self.env, out);
         self.record_connect(input, &consulted, out, now, ring);
     }
 
@@ -520,13 +522,13 @@ impl<P: Policy> Arbiter<P> {
     /// consulted in `memo`. Inlined into its callers: one frame less above
     /// the rule match on the classify path's stack.
     #[inline(always)]
-    fn consult_connect(&self, input: &ConnectRedirectInput<'_>, now: Instant, memo: &mut Consulted) -> Row {
+    fn consult_connect(&self, input: &ConnectRedirectRef<'_, '_>, now: Instant, memo: &mut Consulted) -> Row {
         let loops = self.policy.loop_policy();
         let mut live = Live {
             policy: &self.policy,
             destinations: &self.destinations,
             known_proxies: &self.known_proxies,
-            flow: &input.flow,
+            flow: input.flow,
             now,
             window: loops.hop_window,
             memo: Consulted::default(),
@@ -544,7 +546,7 @@ impl<P: Policy> Arbiter<P> {
     #[inline(never)]
     fn record_connect(
         &mut self,
-        input: &ConnectRedirectInput<'_>,
+        input: &ConnectRedirectRef<'_, '_>,
         consulted: &Consulted,
         outcome: &Outcome,
         now: Instant,
@@ -555,7 +557,7 @@ impl<P: Policy> Arbiter<P> {
         let seq = self.next_seq();
         let rules_id = self.policy.id();
         let Self { env, departed, .. } = self;
-        let parts = ConnectParts { input, env, loops: &loops, rules_id, consulted, outcome };
+        let parts = ConnectParts { input: *input, env, loops: &loops, rules_id, consulted, outcome };
         push_decision(ring, &RecordRef { seq, at: now, event: EventRef::Connect(parts) }, departed);
     }
 
@@ -563,7 +565,7 @@ impl<P: Policy> Arbiter<P> {
     /// or proxied record, the destination's hop count, the counters.
     fn connect_effects(
         &mut self,
-        input: &ConnectRedirectInput<'_>,
+        input: &ConnectRedirectRef<'_, '_>,
         outcome: &Outcome,
         loops: &LoopPolicy,
         now: Instant,
@@ -590,7 +592,7 @@ impl<P: Policy> Arbiter<P> {
             self.store_endpoint(endpoint, entry, now);
         }
         if outcome.verdict == Verdict::Proxy {
-            self.count_hop(&input.flow, loops.hop_window, now);
+            self.count_hop(input.flow, loops.hop_window, now);
         }
         if outcome.reason == Reason::LoopSuspected {
             self.counters.loops_suspected = self.counters.loops_suspected.wrapping_add(1);
@@ -716,7 +718,7 @@ impl<P: Policy> Arbiter<P> {
         reason: Reason,
         now: Instant,
     ) -> Decision<'a> {
-        let outcome = self.without_table_effects(input, verdict, reason, now);
+        let outcome = self.without_table_effects(&input.as_parts(), verdict, reason, now);
         let audit = AuditRecord {
             seq: self.next_seq(),
             at: now,
@@ -728,7 +730,6 @@ impl<P: Policy> Arbiter<P> {
 
     /// [`Self::decide_without_table`] with its records written straight into
     /// `ring`, as [`Self::decide_connect_redirect_into`] does.
-    #[inline(never)]
     pub fn decide_without_table_into(
         &mut self,
         input: &ConnectRedirectInput<'_>,
@@ -737,16 +738,30 @@ impl<P: Policy> Arbiter<P> {
         now: Instant,
         ring: &mut AuditRing,
     ) -> Outcome {
+        self.decide_without_table_to(&input.as_parts(), verdict, reason, now, ring)
+    }
+
+    /// [`Self::decide_without_table_into`] over a borrowed input (see
+    /// [`Self::decide_connect_redirect_to`]).
+    #[inline(never)]
+    pub fn decide_without_table_to(
+        &mut self,
+        input: &ConnectRedirectRef<'_, '_>,
+        verdict: Verdict,
+        reason: Reason,
+        now: Instant,
+        ring: &mut AuditRing,
+    ) -> Outcome {
         let outcome = self.without_table_effects(input, verdict, reason, now);
         let seq = self.next_seq();
-        let event = EventRef::Fallback { input, outcome: &outcome };
+        let event = EventRef::Fallback { input: *input, outcome: &outcome };
         push_decision(ring, &RecordRef { seq, at: now, event }, &mut self.departed);
         outcome
     }
 
     fn without_table_effects(
         &mut self,
-        input: &ConnectRedirectInput<'_>,
+        input: &ConnectRedirectRef<'_, '_>,
         verdict: Verdict,
         reason: Reason,
         now: Instant,

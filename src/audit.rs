@@ -21,8 +21,8 @@ use crate::decide::{
     self, Consulted, EndpointEntry, Env, Outcome, ProxyRegistration, Recorded, RedirectTarget, Verdict,
 };
 use crate::flow::{
-    AppId, AuthConnectInput, ConnectRedirectInput, Destination, Flow, PreviousChain, PreviousEntry, Protocol,
-    RedirectState, Sid,
+    AppId, AuthConnectInput, ConnectRedirectInput, ConnectRedirectRef, Destination, Flow, PreviousChain, PreviousEntry,
+    Protocol, RedirectState, Sid,
 };
 use crate::policy::{Action, LoopPolicy, PermitOrBlock, RuleHit};
 use crate::reason::Reason;
@@ -305,7 +305,7 @@ impl<'a> AuditRecord<'a> {
     pub(crate) const fn view(&self) -> RecordRef<'_, 'a> {
         let event = match &self.event {
             Event::ConnectRedirect(c) => EventRef::Connect(ConnectParts {
-                input: &c.input,
+                input: c.input.as_parts(),
                 env: &c.env,
                 loops: &c.loops,
                 rules_id: c.rules_id,
@@ -314,7 +314,7 @@ impl<'a> AuditRecord<'a> {
             }),
             Event::AuthConnect(a) => EventRef::Auth { input: &a.input, entry: a.entry.as_ref(), outcome: &a.outcome },
             Event::Departure(d) => EventRef::Departure(d),
-            Event::Fallback(f) => EventRef::Fallback { input: &f.input, outcome: &f.outcome },
+            Event::Fallback(f) => EventRef::Fallback { input: f.input.as_parts(), outcome: &f.outcome },
             Event::Rebind(r) => EventRef::Rebind(r),
             Event::Guard(g) => EventRef::Guard(g),
         };
@@ -378,7 +378,7 @@ pub(crate) enum EventRef<'r, 'a> {
     /// Kind 3.
     Departure(&'r DepartureRecord),
     /// Kind 4 (`pend-timeout`) or 5.
-    Fallback { input: &'r ConnectRedirectInput<'a>, outcome: &'r Outcome },
+    Fallback { input: ConnectRedirectRef<'r, 'a>, outcome: &'r Outcome },
     /// Kind 6.
     Rebind(&'r RebindRecord<'a>),
     /// Kind 7.
@@ -388,7 +388,7 @@ pub(crate) enum EventRef<'r, 'a> {
 /// A [`ConnectRecord`], borrowed.
 #[derive(Clone, Copy)]
 pub(crate) struct ConnectParts<'r, 'a> {
-    pub(crate) input: &'r ConnectRedirectInput<'a>,
+    pub(crate) input: ConnectRedirectRef<'r, 'a>,
     pub(crate) env: &'r Env,
     pub(crate) loops: &'r LoopPolicy,
     pub(crate) rules_id: u32,
@@ -436,7 +436,7 @@ impl RecordRef<'_, '_> {
             EventRef::Auth { input, entry, outcome } => write_auth(w, input, entry, outcome),
             EventRef::Departure(d) => write_departure(w, d),
             EventRef::Fallback { input, outcome } => {
-                write_connect_input(w, input).and_then(|()| write_outcome(w, outcome))
+                write_connect_input(w, &input).and_then(|()| write_outcome(w, outcome))
             }
             EventRef::Rebind(r) => other::write_rebind(w, r),
             EventRef::Guard(g) => other::write_guard(w, g),
@@ -558,8 +558,8 @@ fn write_outcome(w: &mut impl Sink, o: &Outcome) -> Result<(), EncodeError> {
     }
 }
 
-fn write_connect_input(w: &mut impl Sink, i: &ConnectRedirectInput<'_>) -> Result<(), EncodeError> {
-    write_flow(w, &i.flow)?;
+fn write_connect_input(w: &mut impl Sink, i: &ConnectRedirectRef<'_, '_>) -> Result<(), EncodeError> {
+    write_flow(w, i.flow)?;
     w.u8(i.state as u8)?;
     w.u8(u8::from(i.write_right) | u8::from(i.reauthorize) << 1 | u8::from(i.previous.overflowed()) << 2)?;
     w.u32(i.previous.walked())?;
@@ -573,7 +573,7 @@ fn write_connect_input(w: &mut impl Sink, i: &ConnectRedirectInput<'_>) -> Resul
 }
 
 fn write_connect(w: &mut impl Sink, c: &ConnectParts<'_, '_>) -> Result<(), EncodeError> {
-    write_connect_input(w, c.input)?;
+    write_connect_input(w, &c.input)?;
     w.u64(c.env.own_filter)?;
     match &c.env.proxy {
         Some(p) => {

@@ -13,7 +13,7 @@
 use core::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use crate::context::RedirectContext;
-use crate::flow::{AuthConnectInput, ConnectRedirectInput, Family, Flow, RedirectState};
+use crate::flow::{AuthConnectInput, ConnectRedirectInput, ConnectRedirectRef, Family, Flow, RedirectState};
 use crate::policy::{Action, LoopPolicy, PermitOrBlock, RuleHit};
 use crate::reason::Reason;
 
@@ -227,7 +227,7 @@ pub fn connect_redirect(
     loops: &LoopPolicy,
     facts: &mut impl ConnectFacts,
 ) -> Outcome {
-    connect_redirect_row(input, env, loops, facts).outcome(&input.flow, env)
+    connect_redirect_row(&input.as_parts(), env, loops, facts).outcome(&input.flow, env)
 }
 
 /// The row of [`connect_redirect`] that decides, before its outcome is
@@ -254,14 +254,14 @@ impl Row {
 
 /// Rows C1..C14 of [`connect_redirect`], up to the outcome.
 pub(crate) fn connect_redirect_row(
-    input: &ConnectRedirectInput<'_>,
+    input: &ConnectRedirectRef<'_, '_>,
     env: &Env,
     loops: &LoopPolicy,
     facts: &mut impl ConnectFacts,
 ) -> Row {
     use RedirectState::{PreviouslyRedirectedBySelf, RedirectedByOther, RedirectedBySelf};
     use Verdict::{Continue, Permit};
-    let flow = &input.flow;
+    let flow = input.flow;
 
     // Rows C1..C4 read only the indication: one match on the tuple.
     match (flow.protocol.is_tcp_or_udp(), input.state, input.write_right) {

@@ -540,6 +540,39 @@ pub struct ConnectRedirectInput<'a> {
     pub previous: PreviousChain,
 }
 
+impl<'a> ConnectRedirectInput<'a> {
+    /// The input with its flow and chain borrowed.
+    pub const fn as_parts(&self) -> ConnectRedirectRef<'_, 'a> {
+        ConnectRedirectRef {
+            flow: &self.flow,
+            state: self.state,
+            write_right: self.write_right,
+            reauthorize: self.reauthorize,
+            previous: &self.previous,
+        }
+    }
+}
+
+/// A [`ConnectRedirectInput`] with its flow and previousVersion chain
+/// borrowed: what the decision and its audit record read (the same
+/// decision and the same record bytes). The kernel adapter keeps the chain
+/// (some 140 bytes) in its own state rather than on classifyFn's small
+/// stack, and decides through this
+/// ([`crate::Arbiter::decide_connect_redirect_to`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectRedirectRef<'r, 'a> {
+    /// The socket.
+    pub flow: &'r Flow<'a>,
+    /// FwpsQueryConnectionRedirectState0 for our handle.
+    pub state: RedirectState,
+    /// FWPS_RIGHT_ACTION_WRITE is set in classifyOut->rights.
+    pub write_right: bool,
+    /// FWP_CONDITION_FLAG_IS_REAUTHORIZE.
+    pub reauthorize: bool,
+    /// FWPS_CONNECT_REQUEST0.previousVersion, walked whole.
+    pub previous: &'r PreviousChain,
+}
+
 /// One FWPM_LAYER_ALE_AUTH_CONNECT_V4/V6 indication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuthConnectInput<'a> {

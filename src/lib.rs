@@ -58,8 +58,8 @@ pub use arbiter::{Arbiter, Capacities, Config, Counters, Decision, Departures, T
 pub use audit::AuditRecord;
 pub use decide::{EndpointEntry, Env, Outcome, ProxyRegistration, RedirectTarget, Verdict};
 pub use flow::{
-    AppId, AuthConnectInput, ConnectRedirectInput, Family, Flow, Layer, PreviousChain, PreviousEntry, Protocol,
-    RedirectState, Sid,
+    AppId, AuthConnectInput, ConnectRedirectInput, ConnectRedirectRef, Family, Flow, Layer, PreviousChain,
+    PreviousEntry, Protocol, RedirectState, Sid,
 };
 pub use policy::{Action, LoopPolicy, PermitOrBlock, Policy, RuleSet};
 pub use reason::Reason;

@@ -27,7 +27,7 @@ use core::ptr::NonNull;
 
 use arbiter::audit::ring::AuditRing;
 use arbiter::context::CONTEXT_LEN;
-use arbiter::flow::{AuthConnectInput, ConnectRedirectInput, PreviousChain, RedirectState};
+use arbiter::flow::{AuthConnectInput, ConnectRedirectInput, ConnectRedirectRef, Flow, PreviousChain, RedirectState};
 use arbiter::{Action, Arbiter, Instant, OutOfMemory, Outcome, Policy, Reason, Verdict};
 use wfp_ffi::{
     FWP_ACTION_BLOCK, FWP_ACTION_CONTINUE, FWP_ACTION_PERMIT, FWP_CONDITION_FLAG_IS_CONNECTION_REDIRECTED,
@@ -137,7 +137,38 @@ pub struct Callout<P> {
     /// any redirect: here, not on the classify's small stack, where it
     /// would sit (some 120 bytes) while the rules are matched.
     outcome: Outcome,
+    /// The previousVersion chain of the connect-redirect classification in
+    /// progress (under the lock), walked here for the same reason (some 140
+    /// bytes).
+    chain: PreviousChain,
 }
+
+/// A connect-redirect indication as read, without its previousVersion
+/// chain (walked into [`Callout`]'s own, off the stack).
+struct Indicated<'a> {
+    flow: Flow<'a>,
+    state: RedirectState,
+    write_right: bool,
+    reauthorize: bool,
+}
+
+impl<'a> Indicated<'a> {
+    /// The indication with `previous` as its chain, as the core reads it.
+    const fn with<'r>(&'r self, previous: &'r PreviousChain) -> ConnectRedirectRef<'r, 'a> {
+        ConnectRedirectRef {
+            flow: &self.flow,
+            state: self.state,
+            write_right: self.write_right,
+            reauthorize: self.reauthorize,
+            previous,
+        }
+    }
+}
+
+/// The chain of a classification whose chain was not walked: without the
+/// write right, before the layer data is acquired, or after a walk that
+/// failed (which leaves its chain empty).
+const NO_CHAIN: PreviousChain = PreviousChain::new();
 
 /// What [`Callout::commit_pend`] made of a pend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +259,7 @@ impl<P: Policy> Callout<P> {
             due_now: None,
             counters: AdapterCounters::default(),
             outcome: Outcome { verdict: Verdict::Continue, reason: Reason::LayerDataUnavailable, redirect: None },
+            chain: PreviousChain::new(),
         })
     }
 
@@ -330,8 +362,8 @@ impl<P: Policy> Callout<P> {
     /// so changing the flow could start a loop, and blocking it would break
     /// connectivity for a fault of ours), audited with its reason.
     #[inline(never)]
-    fn unclassified(&mut self, input: &ConnectRedirectInput<'_>, reason: Reason, now: Instant) {
-        self.arbiter.decide_without_table_into(input, Verdict::Continue, reason, now, &mut self.ring);
+    fn unclassified(&mut self, input: &ConnectRedirectRef<'_, '_>, reason: Reason, now: Instant) {
+        self.arbiter.decide_without_table_to(input, Verdict::Continue, reason, now, &mut self.ring);
     }
 
     /// FWPM_LAYER_ALE_CONNECT_REDIRECT_V4/V6 classifyFn.
@@ -449,15 +481,10 @@ impl<P: Policy> Callout<P> {
             return None;
         };
         self.tick(now);
-        // The input is built once, in place, and read into: it is some 280
-        // bytes of a small kernel stack.
-        let mut input = ConnectRedirectInput {
-            flow: BLANK_FLOW,
-            state: RedirectState::NotRedirected,
-            write_right,
-            reauthorize: false,
-            previous: PreviousChain::new(),
-        };
+        // The input is built once, in place, and read into: its flow is some
+        // 140 bytes of a small kernel stack (its chain is kept in `self`).
+        let mut input =
+            Indicated { flow: BLANK_FLOW, state: RedirectState::NotRedirected, write_right, reauthorize: false };
         // SAFETY: the caller's contract, passed on.
         if !unsafe { self.read_connect_input(fwps, family, raw, &mut input, now) } {
             write_verdict(out, Verdict::Continue, filter.flags, write_right);
@@ -465,7 +492,7 @@ impl<P: Policy> Callout<P> {
         }
         if !write_right {
             // The rows that read the chain come after C4: nothing to acquire.
-            self.arbiter.decide_connect_redirect_to(&input, now, &mut self.ring, &mut self.outcome);
+            self.arbiter.decide_connect_redirect_to(&input.with(&NO_CHAIN), now, &mut self.ring, &mut self.outcome);
             write_verdict(out, self.outcome.verdict, filter.flags, false);
             return None;
         }
@@ -481,18 +508,19 @@ impl<P: Policy> Callout<P> {
         // the permit's apply and the rewrite.
         let Some(h) = acquire(fwps, raw.classify_context, filter.filterId, out) else {
             self.counters.acquire_failed = self.counters.acquire_failed.saturating_add(1);
-            self.unclassified(&input, Reason::LayerDataUnavailable, now);
+            self.unclassified(&input.with(&NO_CHAIN), Reason::LayerDataUnavailable, now);
             write_verdict(out, Verdict::Continue, filter.flags, true);
             return None;
         };
         // SAFETY: the request was just acquired for this classify.
-        if !unsafe { self.read_chain(h, &mut input.previous) } {
+        if !unsafe { self.read_chain(h) } {
             fwps.apply_modified_layer_data(h.handle, h.request, 0);
             fwps.release_classify_handle(h.handle);
-            self.unclassified(&input, Reason::UnreadableIndication, now);
+            self.unclassified(&input.with(&NO_CHAIN), Reason::UnreadableIndication, now);
             write_verdict(out, Verdict::Continue, filter.flags, true);
             return None;
         }
+        let input = input.with(&self.chain);
         self.arbiter.decide_connect_redirect_to(&input, now, &mut self.ring, &mut self.outcome);
         let flags = self.finish_connect(fwps, h, self.outcome.verdict, out, filter.flags);
         fwps.apply_modified_layer_data(h.handle, h.request, flags);
@@ -515,7 +543,7 @@ impl<P: Policy> Callout<P> {
         fwps: &mut F,
         family: Family,
         raw: &RawClassify,
-        input: &mut ConnectRedirectInput<'_>,
+        input: &mut Indicated<'_>,
         now: Instant,
     ) -> bool {
         // SAFETY: the caller's contract, passed on.
@@ -536,7 +564,7 @@ impl<P: Policy> Callout<P> {
                         kind: crate::read::ReadErrorKind::BadRedirectState(raw_state),
                     });
                     input.state = RedirectState::RedirectedByOther;
-                    self.unclassified(input, Reason::UnreadableIndication, now);
+                    self.unclassified(&input.with(&NO_CHAIN), Reason::UnreadableIndication, now);
                     return false;
                 }
             }
@@ -544,17 +572,19 @@ impl<P: Policy> Callout<P> {
         true
     }
 
-    /// Walks the acquired request's previousVersion chain into `chain`
-    /// (counted as malformed when it cannot be read). Its own frame, for
-    /// the same reason as [`Self::read_connect_input`].
+    /// Walks the acquired request's previousVersion chain into
+    /// [`Self::chain`] (counted as malformed, and left empty, when it cannot
+    /// be read). Its own frame, for the same reason as
+    /// [`Self::read_connect_input`].
     ///
     /// # Safety
     ///
     /// `h` was just acquired for the classify in progress.
     #[inline(never)]
-    unsafe fn read_chain(&mut self, h: Held, chain: &mut PreviousChain) -> bool {
+    unsafe fn read_chain(&mut self, h: Held) -> bool {
+        self.chain = PreviousChain::new();
         // SAFETY: the caller's contract.
-        match unsafe { walk_chain_into(h.request, &self.own_filters, OWN_FILTER, chain) } {
+        match unsafe { walk_chain_into(h.request, &self.own_filters, OWN_FILTER, &mut self.chain) } {
             Ok(()) => true,
             Err(e) => {
                 self.malformed(e);
@@ -568,7 +598,7 @@ impl<P: Policy> Callout<P> {
     /// chain is consulted: pending is configured, no proxy is registered,
     /// the flow is not ours already (C2/C3), and the first matching rule
     /// proxies it. The full decision runs at completion.
-    fn should_hold(&self, input: &ConnectRedirectInput<'_>) -> bool {
+    fn should_hold(&self, input: &Indicated<'_>) -> bool {
         self.pend.is_some()
             && !self.closing
             && self.arbiter.proxy().is_none()
@@ -648,7 +678,7 @@ impl<P: Policy> Callout<P> {
         &mut self,
         filter: &FWPS_FILTER3,
         out: &FWPS_CLASSIFY_OUT0,
-        input: &ConnectRedirectInput<'_>,
+        input: &Indicated<'_>,
         now: Instant,
     ) -> Option<PendTicket> {
         let queue = self.pend.as_mut()?;
@@ -717,7 +747,12 @@ impl<P: Policy> Callout<P> {
                 let verdict = match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
                     Ok(previous) => {
                         input.previous = previous;
-                        self.arbiter.decide_connect_redirect_to(&input, now, &mut self.ring, &mut self.outcome);
+                        self.arbiter.decide_connect_redirect_to(
+                            &input.as_parts(),
+                            now,
+                            &mut self.ring,
+                            &mut self.outcome,
+                        );
                         self.outcome.verdict
                     }
                     Err(_) => {
@@ -866,7 +901,7 @@ impl<P: Policy> Callout<P> {
 unsafe fn read_connect_redirect<'a>(
     raw: &RawClassify,
     family: Family,
-    input: &mut ConnectRedirectInput<'a>,
+    input: &mut Indicated<'a>,
 ) -> Result<Option<HANDLE>, ReadError> {
     // SAFETY: WFP's pointers, valid until classifyFn returns (contract).
     let ind: Indication<'a> =
