@@ -252,7 +252,9 @@ impl Row {
     }
 }
 
-/// Rows C1..C14 of [`connect_redirect`], up to the outcome.
+/// Rows C1..C14 of [`connect_redirect`], up to the outcome. Always
+/// inlined: no frame of its own above the rule match on the classify path.
+#[inline(always)]
 pub(crate) fn connect_redirect_row(
     input: &ConnectRedirectRef<'_, '_>,
     env: &Env,
