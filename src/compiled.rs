@@ -474,17 +474,26 @@ impl CompiledRules {
     }
 
     /// Visits the postings of every glob key the app id (`original` false)
-    /// or the original app id matches. The id is read as it is, never
+    /// or the original app id matches, in the lists `lists` names (bits
+    /// [`APP`]: rules filed under an app pattern, [`ORIGINAL_APP`]: under
+    /// an original-app pattern; a bit, not the list, so that the classify
+    /// path's frames carry no slices). The id is read as it is, never
     /// copied: the glob tables fold case as they read it.
-    fn visit_globs(&self, q: &Query<'_>, original: bool, lists: [Option<(&[Posting], u8)>; 2], best: &mut u32) {
-        let id = if original { q.original_app } else { q.app };
+    fn visit_globs(&self, q: &Query<'_>, original: bool, lists: u8, best: &mut u32) {
+        let id = if original { &q.original_app } else { &q.app };
         // A cursor, not a callback: each rule check runs beside the walk.
-        let mut matches = self.globs.matches(&id);
+        let mut matches = self.globs.matches(id);
         while let Some(key) = matches.next_key() {
-            for (postings, skip) in lists.iter().flatten() {
-                if let Some(&p) = postings.get(to_usize(key)) {
-                    self.visit(p, q, *skip, best);
-                }
+            let key = to_usize(key);
+            if lists & APP != 0
+                && let Some(&p) = self.app.get(key)
+            {
+                self.visit(p, q, APP, best);
+            }
+            if lists & ORIGINAL_APP != 0
+                && let Some(&p) = self.original_app.get(key)
+            {
+                self.visit(p, q, ORIGINAL_APP, best);
             }
         }
     }
@@ -535,18 +544,18 @@ impl CompiledRules {
         self.visit_exact(&q, &mut best);
         // Glob matching is the dearest lookup: last, and only when a rule
         // filed under a glob could still beat the answer so far.
-        let app = self.worth(Primary::App, best).then_some((self.app.as_slice(), APP));
-        let original = self.worth(Primary::OriginalApp, best).then_some((self.original_app.as_slice(), ORIGINAL_APP));
+        let app = if self.worth(Primary::App, best) { APP } else { 0 };
+        let original = if self.worth(Primary::OriginalApp, best) { ORIGINAL_APP } else { 0 };
         if q.same_apps {
-            if app.is_some() || original.is_some() {
-                self.visit_globs(&q, false, [app, original], &mut best);
+            if app | original != 0 {
+                self.visit_globs(&q, false, app | original, &mut best);
             }
         } else {
-            if app.is_some() {
-                self.visit_globs(&q, false, [app, None], &mut best);
+            if app != 0 {
+                self.visit_globs(&q, false, app, &mut best);
             }
-            if original.is_some() && self.worth(Primary::OriginalApp, best) {
-                self.visit_globs(&q, true, [None, original], &mut best);
+            if original != 0 && self.worth(Primary::OriginalApp, best) {
+                self.visit_globs(&q, true, original, &mut best);
             }
         }
         (best != NONE).then_some(best)
