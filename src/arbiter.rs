@@ -279,11 +279,11 @@ fn settle(row: Row, flow: &Flow<'_>, env: &Env, out: &mut Outcome) {
     *out = row.outcome(flow, env);
 }
 
-/// The live facts: answers from the tables and the policy, memoized.
+/// The live facts: answers from the tables and the policy, memoized. One
+/// reference to the arbiter rather than one per table: it is on the stack
+/// while the rules are matched.
 struct Live<'t, 'f, P> {
-    policy: &'t P,
-    destinations: &'t BoundedTable<Destination, HopCount>,
-    known_proxies: &'t BoundedTable<u64, ()>,
+    arbiter: &'t Arbiter<P>,
     flow: &'t Flow<'f>,
     now: Instant,
     window: Duration,
@@ -293,19 +293,23 @@ struct Live<'t, 'f, P> {
 impl<P: Policy> ConnectFacts for Live<'_, '_, P> {
     #[inline(always)]
     fn rule(&mut self) -> Option<RuleHit> {
-        *self.memo.rule.get_or_insert_with(|| self.policy.first_match(self.flow))
+        *self.memo.rule.get_or_insert_with(|| self.arbiter.policy.first_match(self.flow))
     }
     fn trusted(&mut self) -> bool {
-        *self.memo.trusted.get_or_insert_with(|| self.policy.is_trusted(&self.flow.app))
+        *self.memo.trusted.get_or_insert_with(|| self.arbiter.policy.is_trusted(&self.flow.app))
     }
     fn known_local_proxy(&mut self) -> bool {
         *self.memo.known_local_proxy.get_or_insert_with(|| {
-            self.known_proxies.get(&self.flow.pid, self.now).is_some() || self.policy.is_known_proxy(&self.flow.app)
+            self.arbiter.known_proxies.get(&self.flow.pid, self.now).is_some()
+                || self.arbiter.policy.is_known_proxy(&self.flow.app)
         })
     }
     fn hops(&mut self) -> u16 {
         let (dest, now, window) = (self.flow.destination(), self.now, self.window);
-        *self.memo.hops.get_or_insert_with(|| self.destinations.get(&dest, now).map_or(0, |h| h.count_at(now, window)))
+        *self
+            .memo
+            .hops
+            .get_or_insert_with(|| self.arbiter.destinations.get(&dest, now).map_or(0, |h| h.count_at(now, window)))
     }
 }
 
@@ -525,15 +529,8 @@ impl<P: Policy> Arbiter<P> {
     #[inline(always)]
     fn consult_connect(&self, input: &ConnectRedirectRef<'_, '_>, now: Instant, memo: &mut Consulted) -> Row {
         let loops = self.policy.loop_policy();
-        let mut live = Live {
-            policy: &self.policy,
-            destinations: &self.destinations,
-            known_proxies: &self.known_proxies,
-            flow: input.flow,
-            now,
-            window: loops.hop_window,
-            memo: Consulted::default(),
-        };
+        let mut live =
+            Live { arbiter: self, flow: input.flow, now, window: loops.hop_window, memo: Consulted::default() };
         let row = decide::connect_redirect_row(input, &self.env, &loops, &mut live);
         *memo = live.memo;
         row

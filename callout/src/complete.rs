@@ -110,7 +110,9 @@ enum Later {
 
 /// Calls one classifyFn defers: one apply and two releases at most (a
 /// refused pend releases its handle before the layer data is acquired).
-const DEFERRED_CALLS: usize = 4;
+/// No more: the kept calls sit on classifyFn's frame, under everything it
+/// calls (should more come, the extra ones are made at once instead).
+const DEFERRED_CALLS: usize = 3;
 
 /// An [`Fwps`] for one classifyFn under the driver's lock: every call goes
 /// through at once except `FwpsApplyModifiedLayerData0` and
