@@ -470,9 +470,9 @@ pub unsafe fn walk_chain(
     unsafe { walk_chain_into(request, own_filters, own_filter, &mut chain) }.map(|()| chain)
 }
 
-/// [`walk_chain`] into the input's own chain, which must start empty (the
-/// chain is some 140 bytes: classifyFn builds it in place rather than copy it
-/// on its small kernel stack). On error the chain is left empty.
+/// [`walk_chain`] into `chain`, which must start empty (the chain is some
+/// 140 bytes: classifyFn walks it into the adapter's state rather than onto
+/// its small kernel stack). On error the chain is left empty.
 ///
 /// # Safety
 ///
