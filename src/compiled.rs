@@ -484,16 +484,16 @@ impl CompiledRules {
         // A cursor, not a callback: each rule check runs beside the walk.
         let mut matches = self.globs.matches(id);
         while let Some(key) = matches.next_key() {
-            let key = to_usize(key);
-            if lists & APP != 0
-                && let Some(&p) = self.app.get(key)
-            {
-                self.visit(p, q, APP, best);
-            }
-            if lists & ORIGINAL_APP != 0
-                && let Some(&p) = self.original_app.get(key)
-            {
-                self.visit(p, q, ORIGINAL_APP, best);
+            // The app list, then the original-app list (lowest bit first):
+            // one visit site, so the walk's frame holds one inlined copy.
+            let mut left = lists;
+            while left != 0 {
+                let skip = left & left.wrapping_neg();
+                left &= !skip;
+                let list = if skip == APP { &self.app } else { &self.original_app };
+                if let Some(&p) = list.get(to_usize(key)) {
+                    self.visit(p, q, skip, best);
+                }
             }
         }
     }
