@@ -68,7 +68,7 @@ STACK_LIMIT = 2048
 # frames above the glob matcher to GLOB_ENTRY_BUDGET (failures, not reports).
 ENFORCE_STACK = False
 # How deep the classify path may be where it enters the glob matcher: the
-# classifyFn, the adapter, the decision and the rule walk above it (1,344 B
+# classifyFn, the adapter, the decision and the rule walk above it (1,328 B
 # when set). What is left of the limit is the glob matcher's share.
 GLOB_ENTRY_BUDGET = 1376
 
