@@ -23,7 +23,8 @@
 //! at the inner ends of its literal head and tail (the units next to the
 //! wildcard, where paths sharing a directory differ) before the whole literal
 //! parts are compared and the middle is matched ([`Middle`]: each unit of
-//! the id read once, at most two in flight). Patterns with no anchor (`*`,
+//! the id read once, its mask two loads through a class map, three chains
+//! in flight). Patterns with no anchor (`*`,
 //! `*foo*`) are tried one by one.
 //!
 //! The cost of a lookup is linear in the id whatever it holds: the

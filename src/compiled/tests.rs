@@ -294,7 +294,7 @@ proptest! {
     }
 
     /// The linear middle matcher (segments found one after the other, long
-    /// runs searched as two halves at once) against the reference matcher:
+    /// runs searched as stretches side by side) against the reference matcher:
     /// long ids built from the segments' own text, so that segments occur,
     /// almost occur and overlap, with `?`, case and the Kelvin sign.
     #[test]
