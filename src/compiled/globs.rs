@@ -596,6 +596,7 @@ const CHAINS: usize = 3;
 /// once one finds an occurrence, the stretches after it are dropped (they
 /// mirror the first, whose hits end the search anyway) and the ones before
 /// it go on.
+#[inline(always)]
 fn segment_search<S: Units + ?Sized>(
     t: &MiddleTables<'_>,
     s: &S,
@@ -624,20 +625,18 @@ fn segment_search<S: Units + ?Sized>(
     // 1) len keeps consecutive ones overlapping by `len` units or more.
     let m = n.saturating_add(len.saturating_mul(CHAINS - 1)).div_ceil(4 * CHAINS).saturating_mul(4);
     let gap = n.checked_sub(m)?;
-    let mut bases = [from; CHAINS];
-    for (i, b) in bases.iter_mut().enumerate() {
-        *b = from.saturating_add(gap.saturating_mul(i) / (CHAINS - 1));
-    }
-    // Stretches `0..live` search; the others mirror stretch 0.
+    // Stretch `i` starts at `from + gap i / (CHAINS - 1)`; stretches `0..live`
+    // search, the others mirror stretch 0.
     let mut live = CHAINS;
+    let base = |i: usize, live: usize| if i < live { from.saturating_add(gap.saturating_mul(i) / (CHAINS - 1)) } else { from };
     let mut found = None;
-    let mut d = [0u64; CHAINS];
-    let mut done = 0usize;
-    let base = |i: usize, live: usize| if i < live { bases.get(i).copied().unwrap_or(from) } else { from };
+    let mut c = Chains { at: [from; CHAINS], left: m, d: [0; CHAINS], start, top };
     loop {
-        let lane = |i: usize| s.lane(base(i, live).saturating_add(done), base(i, live).saturating_add(m));
-        let lanes = [lane(0)?, lane(1)?, lane(2)?];
-        let Some(k) = chains(t, start, top, lanes, &mut d) else { return found };
+        let done = m.saturating_sub(c.left);
+        for (i, a) in c.at.iter_mut().enumerate() {
+            *a = base(i, live).saturating_add(done);
+        }
+        let Some(k) = chains(t, s, &mut c) else { return found };
         // Four units from `at` on hold a hit: the lowest stretch with one
         // ends it, and drops the ones after it. A stretch's state before
         // them is that of its last `len - 1` units read afresh.
@@ -660,38 +659,49 @@ fn segment_search<S: Units + ?Sized>(
             return found;
         }
         // The dropped stretches take stretch 0's state.
-        let first = d.first().copied().unwrap_or(0);
-        for d in d.iter_mut().skip(live) {
+        let first = c.d.first().copied().unwrap_or(0);
+        for d in c.d.iter_mut().skip(live) {
             *d = first;
         }
-        done = at.saturating_add(4);
+        c.left = m.saturating_sub(at.saturating_add(4));
+        if c.left == 0 {
+            return found;
+        }
     }
 }
 
-/// Steps every chain over its lane (states `d`), four units at a time,
-/// until the lanes run out (`None`) or four units hold a hit for some
-/// chain: the index of those four among the lane's (the states are then
+/// The search chains of [`segment_search`]: where each reads from, how
+/// many units are left to each, their states, and the segment's first and
+/// last bits.
+struct Chains {
+    at: [usize; CHAINS],
+    left: usize,
+    d: [u64; CHAINS],
+    start: u64,
+    top: u64,
+}
+
+/// Steps every chain over the units left to it, four at a time, until
+/// they run out (`None`: no hit, the states are after them) or four units
+/// hold a hit for some chain: the index of those four (the states are then
 /// after them). A small loop of its own, so that its state stays in
 /// registers: per unit, three loads and three operations, and one more to
 /// note a hit.
 #[inline(never)]
-fn chains<L: Lane>(
-    t: &MiddleTables<'_>,
-    start: u64,
-    top: u64,
-    lanes: [L; CHAINS],
-    d: &mut [u64; CHAINS],
-) -> Option<usize> {
-    let [l0, l1, l2] = lanes;
+fn chains<S: Units + ?Sized>(t: &MiddleTables<'_>, s: &S, c: &mut Chains) -> Option<usize> {
+    let (start, top, len) = (c.start, c.top, c.left);
+    let lane = |i: usize| c.at.get(i).and_then(|&a| s.lane(a, a.saturating_add(len)));
+    let (l0, l1, l2) = (lane(0)?, lane(1)?, lane(2)?);
+    let d = &mut c.d;
     let [mut d0, mut d1, mut d2] = *d;
     let step = |d: u64, u: u16| (d << 1).wrapping_add(start) & t.mask(u);
     let mut hit = None;
     for (k, ((x0, x1), x2)) in l0.quads().zip(l1.quads()).zip(l2.quads()).enumerate() {
         let mut seen = 0u64;
         for j in 0..4 {
-            d0 = step(d0, L::unit(x0, j));
-            d1 = step(d1, L::unit(x1, j));
-            d2 = step(d2, L::unit(x2, j));
+            d0 = step(d0, S::Lane::unit(x0, j));
+            d1 = step(d1, S::Lane::unit(x1, j));
+            d2 = step(d2, S::Lane::unit(x2, j));
             seen |= d0 | d1 | d2;
         }
         if seen & top != 0 {
@@ -831,6 +841,23 @@ fn filter_bit(anchor: Anchor, shift: u32) -> usize {
     let (kind, len, d) = anchor;
     let x = (d ^ (u64::from(len) << 40) ^ (u64::from(kind) << 58)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     usize::try_from(x.checked_shr(64u32.saturating_sub(shift)).unwrap_or(0)).unwrap_or(0)
+}
+
+/// A middle without tables (only stars).
+const NO_TABLES: Middle =
+    Middle { masks: 0, map: 0, any: 0, starts: 0, ends: 0, units: 0, lead_star: false, trail_star: false };
+
+/// What [`GlobIndex::literal_parts`] leaves to match.
+enum Literal {
+    /// A literal part differs.
+    Differs,
+    /// A pattern without wildcard, equal to the whole id.
+    Whole,
+    /// The literal parts match; the wildcard middle must accept the units
+    /// between them ([`GlobIndex::middle_matches`]).
+    Middle,
+    /// The same, for a middle the linear matcher does not take.
+    Wild,
 }
 
 impl GlobIndex {
@@ -992,17 +1019,19 @@ impl GlobIndex {
         self.units.get(s..s.saturating_add(to_usize(k.len))).unwrap_or(&[])
     }
 
-    /// Does the wildcard middle `mid` (of pattern units `pattern`) accept
-    /// the id's units `[from, to)`? Its segments are found one after the
+    /// Does pattern `key`'s wildcard middle accept the id's units between
+    /// its literal head and tail? Its segments are found one after the
     /// other, each where it first occurs after the one before (`*` between
     /// them takes whatever lies between, so the earliest occurrence leaves
     /// the most room to the rest): one pass over the units, each read once.
-    /// A first segment without a `*` before it must start at `from`, a last
-    /// one without a `*` after it must end at `to`.
-    fn middle_matches<S: Units + ?Sized>(&self, mid: &Middle, pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
+    /// A first segment without a `*` before it must start at the head's
+    /// end, a last one without a `*` after it must end at the tail.
+    #[inline(never)]
+    fn middle_matches<S: Units + ?Sized>(&self, key: u32, s: &S) -> bool {
+        let (_, mid, from, to) = self.middle_of(key, s);
         let m = mid.units;
         if to_usize(m) > MAX_MIDDLE_UNITS {
-            return wild_match_backtracking(pattern, s, from, to);
+            return false;
         }
         if m == 0 {
             // Only stars: any run.
@@ -1123,33 +1152,67 @@ impl GlobIndex {
     /// Does pattern `key` match? The units next to the wildcards are compared
     /// first (paths sharing a directory differ there), then the whole
     /// literal head and tail; the wildcard matcher only runs on the middle.
+    /// The literal checks run in a frame of their own, and the middle's
+    /// check is the last call, with few arguments, so that it can replace
+    /// this frame rather than stack on it: the kernel's classify path stays
+    /// shallow (the driver image's stack check counts such jumps so).
     pub(super) fn key_matches<S: Units + ?Sized>(&self, key: u32, id: &S) -> bool {
+        match self.literal_parts(key, id) {
+            Literal::Differs => false,
+            Literal::Whole => true,
+            Literal::Middle => self.middle_matches(key, id),
+            Literal::Wild => self.wild_middle_matches(key, id),
+        }
+    }
+
+    /// Pattern `key`'s wildcard middle and the id's units it must accept.
+    fn middle_of<S: Units + ?Sized>(&self, key: u32, id: &S) -> (&[u16], &Middle, usize, usize) {
+        let k = self.key(key);
+        let (head, tail, len) = (to_usize(k.head), to_usize(k.tail), to_usize(k.len));
+        let units = self.pattern(&k).get(head..len.saturating_sub(tail)).unwrap_or(&[]);
+        let mid = self.middles.get(to_usize(k.middle)).unwrap_or(&NO_TABLES);
+        (units, mid, head, id.count().saturating_sub(tail))
+    }
+
+    /// [`Self::key_matches`] for a middle above the linear matcher's limits
+    /// (the validator refuses those; unchecked rule sets may hold them).
+    #[inline(never)]
+    fn wild_middle_matches<S: Units + ?Sized>(&self, key: u32, id: &S) -> bool {
+        let (units, _, from, to) = self.middle_of(key, id);
+        wild_match_backtracking(units, id, from, to)
+    }
+
+    /// Pattern `key`'s literal parts against the id: what is left to match.
+    #[inline(never)]
+    fn literal_parts<S: Units + ?Sized>(&self, key: u32, id: &S) -> Literal {
         let k = self.key(key);
         let (head, tail, len) = (to_usize(k.head), to_usize(k.tail), to_usize(k.len));
         let p = self.pattern(&k);
         let n = id.count();
         if head == len {
             // No wildcard: plain case-insensitive equality.
-            return n == len && id.same(0, p, true);
+            return if n == len && id.same(0, p, true) { Literal::Whole } else { Literal::Differs };
         }
         if head.saturating_add(tail) > n {
-            return false;
+            return Literal::Differs;
         }
         let tail_at = n.saturating_sub(tail);
         let inner_head = head.min(PRINT_UNITS);
         let inner_tail = tail.min(PRINT_UNITS);
         let at = |from: usize, count: usize| pack((from..from.saturating_add(count)).map(|i| id.at(i)));
         if at(head.saturating_sub(inner_head), inner_head) != k.head_print || at(tail_at, inner_tail) != k.tail_print {
-            return false;
+            return Literal::Differs;
         }
         let head_units = p.get(..head).unwrap_or(&[]);
         let tail_units = p.get(len.saturating_sub(tail)..).unwrap_or(&[]);
         if !id.same(tail_at, tail_units, false) || !id.same(0, head_units, true) {
-            return false;
+            return Literal::Differs;
         }
-        let middle = p.get(head..len.saturating_sub(tail)).unwrap_or(&[]);
-        let Some(mid) = self.middles.get(to_usize(k.middle)) else { return false };
-        self.middle_matches(mid, middle, id, head, tail_at)
+        match self.middles.get(to_usize(k.middle)) {
+            Some(mid) if to_usize(mid.units) > MAX_MIDDLE_UNITS => Literal::Wild,
+            Some(_) => Literal::Middle,
+            None => Literal::Differs,
+        }
     }
 
     /// Where [`segment_search`] finds the first segment of pattern `key`'s
