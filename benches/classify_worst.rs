@@ -75,6 +75,13 @@ fn shapes() -> Vec<(&'static str, String, String)> {
     let wide = format!("*{}ß*", "É".repeat(MAX_GLOB_MIDDLE - 1));
     let (p, id) = framed(&wide, "é");
     v.push(("non-ASCII id and segment", p, id));
+    // Units spread over every cache line of the class map, so that its
+    // reads miss the first-level cache.
+    let spread: String = (0..ID_UNITS)
+        .map(|i| char::from_u32(0x0100 + ((i * 64) % 0xd700) as u32).unwrap_or('x'))
+        .collect::<String>();
+    let (p, id) = framed(&wide, &spread);
+    v.push(("units across the whole class map", p, id));
     for (name, p, id) in &v {
         let units: Vec<u16> = p.encode_utf16().collect();
         assert_eq!(check_glob(&units), Ok(()), "{name}: not a legal pattern");

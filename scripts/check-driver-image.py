@@ -213,8 +213,8 @@ def stack_report(image, info, syms, say, fail):
     asm = subprocess.run(["llvm-objdump", "-d", "--no-show-raw-insn", image],
                          capture_output=True, text=True, check=True).stdout
     bounds = [rva for rva, _ in funcs] + [text_va + text_size]
-    frames, calls, indirect, imports_called = {}, {}, {}, {}
-    current, prologue, pushes, size, probe = None, False, 0, 0, 0
+    frames, calls, tails, indirect, imports_called = {}, {}, {}, {}, {}
+    current, prologue, pushes, size, probe, last = None, False, 0, 0, 0, ""
     for line in asm.splitlines():
         m = re.match(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$", line)
         if not m:
@@ -225,7 +225,7 @@ def stack_report(image, info, syms, say, fail):
             if current is not None:
                 frames[current] = 8 + 8 * pushes + size
             current, prologue, pushes, size, probe = starts[rva], True, 0, 0, 0
-            calls[current], indirect[current], imports_called[current] = set(), 0, set()
+            calls[current], tails[current], indirect[current], imports_called[current] = set(), set(), 0, set()
         if current is None:
             continue
         if prologue:
@@ -249,13 +249,18 @@ def stack_report(image, info, syms, say, fail):
             if mm := re.match(r"0x([0-9a-f]+)", args):
                 target = int(mm.group(1), 16) - base
                 if target in starts and starts[target] != current:
-                    calls[current].add(starts[target])
+                    # A jump to another function right after this one's
+                    # epilogue (or from a function with no frame) is a tail
+                    # call: the callee's frame replaces this one.
+                    tail = op != "callq" and (last in ("popq", "addq %rsp") or (pushes == 0 and size == 0))
+                    (tails if tail else calls)[current].add(starts[target])
             elif mm := re.search(r"# 0x([0-9a-f]+)", args):
                 target = int(mm.group(1), 16) - base
                 if target in imp:
                     imports_called[current].add(imp[target])
             elif op == "callq":
                 indirect[current] += 1
+        last = "addq %rsp" if op == "addq" and args.endswith("%rsp") else op
     if current is not None:
         frames[current] = 8 + 8 * pushes + size
 
@@ -277,6 +282,10 @@ def stack_report(image, info, syms, say, fail):
             if d[0] > best[0]:
                 best = d
         r = (frames.get(f, 0) + best[0], [f] + best[1])
+        for g in tails.get(f, ()):
+            d = deepest(g, seen | {f})
+            if d[0] > r[0]:
+                r = (d[0], [f + " (tail call, frame released)"] + d[1])
         memo[f] = r
         return r
 
@@ -294,6 +303,7 @@ def stack_report(image, info, syms, say, fail):
             continue
         reach.add(f)
         stack.extend(calls.get(f, ()))
+        stack.extend(tails.get(f, ()))
     n_indirect = sum(indirect.get(f, 0) for f in reach)
     kernel = sorted(set().union(*(imports_called.get(f, set()) for f in reach)))
     say(f"classify path: deepest chain {total} B over {len(chain)} frames "
@@ -319,7 +329,13 @@ def stack_report(image, info, syms, say, fail):
                 entry = max(entry or 0, e)
             other = max(other, o)
         here = frames.get(f, 0)
-        return (None if entry is None else here + entry, here + other)
+        entry, other = (None if entry is None else here + entry), here + other
+        for g in tails.get(f, ()):
+            e, o = (0, 0) if RULE_MATCHER.search(demangle(g)) else split(g, seen | {f})
+            if e is not None:
+                entry = max(entry or 0, e)
+            other = max(other, o)
+        return (entry, other)
 
     parts = [split(r, frozenset(), RULE_MATCHER) for r in roots]
     entry = max((e for e, _ in parts if e is not None), default=None)

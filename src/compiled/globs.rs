@@ -23,7 +23,8 @@
 //! at the inner ends of its literal head and tail (the units next to the
 //! wildcard, where paths sharing a directory differ) before the whole literal
 //! parts are compared and the middle is matched ([`Middle`]: each unit of
-//! the id read once, at most two in flight). Patterns with no anchor (`*`,
+//! the id read once, its mask two loads through a class map, three chains
+//! in flight). Patterns with no anchor (`*`,
 //! `*foo*`) are tried one by one.
 //!
 //! The cost of a lookup is linear in the id whatever it holds: the
@@ -125,9 +126,8 @@ pub(super) struct GlobIndex {
     /// built once so that matching keeps no table on the (kernel) stack.
     middles: Vec<Middle>,
     masks: Vec<u64>,
-    eq: Vec<(u16, u64)>,
-    pages: Vec<[u8; PAGE]>,
-    classes: Vec<[u64; PAGE]>,
+    /// Class maps ([`UNITS`] bytes each), shared by the middles in them.
+    maps: Vec<u8>,
     anchors: HashTable<Bucket>,
     anchor_keys: Vec<u32>,
     /// One bit per [`filter_bit`] of every anchor in `anchors`.
@@ -176,27 +176,30 @@ pub(super) trait Units {
 
 /// A run of an id's units as stored, read in order without copying.
 pub(super) trait Lane: Copy {
+    /// Four units as stored.
+    type Quad: Copy;
     /// The units, in order.
     fn units(self) -> impl ExactSizeIterator<Item = u16>;
-    /// The units four at a time, the first in the low bits (the last
-    /// `len % 4` units are left out).
-    fn words(self) -> impl Iterator<Item = u64>;
-    /// The units four at a time (the last `len % 4` units are left out).
-    fn quads(self) -> impl Iterator<Item = [u16; 4]>;
+    /// The units four at a time (the last `len % 4` units are left out),
+    /// borrowed: each unit is then read by a load of its own.
+    fn quads(self) -> impl Iterator<Item = Self::Quad>;
+    /// Unit `j` (0..4) of a quad (0 past it).
+    fn unit(q: Self::Quad, j: usize) -> u16;
 }
 
-impl Lane for &[u16] {
+impl<'a> Lane for &'a [u16] {
+    type Quad = &'a [u16; 4];
     #[inline(always)]
     fn units(self) -> impl ExactSizeIterator<Item = u16> {
         self.iter().copied()
     }
     #[inline(always)]
-    fn words(self) -> impl Iterator<Item = u64> {
-        self.quads().map(word)
+    fn quads(self) -> impl Iterator<Item = &'a [u16; 4]> {
+        self.as_chunks::<4>().0.iter()
     }
     #[inline(always)]
-    fn quads(self) -> impl Iterator<Item = [u16; 4]> {
-        self.chunks_exact(4).map(|c| c.try_into().unwrap_or([0; 4]))
+    fn unit(q: &[u16; 4], j: usize) -> u16 {
+        q.get(j).copied().unwrap_or(0)
     }
 }
 
@@ -204,7 +207,8 @@ impl Lane for &[u16] {
 #[derive(Clone, Copy)]
 pub(super) struct Bytes<'a>(&'a [u8]);
 
-impl Lane for Bytes<'_> {
+impl<'a> Lane for Bytes<'a> {
+    type Quad = &'a [[u8; 2]; 4];
     #[inline(always)]
     fn units(self) -> impl ExactSizeIterator<Item = u16> {
         self.0.chunks_exact(2).map(|c| match c {
@@ -213,20 +217,12 @@ impl Lane for Bytes<'_> {
         })
     }
     #[inline(always)]
-    fn words(self) -> impl Iterator<Item = u64> {
-        self.0.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+    fn quads(self) -> impl Iterator<Item = &'a [[u8; 2]; 4]> {
+        self.0.as_chunks::<2>().0.as_chunks::<4>().0.iter()
     }
     #[inline(always)]
-    fn quads(self) -> impl Iterator<Item = [u16; 4]> {
-        self.0.chunks_exact(8).map(|c| match c {
-            &[a, b, c, d, e, f, g, h] => [
-                u16::from_le_bytes([a, b]),
-                u16::from_le_bytes([c, d]),
-                u16::from_le_bytes([e, f]),
-                u16::from_le_bytes([g, h]),
-            ],
-            _ => [0; 4],
-        })
+    fn unit(q: &[[u8; 2]; 4], j: usize) -> u16 {
+        u16::from_le_bytes(q.get(j).copied().unwrap_or([0; 2]))
     }
 }
 
@@ -322,36 +318,32 @@ fn fold_bytes(bytes: &[u8], out: &mut [u16]) {
 /// to its last) may hold for the linear matcher: one bit each in a `u64`.
 const MAX_MIDDLE_UNITS: usize = crate::validate::MAX_GLOB_MIDDLE;
 
-/// ASCII units: entries `0..ASCII` of a middle's mask table.
+/// ASCII units (below them, case folding is ASCII's own).
 const ASCII: usize = 128;
-/// Entries of a middle's mask table: one per ASCII unit, then [`OTHER`].
-const TABLE: usize = ASCII + 1;
-/// The table entry of a unit outside ASCII (and not the Kelvin sign) that
-/// the middle does not name: only its `?` accept it.
-const OTHER: usize = ASCII;
+
+/// Units a class map covers: every UTF-16 unit.
+const UNITS: usize = 1 << 16;
+
+/// Classes a class map numbers, one byte each; class 0 holds the units no
+/// middle sharing the map names.
+const CLASSES: usize = 256;
 
 /// A pattern's wildcard middle, compiled for [`GlobIndex::middle_matches`].
 ///
 /// Its non-`*` units are numbered from 0 (at most [`MAX_MIDDLE_UNITS`]);
 /// `*` splits them into *segments*. Each unit of an id has a mask: bit `j`
 /// set when position `j` accepts it (a `?`, or the same unit after case
-/// folding). An ASCII unit's mask is one load from the middle's table
-/// (upper and lower case alike); so is any other unit when the middle is
-/// all ASCII (entry [`OTHER`]). A middle with non-ASCII units lists them in
-/// `eq` with every unit that folds to one of them ([`preimages`]), and its
-/// page tables ([`compile_pages`]) find a unit's entry in three loads: no
-/// case folding while matching.
+/// folding). The mask is two loads whatever the unit: a *class map* (64 KiB,
+/// shared by the middles compiled into it) gives the unit's class, one byte,
+/// the same for a unit and every unit folding alike; the middle's table
+/// gives the class's mask. So matching never folds case, never branches on
+/// what the id holds, and costs the same for ASCII and any other unit.
 #[derive(Clone, Copy, Debug, Default)]
 struct Middle {
-    /// Start of its [`TABLE`] masks in `GlobIndex::masks`.
+    /// Start of its [`CLASSES`] masks in `GlobIndex::masks`.
     masks: u32,
-    /// Its non-ASCII units with their masks, in `GlobIndex::eq`.
-    eq_start: u32,
-    eq_len: u32,
-    /// Where its page tables start in `GlobIndex::pages` ([`NO_PAGES`]: the
-    /// middle is all ASCII), and its masks by class in `GlobIndex::classes`.
-    pages: u32,
-    classes: u32,
+    /// Start of its class map in `GlobIndex::maps`.
+    map: u32,
     /// The mask of a unit the middle does not name (its `?` positions).
     any: u64,
     /// Bit `j` set when position `j` starts a segment.
@@ -424,83 +416,75 @@ pub(super) fn preimages(f: u16) -> impl Iterator<Item = u16> {
     upper.into_iter().chain(FOLD_EXTRAS.iter().filter(move |&&(_, g)| g == f).map(|&(u, _)| u))
 }
 
-/// [`Middle::pages`] of a middle without page tables.
-const NO_PAGES: u32 = u32::MAX;
-
-/// Entries of a page table: one per unit with the same high byte.
-const PAGE: usize = 256;
-
-/// The tables of a middle without pages (never read: it is all ASCII).
-static NO_DIR: [u8; PAGE] = [1; PAGE];
-static NO_CLASSES: [u64; PAGE] = [0; PAGE];
-
-/// Appends the page tables of a middle's non-ASCII units (`eq`, sorted) to
-/// `pages`: a directory with one byte per high byte of a unit (the page
-/// holding its units), an empty page, then one page per high byte in use,
-/// with one byte per unit, its class: 0 for a unit the middle does not
-/// name, `i + 1` for `eq[i]`; and the masks by class to `classes`. Reading
-/// a unit's mask is then three loads. `None` when there are too many pages
-/// or units for a byte. Returns where both start.
-fn compile_pages(
-    eq: &[(u16, u64)],
-    any: u64,
-    pages: &mut Vec<[u8; PAGE]>,
-    classes: &mut Vec<[u64; PAGE]>,
-) -> Result<Option<(u32, u32)>, OutOfMemory> {
-    let his = |u: u16| usize::from(u >> 8);
-    let mut used = [0u64; 4];
-    for &(u, _) in eq {
-        if let Some(w) = used.get_mut(his(u) / 64) {
-            *w |= 1 << (his(u) % 64);
-        }
-    }
-    let count: usize = used.iter().map(|w| to_usize(w.count_ones())).sum();
-    if count >= usize::from(u8::MAX) || eq.len() >= PAGE {
-        return Ok(None);
-    }
-    let at = pages.len();
-    pages.try_reserve(count.saturating_add(2)).map_err(|_| OutOfMemory)?;
-    // Every high byte reads the empty page (1) unless it has its own.
-    pages.push([1; PAGE]);
-    pages.push([0; PAGE]);
-    let mut masks = [any; PAGE];
-    for (i, &(u, m)) in eq.iter().enumerate() {
-        let class = i.saturating_add(1);
-        if let Some(slot) = masks.get_mut(class) {
-            *slot = m;
-        }
-        let page = match pages.get(at).and_then(|dir| dir.get(his(u))) {
-            Some(&1) | None => {
-                let page = pages.len().saturating_sub(at);
-                if let Some(slot) = pages.get_mut(at).and_then(|dir| dir.get_mut(his(u))) {
-                    *slot = u8::try_from(page).unwrap_or(1);
-                }
-                pages.push([0; PAGE]);
-                page
-            }
-            Some(&p) => usize::from(p),
-        };
-        if let Some(c) = pages.get_mut(at.saturating_add(page)).and_then(|p| p.get_mut(usize::from(u & 0xff))) {
-            *c = u8::try_from(class).unwrap_or(0);
-        }
-    }
-    classes.try_reserve(1).map_err(|_| OutOfMemory)?;
-    classes.push(masks);
-    Ok(Some((to_u32(at)?, to_u32(classes.len().saturating_sub(1))?)))
+/// The units that fold to folded unit `f`, `f` among them: its ASCII upper
+/// case, the Kelvin sign for `k`, and [`preimages`] outside ASCII.
+fn fold_set(f: u16) -> impl Iterator<Item = u16> {
+    let upper = u8::try_from(f).ok().filter(|b| b.is_ascii_lowercase()).map(|b| u16::from(b.to_ascii_uppercase()));
+    let kelvin = (f == u16::from(b'k')).then_some(KELVIN);
+    core::iter::once(f).chain(upper).chain(kelvin).chain(preimages(f))
 }
 
-/// Compiles a wildcard middle, appending its tables to the index's.
-fn compile_middle(
-    middle: &[u16],
-    masks: &mut Vec<u64>,
-    eq: &mut Vec<(u16, u64)>,
-    pages: &mut Vec<[u8; PAGE]>,
-    classes: &mut Vec<[u64; PAGE]>,
-) -> Result<Middle, OutOfMemory> {
+/// Builds the class maps while middles are compiled: each middle goes into
+/// the newest map if the units it names that the map lacks still fit in its
+/// classes, otherwise into a new map.
+struct MapBuilder<'a> {
+    maps: &'a mut Vec<u8>,
+    /// Start of the newest map in `maps` (None before the first).
+    at: Option<usize>,
+    /// Classes the newest map has given out (class 0 aside).
+    used: usize,
+}
+
+impl MapBuilder<'_> {
+    /// The class of unit `u` in the newest map (0: not named).
+    fn class(&self, u: u16) -> u8 {
+        self.at.and_then(|at| self.maps.get(at.saturating_add(usize::from(u)))).copied().unwrap_or(0)
+    }
+
+    /// Makes room for the folded units `named` (repeats allowed) in the
+    /// newest map, starting a new one when they do not fit, and numbers
+    /// those it lacks. Returns where that map starts.
+    fn place(&mut self, named: &[u16]) -> Result<usize, OutOfMemory> {
+        let fresh = |b: &Self| {
+            let mut n = 0usize;
+            for (i, &u) in named.iter().enumerate() {
+                if b.class(u) == 0 && !named.get(..i).unwrap_or(&[]).contains(&u) {
+                    n = n.saturating_add(1);
+                }
+            }
+            n
+        };
+        let at = match self.at {
+            Some(at) if self.used.saturating_add(fresh(self)) < CLASSES => at,
+            _ => {
+                let at = self.maps.len();
+                self.maps.try_reserve_exact(UNITS).map_err(|_| OutOfMemory)?;
+                self.maps.resize(at.saturating_add(UNITS), 0);
+                (self.at, self.used) = (Some(at), 0);
+                at
+            }
+        };
+        for &f in named {
+            if self.class(f) != 0 {
+                continue;
+            }
+            self.used = self.used.saturating_add(1);
+            let class = u8::try_from(self.used).unwrap_or(0);
+            for u in fold_set(f) {
+                if let Some(slot) = self.maps.get_mut(at.saturating_add(usize::from(u))) {
+                    *slot = class;
+                }
+            }
+        }
+        Ok(at)
+    }
+}
+
+/// Compiles a wildcard middle (folded units), appending its mask table to
+/// `masks` and its units to the class maps.
+fn compile_middle(middle: &[u16], masks: &mut Vec<u64>, maps: &mut MapBuilder<'_>) -> Result<Middle, OutOfMemory> {
     let mut mid = Middle {
-        pages: NO_PAGES,
         masks: to_u32(masks.len())?,
-        eq_start: to_u32(eq.len())?,
         lead_star: middle.first() == Some(&STAR),
         trail_star: middle.last() == Some(&STAR),
         ..Middle::default()
@@ -510,7 +494,9 @@ fn compile_middle(
     if units == 0 || units > MAX_MIDDLE_UNITS {
         return Ok(mid);
     }
-    // Positions, segments and the `?` bits.
+    // Positions, segments and the `?` bits; the units to name, folded.
+    let mut named = [0u16; MAX_MIDDLE_UNITS];
+    let mut count = 0usize;
     let mut j = 0usize;
     let mut star = true;
     for (i, &u) in middle.iter().enumerate() {
@@ -528,12 +514,18 @@ fn compile_middle(
         }
         if u == QUESTION {
             mid.any |= bit;
+        } else if let Some(slot) = named.get_mut(count) {
+            *slot = fold_unit(u);
+            count = count.saturating_add(1);
         }
         j = j.saturating_add(1);
     }
-    masks.try_reserve(TABLE).map_err(|_| OutOfMemory)?;
+    let named = named.get(..count).unwrap_or(&[]);
+    let map = maps.place(named)?;
+    mid.map = to_u32(map)?;
+    masks.try_reserve_exact(CLASSES).map_err(|_| OutOfMemory)?;
     let table = masks.len();
-    masks.resize(table.saturating_add(TABLE), mid.any);
+    masks.resize(table.saturating_add(CLASSES), mid.any);
     let mut j = 0usize;
     for &u in middle {
         if u == STAR {
@@ -544,46 +536,9 @@ fn compile_middle(
         if u == QUESTION {
             continue;
         }
-        if let Ok(b) = u8::try_from(u)
-            && usize::from(b) < ASCII
-        {
-            // The pattern is folded (lower case): its upper case reads alike.
-            for v in [b, b.to_ascii_uppercase()] {
-                if let Some(m) = masks.get_mut(table.saturating_add(usize::from(v))) {
-                    *m |= bit;
-                }
-            }
-        } else {
-            // The unit and every unit that folds to it.
-            for v in core::iter::once(u).chain(preimages(u)) {
-                if let Some(w) = eq.get_mut(to_usize(mid.eq_start)..).and_then(|t| t.iter_mut().find(|w| w.0 == v)) {
-                    w.1 |= bit;
-                } else {
-                    eq.try_reserve(1).map_err(|_| OutOfMemory)?;
-                    eq.push((v, mid.any | bit));
-                }
-            }
-        }
-    }
-    if eq.len() > to_usize(mid.eq_start) {
-        // The Kelvin sign reads as `k` (it is the one unit outside ASCII
-        // folding into it), through the pages like the other units.
-        let k = masks.get(table.saturating_add(usize::from(b'k'))).copied().unwrap_or(mid.any);
-        if k != mid.any {
-            eq.try_reserve(1).map_err(|_| OutOfMemory)?;
-            eq.push((KELVIN, k));
-        }
-    }
-    let own = eq.get_mut(to_usize(mid.eq_start)..).unwrap_or(&mut []);
-    own.sort_unstable_by_key(|w| w.0);
-    mid.eq_len = to_u32(own.len())?;
-    if !own.is_empty() {
-        match compile_pages(own, mid.any, pages, classes)? {
-            Some((at, c)) => (mid.pages, mid.classes) = (at, c),
-            // More pages than a byte numbers: cannot happen within
-            // MAX_MIDDLE_UNITS units (each has at most a few preimages),
-            // but if it did, the backtracking matcher would answer.
-            None => mid.units = to_u32(MAX_MIDDLE_UNITS.saturating_add(1))?,
+        let class = usize::from(maps.class(fold_unit(u)));
+        if let Some(m) = masks.get_mut(table.saturating_add(class)) {
+            *m |= bit;
         }
     }
     Ok(mid)
@@ -592,44 +547,19 @@ fn compile_middle(
 /// The tables of one [`Middle`], borrowed from the index.
 #[derive(Clone, Copy)]
 struct MiddleTables<'a> {
-    ascii: &'a [u64; TABLE],
-    /// The page tables of [`compile_pages`]: the directory, the pages it
-    /// numbers (empty for a middle without), the masks by class.
-    dir: &'a [u8; PAGE],
-    pages: &'a [[u8; PAGE]],
-    classes: &'a [u64; PAGE],
-    any: u64,
+    /// Its class map: a class for every unit.
+    map: &'a [u8; UNITS],
+    /// Its masks, by class.
+    masks: &'a [u64; CLASSES],
 }
 
 impl MiddleTables<'_> {
-    /// The mask of unit `u`, folded or not. `WIDE`: the middle has
-    /// non-ASCII units (otherwise the lookup needs no call, which keeps a
-    /// search loop's state in registers).
+    /// The mask of unit `u`, folded or not: two loads, no branch (both
+    /// indexes are in range by their types).
     #[inline(always)]
-    fn mask<const WIDE: bool>(&self, u: u16) -> u64 {
-        match self.ascii.get(usize::from(u)) {
-            Some(&m) if usize::from(u) < ASCII => m,
-            _ if WIDE => self.wide_mask(u),
-            // Only the Kelvin sign folds to ASCII (`k`); other units can
-            // only equal the middle's non-ASCII units.
-            _ => self.narrow_mask(u),
-        }
-    }
-
-    /// The mask of a non-ASCII unit, for a middle that has some: `eq`
-    /// lists them and every unit folding to one, the pages find the entry.
-    #[inline(always)]
-    fn wide_mask(&self, u: u16) -> u64 {
-        let page = self.dir.get(usize::from(u >> 8)).copied().unwrap_or(1);
-        let class = self.pages.get(usize::from(page)).map_or(0, |p| p.get(usize::from(u & 0xff)).copied().unwrap_or(0));
-        self.classes.get(usize::from(class)).copied().unwrap_or(self.any)
-    }
-
-    /// The mask of unit `u` for a middle without non-ASCII units: one load.
-    #[inline(always)]
-    fn narrow_mask(&self, u: u16) -> u64 {
-        let i = if u == KELVIN { usize::from(b'k') } else { usize::from(u).min(OTHER) };
-        self.ascii.get(i).copied().unwrap_or(0)
+    fn mask(&self, u: u16) -> u64 {
+        let class = self.map.get(usize::from(u)).copied().unwrap_or(0);
+        self.masks.get(usize::from(class)).copied().unwrap_or(0)
     }
 }
 
@@ -643,12 +573,14 @@ fn segment_at<S: Units + ?Sized>(t: &MiddleTables<'_>, s: &S, q: u32, e: u32, at
     let Some(lane) = s.lane(at, at.saturating_add(len)) else { return false };
     let mut bit = 1u64.checked_shl(q).unwrap_or(0);
     lane.units().all(|u| {
-        let m = if t.pages.is_empty() { t.mask::<false>(u) } else { t.mask::<true>(u) };
-        let hit = m & bit != 0;
+        let hit = t.mask(u) & bit != 0;
         bit <<= 1;
         hit
     })
 }
+
+/// Search chains run side by side (see [`segment_search`]).
+const CHAINS: usize = 3;
 
 /// Where the first occurrence of the segment at positions `[q, e]` ends
 /// (the index of its last unit), among those ending before `limit` and
@@ -656,61 +588,16 @@ fn segment_at<S: Units + ?Sized>(t: &MiddleTables<'_>, s: &S, q: u32, e: u32, at
 ///
 /// A shift-and search, one bit per position of the segment: the state after
 /// a unit depends only on the segment's length of units before it. So a
-/// long run is searched as two halves at once, the second starting that
-/// many units early, and the two chains of dependent steps interleave.
+/// long run is cut into [`CHAINS`] stretches of equal length, each starting
+/// at least that many units before the one before it ends (every occurrence
+/// then lies whole in one stretch), and the chains of dependent steps run
+/// interleaved. The first occurrence in a stretch never comes after the
+/// first in a later one, so the lowest stretch with an occurrence answers:
+/// once one finds an occurrence, the stretches after it are dropped (they
+/// mirror the first, whose hits end the search anyway) and the ones before
+/// it go on.
+#[inline(always)]
 fn segment_search<S: Units + ?Sized>(
-    t: &MiddleTables<'_>,
-    s: &S,
-    q: u32,
-    e: u32,
-    from: usize,
-    limit: usize,
-) -> Option<usize> {
-    if t.pages.is_empty() {
-        search::<S, false>(t, s, q, e, from, limit)
-    } else {
-        search::<S, true>(t, s, q, e, from, limit)
-    }
-}
-
-/// Units of a word (four UTF-16 units, the first in the low bits) that are
-/// not ASCII.
-const NON_ASCII: u64 = 0xff80_ff80_ff80_ff80;
-
-/// Unit `j` (0..4) of a word.
-#[inline(always)]
-fn unit_of(x: u64, j: u32) -> u16 {
-    u16::try_from(x.checked_shr(j.wrapping_mul(16)).unwrap_or(0) & 0xffff).unwrap_or(0)
-}
-
-/// Four shift-and steps over the ASCII units of word `x` from state `d`:
-/// the state after them, and every state's bits or-ed (a hit shows as the
-/// segment's last bit). One load per unit, no branch.
-#[inline(always)]
-fn four_ascii(ascii: &[u64; TABLE], start: u64, mut d: u64, x: u64) -> (u64, u64) {
-    let mut seen = 0u64;
-    for j in 0..4 {
-        let m = ascii.get(usize::from(unit_of(x, j) & 0x7f)).copied().unwrap_or(0);
-        d = (d << 1).wrapping_add(start) & m;
-        seen |= d;
-    }
-    (d, seen)
-}
-
-/// [`four_ascii`] for a word with a non-ASCII unit.
-#[inline(never)]
-fn four_wide<const WIDE: bool>(t: &MiddleTables<'_>, start: u64, mut d: u64, x: u64) -> (u64, u64) {
-    let mut seen = 0u64;
-    for j in 0..4 {
-        d = (d << 1).wrapping_add(start) & t.mask::<WIDE>(unit_of(x, j));
-        seen |= d;
-    }
-    (d, seen)
-}
-
-/// [`segment_search`], for a middle with (`WIDE`) or without non-ASCII units.
-#[inline(always)]
-fn search<S: Units + ?Sized, const WIDE: bool>(
     t: &MiddleTables<'_>,
     s: &S,
     q: u32,
@@ -723,128 +610,107 @@ fn search<S: Units + ?Sized, const WIDE: bool>(
     let len = to_usize(e.saturating_sub(q)).saturating_add(1);
     // `d` only holds bits `q..e` until it reaches `e`, so the shift never
     // carries into `start`: `+` is `|`, one `lea`.
-    let step = |d: u64, u: u16| (d << 1).wrapping_add(start) & t.mask::<WIDE>(u);
-    // Which unit of word `x` a hit found by `four` from `d` ends at.
-    let which = |mut d: u64, x: u64| {
-        (0..4usize)
-            .find(|&j| {
-                d = step(d, unit_of(x, u32::try_from(j).unwrap_or(0)));
-                d & top != 0
-            })
-            .unwrap_or(0)
-    };
-    // Units `[at, to)` one by one from state `d`: the hit's index, or the
-    // state after them.
-    let units = |mut d: u64, at: usize, to: usize| -> Result<usize, u64> {
-        let hit = s.lane(at, to).and_then(|l| {
-            l.units().position(|u| {
-                d = step(d, u);
-                d & top != 0
-            })
-        });
-        hit.map_or(Err(d), |i| Ok(at.saturating_add(i)))
-    };
+    let step = |d: u64, u: u16| (d << 1).wrapping_add(start) & t.mask(u);
     let n = limit.saturating_sub(from);
-    if n < len.saturating_mul(4).max(64) {
-        return units(0, from, limit).ok();
+    if n < len.saturating_mul(8).max(64) {
+        // A short run: one chain, unit by unit.
+        let mut d = 0u64;
+        let hit = s.lane(from, limit)?.units().position(|u| {
+            d = step(d, u);
+            d & top != 0
+        });
+        return hit.map(|i| from.saturating_add(i));
     }
-    // The first half: [from, from + k); the second: [b, limit), starting
-    // `len - 1` units before from + k to get the state there right.
-    let k = n.saturating_add(len).div_ceil(2);
-    let b = from.saturating_add(k).saturating_sub(len.saturating_sub(1));
-    let (end1, end2) = (from.saturating_add(k), limit);
-    let mut chains = Chains { d1: 0, d2: 0, done: 0 };
-    // Both chains, a word of each at a time, while the second half lasts
-    // and has found nothing (the second half is the shorter). The loop over
-    // words stops at a hit, read here.
-    let mut second = None;
+    // Stretches of `m` units, a multiple of four: CHAINS m >= n + (CHAINS -
+    // 1) len keeps consecutive ones overlapping by `len` units or more.
+    let m = n.saturating_add(len.saturating_mul(CHAINS - 1)).div_ceil(4 * CHAINS).saturating_mul(4);
+    let gap = n.checked_sub(m)?;
+    // Stretch `i` starts at `from + gap i / (CHAINS - 1)`; stretches `0..live`
+    // search, the others mirror stretch 0.
+    let mut live = CHAINS;
+    let base = |i: usize, live: usize| if i < live { from.saturating_add(gap.saturating_mul(i) / (CHAINS - 1)) } else { from };
+    let mut found = None;
+    let mut c = Chains { at: [from; CHAINS], left: m, d: [0; CHAINS], start, top };
     loop {
-        let done = chains.done;
-        let first = s.lane(from.saturating_add(done), end1)?;
-        let rest = s.lane(b.saturating_add(done), end2)?;
-        let Some((x1, x2)) = both::<_, WIDE>(t, start, top, first, rest, &mut chains) else { break };
-        let Chains { d1, d2, done } = chains;
-        let (n1, seen1) = four_wide::<WIDE>(t, start, d1, x1);
-        let (n2, seen2) = four_wide::<WIDE>(t, start, d2, x2);
-        if seen1 & top != 0 {
-            return Some(from.saturating_add(done).saturating_add(which(d1, x1)));
+        let done = m.saturating_sub(c.left);
+        for (i, a) in c.at.iter_mut().enumerate() {
+            *a = base(i, live).saturating_add(done);
         }
-        chains = Chains { d1: n1, d2: n2, done: done.wrapping_add(4) };
-        if seen2 & top != 0 {
-            second = Some(b.saturating_add(done).saturating_add(which(d2, x2)));
-            break;
+        let Some(k) = chains(t, s, &mut c) else { return found };
+        // Four units from `at` on hold a hit: the lowest stretch with one
+        // ends it, and drops the ones after it. A stretch's state before
+        // them is that of its last `len - 1` units read afresh.
+        let at = done.saturating_add(k.saturating_mul(4));
+        for i in 0..live {
+            let b = base(i, live);
+            let (x, y) = (b.saturating_add(at.saturating_sub(len)).max(b), b.saturating_add(at));
+            let mut state = 0u64;
+            let hit = s.lane(x, y.saturating_add(4))?.units().enumerate().position(|(j, u)| {
+                state = step(state, u);
+                x.saturating_add(j) >= y && state & top != 0
+            });
+            if let Some(j) = hit {
+                found = Some(x.saturating_add(j));
+                live = i;
+                break;
+            }
+        }
+        if live == 0 {
+            return found;
+        }
+        // The dropped stretches take stretch 0's state.
+        let first = c.d.first().copied().unwrap_or(0);
+        for d in c.d.iter_mut().skip(live) {
+            *d = first;
+        }
+        c.left = m.saturating_sub(at.saturating_add(4));
+        if c.left == 0 {
+            return found;
         }
     }
-    let Chains { mut d1, d2, mut done } = chains;
-    if second.is_none() {
-        // The second half's last units (fewer than four).
-        second = units(d2, b.saturating_add(done), limit).ok();
-    }
-    // The rest of the first half, alone: a hit there comes first.
-    for x1 in s.lane(from.saturating_add(done), end1)?.words() {
-        let (n1, seen1) =
-            if x1 & NON_ASCII == 0 { four_ascii(t.ascii, start, d1, x1) } else { four_wide::<WIDE>(t, start, d1, x1) };
-        if seen1 & top != 0 {
-            return Some(from.saturating_add(done).saturating_add(which(d1, x1)));
-        }
-        (d1, done) = (n1, done.wrapping_add(4));
-    }
-    units(d1, from.saturating_add(done), end1).ok().or(second)
 }
 
-/// The two chains of a search in halves, and the units each has read.
-#[derive(Clone, Copy)]
+/// The search chains of [`segment_search`]: where each reads from, how
+/// many units are left to each, their states, and the segment's first and
+/// last bits.
 struct Chains {
-    d1: u64,
-    d2: u64,
-    done: usize,
-}
-
-/// Steps both chains over words (`first` from the first half, `second`
-/// from the second, both where the chains are) until `second` runs out
-/// (`None`) or a pair of words holds a hit: that pair is returned unread.
-/// A small loop of its own, so that its state stays in registers.
-#[inline(never)]
-fn both<L: Lane, const WIDE: bool>(
-    t: &MiddleTables<'_>,
+    at: [usize; CHAINS],
+    left: usize,
+    d: [u64; CHAINS],
     start: u64,
     top: u64,
-    first: L,
-    second: L,
-    chains: &mut Chains,
-) -> Option<(u64, u64)> {
-    let Chains { mut d1, mut d2, mut done } = *chains;
-    let mut pending = None;
-    for (q2, q1) in second.quads().zip(first.quads()) {
-        let (x1, x2) = (word(q1), word(q2));
-        let (mut n1, mut n2, mut seen) = (d1, d2, 0u64);
-        if (x1 | x2) & NON_ASCII == 0 {
-            for (&u1, &u2) in q1.iter().zip(&q2) {
-                n1 = (n1 << 1).wrapping_add(start) & t.ascii.get(usize::from(u1 & 0x7f)).copied().unwrap_or(0);
-                n2 = (n2 << 1).wrapping_add(start) & t.ascii.get(usize::from(u2 & 0x7f)).copied().unwrap_or(0);
-                seen |= n1 | n2;
-            }
-        } else {
-            for (&u1, &u2) in q1.iter().zip(&q2) {
-                n1 = (n1 << 1).wrapping_add(start) & t.mask::<WIDE>(u1);
-                n2 = (n2 << 1).wrapping_add(start) & t.mask::<WIDE>(u2);
-                seen |= n1 | n2;
-            }
-        }
-        if seen & top != 0 {
-            pending = Some((x1, x2));
-            break;
-        }
-        (d1, d2, done) = (n1, n2, done.wrapping_add(4));
-    }
-    *chains = Chains { d1, d2, done };
-    pending
 }
 
-/// Four units as a word, the first in the low bits.
-#[inline(always)]
-fn word(q: [u16; 4]) -> u64 {
-    q.iter().rev().fold(0u64, |w, &u| (w << 16) | u64::from(u))
+/// Steps every chain over the units left to it, four at a time, until
+/// they run out (`None`: no hit, the states are after them) or four units
+/// hold a hit for some chain: the index of those four (the states are then
+/// after them). A small loop of its own, so that its state stays in
+/// registers: per unit, three loads and three operations, and one more to
+/// note a hit.
+#[inline(never)]
+fn chains<S: Units + ?Sized>(t: &MiddleTables<'_>, s: &S, c: &mut Chains) -> Option<usize> {
+    let (start, top, len) = (c.start, c.top, c.left);
+    let lane = |i: usize| c.at.get(i).and_then(|&a| s.lane(a, a.saturating_add(len)));
+    let (l0, l1, l2) = (lane(0)?, lane(1)?, lane(2)?);
+    let d = &mut c.d;
+    let [mut d0, mut d1, mut d2] = *d;
+    let step = |d: u64, u: u16| (d << 1).wrapping_add(start) & t.mask(u);
+    let mut hit = None;
+    for (k, ((x0, x1), x2)) in l0.quads().zip(l1.quads()).zip(l2.quads()).enumerate() {
+        let mut seen = 0u64;
+        for j in 0..4 {
+            d0 = step(d0, S::Lane::unit(x0, j));
+            d1 = step(d1, S::Lane::unit(x1, j));
+            d2 = step(d2, S::Lane::unit(x2, j));
+            seen |= d0 | d1 | d2;
+        }
+        if seen & top != 0 {
+            hit = Some(k);
+            break;
+        }
+    }
+    *d = [d0, d1, d2];
+    hit
 }
 
 /// The old matcher: iterative, one backtrack point, no allocation, but
@@ -977,6 +843,23 @@ fn filter_bit(anchor: Anchor, shift: u32) -> usize {
     usize::try_from(x.checked_shr(64u32.saturating_sub(shift)).unwrap_or(0)).unwrap_or(0)
 }
 
+/// A middle without tables (only stars).
+const NO_TABLES: Middle =
+    Middle { masks: 0, map: 0, any: 0, starts: 0, ends: 0, units: 0, lead_star: false, trail_star: false };
+
+/// What [`GlobIndex::literal_parts`] leaves to match.
+enum Literal {
+    /// A literal part differs.
+    Differs,
+    /// A pattern without wildcard, equal to the whole id.
+    Whole,
+    /// The literal parts match; the wildcard middle must accept the units
+    /// between them ([`GlobIndex::middle_matches`]).
+    Middle,
+    /// The same, for a middle the linear matcher does not take.
+    Wild,
+}
+
 impl GlobIndex {
     /// Indexes `patterns` (folded units, distinct). Every pattern can be
     /// checked with [`Self::key_matches`]; only those `indexed` says yes to
@@ -992,9 +875,7 @@ impl GlobIndex {
             keys: Vec::new(),
             middles: Vec::new(),
             masks: Vec::new(),
-            eq: Vec::new(),
-            pages: Vec::new(),
-            classes: Vec::new(),
+            maps: Vec::new(),
             anchors: HashTable::new(),
             anchor_keys: Vec::new(),
             filter: Vec::new(),
@@ -1029,6 +910,8 @@ impl GlobIndex {
         let mut anchored: Vec<(Anchor, u32)> = Vec::new();
         // Distinct component anchors chosen so far (at most MAX_COMPONENT_BUCKETS).
         let mut components: Vec<Anchor> = Vec::new();
+        let mut maps = Vec::new();
+        let mut map_builder = MapBuilder { maps: &mut maps, at: None, used: 0 };
         for (p, key) in patterns.zip(0u32..) {
             let head = p.iter().take_while(|&&u| !is_wild(u)).count();
             let tail = if head == p.len() { head } else { p.iter().rev().take_while(|&&u| !is_wild(u)).count() };
@@ -1037,7 +920,7 @@ impl GlobIndex {
             let mut middle = NO_MIDDLE;
             if head < p.len() {
                 let units = p.get(head..p.len().saturating_sub(tail)).unwrap_or(&[]);
-                let m = compile_middle(units, &mut ix.masks, &mut ix.eq, &mut ix.pages, &mut ix.classes)?;
+                let m = compile_middle(units, &mut ix.masks, &mut map_builder)?;
                 middle = to_u32(ix.middles.len())?;
                 ix.middles.try_reserve(1).map_err(|_| OutOfMemory)?;
                 ix.middles.push(m);
@@ -1094,6 +977,7 @@ impl GlobIndex {
             anchored.push((best, key));
         }
 
+        ix.maps = maps;
         anchored.sort_unstable();
         ix.anchor_keys.try_reserve_exact(anchored.len()).map_err(|_| OutOfMemory)?;
         // About 16 filter bits per distinct anchor, 64 at least.
@@ -1135,34 +1019,29 @@ impl GlobIndex {
         self.units.get(s..s.saturating_add(to_usize(k.len))).unwrap_or(&[])
     }
 
-    /// Does the wildcard middle `mid` (of pattern units `pattern`) accept
-    /// the id's units `[from, to)`? Its segments are found one after the
+    /// Does pattern `key`'s wildcard middle accept the id's units between
+    /// its literal head and tail? Its segments are found one after the
     /// other, each where it first occurs after the one before (`*` between
     /// them takes whatever lies between, so the earliest occurrence leaves
     /// the most room to the rest): one pass over the units, each read once.
-    /// A first segment without a `*` before it must start at `from`, a last
-    /// one without a `*` after it must end at `to`.
-    fn middle_matches<S: Units + ?Sized>(&self, mid: &Middle, pattern: &[u16], s: &S, from: usize, to: usize) -> bool {
+    /// A first segment without a `*` before it must start at the head's
+    /// end, a last one without a `*` after it must end at the tail.
+    #[inline(never)]
+    fn middle_matches<S: Units + ?Sized>(&self, key: u32, s: &S) -> bool {
+        let (_, mid, from, to) = self.middle_of(key, s);
         let m = mid.units;
         if to_usize(m) > MAX_MIDDLE_UNITS {
-            return wild_match_backtracking(pattern, s, from, to);
+            return false;
         }
         if m == 0 {
             // Only stars: any run.
             return true;
         }
         let table = |start: u32, len: usize| to_usize(start)..to_usize(start).saturating_add(len);
-        let Some(ascii) = self.masks.get(table(mid.masks, TABLE)).and_then(|m| <&[u64; TABLE]>::try_from(m).ok())
-        else {
-            return false;
-        };
-        let t = MiddleTables {
-            ascii,
-            dir: self.pages.get(to_usize(mid.pages)).unwrap_or(&NO_DIR),
-            pages: self.pages.get(to_usize(mid.pages)..).unwrap_or(&[]),
-            classes: self.classes.get(to_usize(mid.classes)).unwrap_or(&NO_CLASSES),
-            any: mid.any,
-        };
+        let masks = self.masks.get(table(mid.masks, CLASSES)).and_then(|m| <&[u64; CLASSES]>::try_from(m).ok());
+        let map = self.maps.get(table(mid.map, UNITS)).and_then(|m| <&[u8; UNITS]>::try_from(m).ok());
+        let (Some(masks), Some(map)) = (masks, map) else { return false };
+        let t = MiddleTables { map, masks };
         let mut pos = from;
         let mut starts = mid.starts;
         let mut first = true;
@@ -1273,33 +1152,93 @@ impl GlobIndex {
     /// Does pattern `key` match? The units next to the wildcards are compared
     /// first (paths sharing a directory differ there), then the whole
     /// literal head and tail; the wildcard matcher only runs on the middle.
+    /// The literal checks run in a frame of their own, and the middle's
+    /// check is the last call, with few arguments, so that it can replace
+    /// this frame rather than stack on it: the kernel's classify path stays
+    /// shallow (the driver image's stack check counts such jumps so).
     pub(super) fn key_matches<S: Units + ?Sized>(&self, key: u32, id: &S) -> bool {
+        match self.literal_parts(key, id) {
+            Literal::Differs => false,
+            Literal::Whole => true,
+            Literal::Middle => self.middle_matches(key, id),
+            Literal::Wild => self.wild_middle_matches(key, id),
+        }
+    }
+
+    /// Pattern `key`'s wildcard middle and the id's units it must accept.
+    fn middle_of<S: Units + ?Sized>(&self, key: u32, id: &S) -> (&[u16], &Middle, usize, usize) {
+        let k = self.key(key);
+        let (head, tail, len) = (to_usize(k.head), to_usize(k.tail), to_usize(k.len));
+        let units = self.pattern(&k).get(head..len.saturating_sub(tail)).unwrap_or(&[]);
+        let mid = self.middles.get(to_usize(k.middle)).unwrap_or(&NO_TABLES);
+        (units, mid, head, id.count().saturating_sub(tail))
+    }
+
+    /// [`Self::key_matches`] for a middle above the linear matcher's limits
+    /// (the validator refuses those; unchecked rule sets may hold them).
+    #[inline(never)]
+    fn wild_middle_matches<S: Units + ?Sized>(&self, key: u32, id: &S) -> bool {
+        let (units, _, from, to) = self.middle_of(key, id);
+        wild_match_backtracking(units, id, from, to)
+    }
+
+    /// Pattern `key`'s literal parts against the id: what is left to match.
+    #[inline(never)]
+    fn literal_parts<S: Units + ?Sized>(&self, key: u32, id: &S) -> Literal {
         let k = self.key(key);
         let (head, tail, len) = (to_usize(k.head), to_usize(k.tail), to_usize(k.len));
         let p = self.pattern(&k);
         let n = id.count();
         if head == len {
             // No wildcard: plain case-insensitive equality.
-            return n == len && id.same(0, p, true);
+            return if n == len && id.same(0, p, true) { Literal::Whole } else { Literal::Differs };
         }
         if head.saturating_add(tail) > n {
-            return false;
+            return Literal::Differs;
         }
         let tail_at = n.saturating_sub(tail);
         let inner_head = head.min(PRINT_UNITS);
         let inner_tail = tail.min(PRINT_UNITS);
         let at = |from: usize, count: usize| pack((from..from.saturating_add(count)).map(|i| id.at(i)));
         if at(head.saturating_sub(inner_head), inner_head) != k.head_print || at(tail_at, inner_tail) != k.tail_print {
-            return false;
+            return Literal::Differs;
         }
         let head_units = p.get(..head).unwrap_or(&[]);
         let tail_units = p.get(len.saturating_sub(tail)..).unwrap_or(&[]);
         if !id.same(tail_at, tail_units, false) || !id.same(0, head_units, true) {
-            return false;
+            return Literal::Differs;
         }
-        let middle = p.get(head..len.saturating_sub(tail)).unwrap_or(&[]);
-        let Some(mid) = self.middles.get(to_usize(k.middle)) else { return false };
-        self.middle_matches(mid, middle, id, head, tail_at)
+        match self.middles.get(to_usize(k.middle)) {
+            Some(mid) if to_usize(mid.units) > MAX_MIDDLE_UNITS => Literal::Wild,
+            Some(_) => Literal::Middle,
+            None => Literal::Differs,
+        }
+    }
+
+    /// Where [`segment_search`] finds the first segment of pattern `key`'s
+    /// middle in the id's units `[from, limit)` (the end of its first
+    /// occurrence), for the tests.
+    #[cfg(test)]
+    pub(super) fn first_segment_end<S: Units + ?Sized>(
+        &self,
+        key: u32,
+        id: &S,
+        from: usize,
+        limit: usize,
+    ) -> Option<usize> {
+        let mid = self.middles.get(to_usize(self.key(key).middle))?;
+        let table = |start: u32, len: usize| to_usize(start)..to_usize(start).saturating_add(len);
+        let masks = self.masks.get(table(mid.masks, CLASSES)).and_then(|m| <&[u64; CLASSES]>::try_from(m).ok())?;
+        let map = self.maps.get(table(mid.map, UNITS)).and_then(|m| <&[u8; UNITS]>::try_from(m).ok())?;
+        let q = mid.starts.trailing_zeros();
+        let e = (mid.ends >> q << q).trailing_zeros();
+        segment_search(&MiddleTables { map, masks }, id, q, e, from, limit)
+    }
+
+    /// The class maps, for the tests.
+    #[cfg(test)]
+    pub(super) fn class_maps(&self) -> impl Iterator<Item = &[u8]> {
+        self.maps.chunks_exact(UNITS)
     }
 
     /// Bytes held.
@@ -1309,9 +1248,7 @@ impl GlobIndex {
             self.keys.capacity().saturating_mul(size_of::<Key>()),
             self.middles.capacity().saturating_mul(size_of::<Middle>()),
             self.masks.capacity().saturating_mul(8),
-            self.eq.capacity().saturating_mul(size_of::<(u16, u64)>()),
-            self.pages.capacity().saturating_mul(PAGE),
-            self.classes.capacity().saturating_mul(PAGE * 8),
+            self.maps.capacity(),
             self.anchors.capacity().saturating_mul(size_of::<Bucket>().saturating_add(1)),
             self.anchor_keys.capacity().saturating_mul(4),
             self.filter.capacity().saturating_mul(8),

@@ -294,7 +294,7 @@ proptest! {
     }
 
     /// The linear middle matcher (segments found one after the other, long
-    /// runs searched as two halves at once) against the reference matcher:
+    /// runs searched as stretches side by side) against the reference matcher:
     /// long ids built from the segments' own text, so that segments occur,
     /// almost occur and overlap, with `?`, case and the Kelvin sign.
     #[test]
@@ -340,6 +340,49 @@ proptest! {
         if let Some(f) = fold(&app, &mut buf) {
             prop_assert_eq!(ix.key_matches(0, f), want);
         }
+    }
+
+    /// The segment search (long runs cut into stretches searched side by
+    /// side) finds the first occurrence, wherever it lies against the
+    /// stretches' edges: ids dense with occurrences and near-occurrences of
+    /// the segment, with `?`, case and the Kelvin sign, checked against a
+    /// scan of every position.
+    #[test]
+    fn segment_search_finds_the_first_occurrence(
+        segment in prop::collection::vec(prop::sample::select(vec!['a', 'b', '?', 'k', 'é']), 1..65),
+        pieces in prop::collection::vec((0usize..4, 0usize..70, any::<bool>()), 1..80),
+        cut in (0usize..64, 0usize..64),
+    ) {
+        use super::globs::GlobIndex;
+        let text: String = segment.iter().collect();
+        let glob = Glob::new(&alloc::format!("*{text}*")).unwrap();
+        let mut id = String::new();
+        for &(kind, run, upper) in &pieces {
+            let mut piece = match kind {
+                0 => text.replace('?', "x"),
+                // The segment with one unit changed: almost an occurrence.
+                1 => text.chars().enumerate().map(|(i, c)| if i == run % segment.len() { 'z' } else if c == '?' { 'b' } else { c }).collect(),
+                2 => "a".repeat(run) + if run % 2 == 0 { "\u{212A}" } else { "b" },
+                _ => "ab".repeat(run / 2),
+            };
+            if upper {
+                piece = piece.to_uppercase();
+            }
+            id.push_str(&piece);
+        }
+        let wide = WideString::new(&id);
+        let app = wide.app_id();
+        let n = app.len_units();
+        let (from, limit) = (cut.0.min(n), n.saturating_sub(cut.1).max(cut.0.min(n)));
+        let ix = GlobIndex::build([glob.units()].into_iter(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+        let units: Vec<u16> = (0..n).map(|i| fold_unit(app.unit(i).unwrap())).collect();
+        let pattern = glob.units().get(1..glob.units().len() - 1).unwrap();
+        let len = pattern.len();
+        let want = (from..limit).filter(|&end| end + 1 >= from + len).find(|&end| {
+            units[end + 1 - len..=end].iter().zip(pattern).all(|(&u, &p)| p == u16::from(b'?') || p == u)
+        });
+        prop_assert_eq!(ix.first_segment_end(0, &app, from, limit), want, "{:?} in {:?} [{}, {})", text, id, from, limit);
+        prop_assert_eq!(ix.first_segment_end(0, units.as_slice(), from, limit), want);
     }
 
     /// The compiled matcher answers exactly as the reference scan.
@@ -970,6 +1013,64 @@ fn kelvin_sign_reads_as_k_everywhere() {
             let app = wide.app_id();
             let want = crate::policy::glob_match(glob.units(), &app);
             assert_eq!(ix.key_matches(0, &app), want, "{p} vs {id:?}");
+        }
+    }
+}
+
+/// Class maps give a unit and its folded form the same class, for every
+/// unit; a rule set naming more units than one map numbers gets more maps,
+/// and patterns in each still answer exactly as the reference matcher.
+#[test]
+#[cfg_attr(miri, ignore = "65,536 units per map")]
+fn class_maps_fold_alike_and_overflow_into_new_maps() {
+    use super::globs::GlobIndex;
+    let letters: Vec<char> = ('a'..='z')
+        .chain('à'..='þ')
+        .chain('α'..='ω')
+        .chain('а'..='я')
+        .chain('ա'..='ֆ')
+        .chain('ᴀ'..='ᴊ')
+        .chain('\u{4e00}'..='\u{4e95}')
+        .collect();
+    let chunks: Vec<String> = letters.chunks(8).map(|c| c.iter().collect()).collect();
+    let globs: Vec<Glob> = chunks.iter().map(|c| Glob::new(&alloc::format!("*{c}*\\x")).unwrap()).collect();
+    let mut units: Vec<&[u16]> = globs.iter().map(Glob::units).collect();
+    units.sort_unstable();
+    units.dedup();
+    let ix = GlobIndex::build(units.iter().copied(), |_| true, ahash::RandomState::with_seeds(1, 2, 3, 4)).unwrap();
+    assert!(letters.len() > 255, "the letters must overflow one map");
+    assert!(ix.class_maps().count() >= 2, "{} maps", ix.class_maps().count());
+    for map in ix.class_maps() {
+        for u in 0..=u16::MAX {
+            assert_eq!(map[usize::from(u)], map[usize::from(fold_unit(u))], "{u:#06x}");
+        }
+    }
+    let upper = |c: char| {
+        let mut up = c.to_uppercase();
+        match (up.next(), up.next()) {
+            (Some(u), None)
+                if fold_unit(u16::try_from(u32::from(u)).unwrap_or(0)) == u16::try_from(u32::from(c)).unwrap_or(1) =>
+            {
+                u
+            }
+            _ => c,
+        }
+    };
+    for chunk in &chunks {
+        for id in [
+            alloc::format!("\\q{chunk}r\\x"),
+            alloc::format!("{}\\x", chunk.chars().map(upper).collect::<String>()),
+            alloc::format!("{chunk}\\y"),
+        ] {
+            let wide = WideString::new(&id);
+            let app = wide.app_id();
+            let mut any = false;
+            for (k, p) in (0u32..).zip(&units) {
+                let want = crate::policy::glob_match(p, &app);
+                any |= want;
+                assert_eq!(ix.key_matches(k, &app), want, "{id:?}");
+            }
+            assert_eq!(any, id.ends_with("\\x"), "{id:?}");
         }
     }
 }
