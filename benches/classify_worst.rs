@@ -77,9 +77,8 @@ fn shapes() -> Vec<(&'static str, String, String)> {
     v.push(("non-ASCII id and segment", p, id));
     // Units spread over every cache line of the class map, so that its
     // reads miss the first-level cache.
-    let spread: String = (0..ID_UNITS)
-        .map(|i| char::from_u32(0x0100 + ((i * 64) % 0xd700) as u32).unwrap_or('x'))
-        .collect::<String>();
+    let spread: String =
+        (0..ID_UNITS).map(|i| char::from_u32(0x0100 + ((i * 64) % 0xd700) as u32).unwrap_or('x')).collect::<String>();
     let (p, id) = framed(&wide, &spread);
     v.push(("units across the whole class map", p, id));
     for (name, p, id) in &v {

@@ -14,8 +14,9 @@ Usage: check-driver-image.py IMAGE MAP INX MINGW_LIB_DIR
 - every fwpkclnt.sys import is a documented WFP kernel routine;
 - kernel stack: the frame of every function (from its prologue) and the
   deepest call chain from each classifyFn, which must stay under 2 KiB
-  (enforced outside the compiled rule matcher, and above the glob matcher
-  within GLOB_ENTRY_BUDGET; the whole path once ENFORCE_STACK is set).
+  (the whole path; outside the compiled rule matcher on its own, and above
+  the glob matcher within GLOB_ENTRY_BUDGET, so a regression names the part
+  that grew).
 """
 
 import re
@@ -62,14 +63,13 @@ WFP_ROUTINES = {
 STATIC_ROUTINES = ["WdmlibIoCreateDeviceSecure"]
 
 STACK_LIMIT = 2048
-# Not enforced until the classify path fits (see driver/README.md): the glob
-# matcher's subtree (src/compiled/globs.rs) is still over its share.
-# Everything outside the rule matcher is held to the limit already, and the
-# frames above the glob matcher to GLOB_ENTRY_BUDGET (failures, not reports).
-ENFORCE_STACK = False
+# The whole classify path is held to the limit; so is everything outside the
+# rule matcher, and the frames above the glob matcher to GLOB_ENTRY_BUDGET,
+# so that a regression names the part that grew.
+ENFORCE_STACK = True
 # How deep the classify path may be where it enters the glob matcher: the
-# classifyFn, the adapter, the decision and the rule walk above it (1,328 B
-# when set). What is left of the limit is the glob matcher's share.
+# classifyFn, the adapter, the decision and the rule walk above it (1,344 B
+# today). What is left of the limit is the glob matcher's share.
 GLOB_ENTRY_BUDGET = 1376
 
 # The classifyFn entry points the driver registers (driver/src/lib.rs).
@@ -213,8 +213,8 @@ def stack_report(image, info, syms, say, fail):
     asm = subprocess.run(["llvm-objdump", "-d", "--no-show-raw-insn", image],
                          capture_output=True, text=True, check=True).stdout
     bounds = [rva for rva, _ in funcs] + [text_va + text_size]
-    frames, calls, tails, indirect, imports_called = {}, {}, {}, {}, {}
-    current, prologue, pushes, size, probe, last = None, False, 0, 0, 0, ""
+    frames, calls, indirect, imports_called = {}, {}, {}, {}
+    current, prologue, pushes, size, probe = None, False, 0, 0, 0
     for line in asm.splitlines():
         m = re.match(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$", line)
         if not m:
@@ -225,7 +225,7 @@ def stack_report(image, info, syms, say, fail):
             if current is not None:
                 frames[current] = 8 + 8 * pushes + size
             current, prologue, pushes, size, probe = starts[rva], True, 0, 0, 0
-            calls[current], tails[current], indirect[current], imports_called[current] = set(), set(), 0, set()
+            calls[current], indirect[current], imports_called[current] = set(), 0, set()
         if current is None:
             continue
         if prologue:
@@ -249,18 +249,13 @@ def stack_report(image, info, syms, say, fail):
             if mm := re.match(r"0x([0-9a-f]+)", args):
                 target = int(mm.group(1), 16) - base
                 if target in starts and starts[target] != current:
-                    # A jump to another function right after this one's
-                    # epilogue (or from a function with no frame) is a tail
-                    # call: the callee's frame replaces this one.
-                    tail = op != "callq" and (last in ("popq", "addq %rsp") or (pushes == 0 and size == 0))
-                    (tails if tail else calls)[current].add(starts[target])
+                    calls[current].add(starts[target])
             elif mm := re.search(r"# 0x([0-9a-f]+)", args):
                 target = int(mm.group(1), 16) - base
                 if target in imp:
                     imports_called[current].add(imp[target])
             elif op == "callq":
                 indirect[current] += 1
-        last = "addq %rsp" if op == "addq" and args.endswith("%rsp") else op
     if current is not None:
         frames[current] = 8 + 8 * pushes + size
 
@@ -282,10 +277,6 @@ def stack_report(image, info, syms, say, fail):
             if d[0] > best[0]:
                 best = d
         r = (frames.get(f, 0) + best[0], [f] + best[1])
-        for g in tails.get(f, ()):
-            d = deepest(g, seen | {f})
-            if d[0] > r[0]:
-                r = (d[0], [f + " (tail call, frame released)"] + d[1])
         memo[f] = r
         return r
 
@@ -303,7 +294,6 @@ def stack_report(image, info, syms, say, fail):
             continue
         reach.add(f)
         stack.extend(calls.get(f, ()))
-        stack.extend(tails.get(f, ()))
     n_indirect = sum(indirect.get(f, 0) for f in reach)
     kernel = sorted(set().union(*(imports_called.get(f, set()) for f in reach)))
     say(f"classify path: deepest chain {total} B over {len(chain)} frames "
@@ -329,13 +319,7 @@ def stack_report(image, info, syms, say, fail):
                 entry = max(entry or 0, e)
             other = max(other, o)
         here = frames.get(f, 0)
-        entry, other = (None if entry is None else here + entry), here + other
-        for g in tails.get(f, ()):
-            e, o = (0, 0) if RULE_MATCHER.search(demangle(g)) else split(g, seen | {f})
-            if e is not None:
-                entry = max(entry or 0, e)
-            other = max(other, o)
-        return (entry, other)
+        return (None if entry is None else here + entry, here + other)
 
     parts = [split(r, frozenset(), RULE_MATCHER) for r in roots]
     entry = max((e for e, _ in parts if e is not None), default=None)

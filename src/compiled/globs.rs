@@ -424,6 +424,10 @@ fn fold_set(f: u16) -> impl Iterator<Item = u16> {
     core::iter::once(f).chain(upper).chain(kelvin).chain(preimages(f))
 }
 
+/// A block of zeros a new class map is filled from ([`UNITS`] is a
+/// multiple of its length).
+static ZEROS: [u8; 4096] = [0; 4096];
+
 /// Builds the class maps while middles are compiled: each middle goes into
 /// the newest map if the units it names that the map lacks still fit in its
 /// classes, otherwise into a new map.
@@ -459,7 +463,11 @@ impl MapBuilder<'_> {
             _ => {
                 let at = self.maps.len();
                 self.maps.try_reserve_exact(UNITS).map_err(|_| OutOfMemory)?;
-                self.maps.resize(at.saturating_add(UNITS), 0);
+                // Copied from zeros rather than written a byte at a time:
+                // one copy per block, also under Miri's interpreter.
+                while self.maps.len() < at.saturating_add(UNITS) {
+                    self.maps.extend_from_slice(&ZEROS);
+                }
                 (self.at, self.used) = (Some(at), 0);
                 at
             }
@@ -628,7 +636,8 @@ fn segment_search<S: Units + ?Sized>(
     // Stretch `i` starts at `from + gap i / (CHAINS - 1)`; stretches `0..live`
     // search, the others mirror stretch 0.
     let mut live = CHAINS;
-    let base = |i: usize, live: usize| if i < live { from.saturating_add(gap.saturating_mul(i) / (CHAINS - 1)) } else { from };
+    let base =
+        |i: usize, live: usize| if i < live { from.saturating_add(gap.saturating_mul(i) / (CHAINS - 1)) } else { from };
     let mut found = None;
     let mut c = Chains { at: [from; CHAINS], left: m, d: [0; CHAINS], start, top };
     loop {
@@ -1152,10 +1161,8 @@ impl GlobIndex {
     /// Does pattern `key` match? The units next to the wildcards are compared
     /// first (paths sharing a directory differ there), then the whole
     /// literal head and tail; the wildcard matcher only runs on the middle.
-    /// The literal checks run in a frame of their own, and the middle's
-    /// check is the last call, with few arguments, so that it can replace
-    /// this frame rather than stack on it: the kernel's classify path stays
-    /// shallow (the driver image's stack check counts such jumps so).
+    /// The literal checks run in a frame of their own, beside the middle's
+    /// rather than above it, which keeps the kernel's classify path shallow.
     pub(super) fn key_matches<S: Units + ?Sized>(&self, key: u32, id: &S) -> bool {
         match self.literal_parts(key, id) {
             Literal::Differs => false,
