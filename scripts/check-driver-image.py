@@ -331,7 +331,11 @@ def stack_report(image, info, syms, say, fail):
         fail(f"classify path outside the rule matcher needs {other} B of stack, limit {STACK_LIMIT} B")
     glob_entry = max((e for e, _ in (split(r, frozenset(), GLOB_MATCHER) for r in roots) if e is not None),
                      default=None)
-    if glob_entry is not None:
+    if glob_entry is None:
+        # Renamed or inlined away: the budget would hold nothing.
+        fail("no glob matcher function (src/compiled/globs.rs) found on the classify path; "
+             "its entry budget cannot be checked")
+    else:
         say(f"  glob matcher entered {glob_entry} B deep, budget {GLOB_ENTRY_BUDGET} B "
             f"(its share of the limit: {STACK_LIMIT - glob_entry} B)")
         if glob_entry > GLOB_ENTRY_BUDGET:

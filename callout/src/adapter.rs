@@ -106,6 +106,17 @@ pub struct RawClassify {
     pub classify_out: *mut FWPS_CLASSIFY_OUT0,
 }
 
+/// The verdict [`Callout::finish_connect`] carries out.
+#[derive(Clone, Copy)]
+enum Finish {
+    /// The decision just written into `Callout::outcome`: its verdict, and
+    /// for a proxy its redirect target.
+    Decided,
+    /// A verdict reached without the rules (an unreadable chain, a pend
+    /// timeout's fallback); a redirect cannot be one.
+    Fixed(Verdict),
+}
+
 /// Acquired classify handle and writable connect request, until applied.
 #[derive(Clone, Copy)]
 struct Held {
@@ -522,7 +533,7 @@ impl<P: Policy> Callout<P> {
         }
         let input = input.with(&self.chain);
         self.arbiter.decide_connect_redirect_to(&input, now, &mut self.ring, &mut self.outcome);
-        let flags = self.finish_connect(fwps, h, self.outcome.verdict, out, filter.flags);
+        let flags = self.finish_connect(fwps, h, Finish::Decided, out, filter.flags);
         fwps.apply_modified_layer_data(h.handle, h.request, flags);
         fwps.release_classify_handle(h.handle);
         None
@@ -610,17 +621,25 @@ impl<P: Policy> Callout<P> {
     /// verdict (rewriting it for a proxy) and writes classifyOut; returns the
     /// flags for `FwpsApplyModifiedLayerData0`, which the caller makes (at
     /// once in classifyFn, after the lock for a completion), then releases
-    /// the classify handle. A `proxy` verdict is the decision just written
-    /// to [`Self::outcome`]: the flow goes to its redirect target.
+    /// the classify handle. Only the decision just written to
+    /// [`Self::outcome`] ([`Finish::Decided`]) can redirect: its verdict and
+    /// its target come from the same place.
     #[inline(never)]
     fn finish_connect<F: Fwps>(
         &mut self,
         fwps: &mut F,
         h: Held,
-        verdict: Verdict,
+        finish: Finish,
         out: &mut FWPS_CLASSIFY_OUT0,
         filter_flags: u16,
     ) -> u32 {
+        let verdict = match finish {
+            Finish::Decided => self.outcome.verdict,
+            // No target goes with it: a proxy decided elsewhere cannot be
+            // carried out here.
+            Finish::Fixed(Verdict::Proxy) => Verdict::Continue,
+            Finish::Fixed(v) => v,
+        };
         let verdict = match verdict {
             Verdict::Proxy => {
                 if self.rewrite(fwps, h) {
@@ -744,7 +763,7 @@ impl<P: Policy> Callout<P> {
             };
             let flags = if proxy_ready {
                 // SAFETY: the request was just acquired for this classify.
-                let verdict = match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
+                let finish = match unsafe { walk_chain(h.request, &self.own_filters, OWN_FILTER) } {
                     Ok(previous) => {
                         input.previous = previous;
                         self.arbiter.decide_connect_redirect_to(
@@ -753,7 +772,7 @@ impl<P: Policy> Callout<P> {
                             &mut self.ring,
                             &mut self.outcome,
                         );
-                        self.outcome.verdict
+                        Finish::Decided
                     }
                     Err(_) => {
                         self.counters.malformed = self.counters.malformed.saturating_add(1);
@@ -764,11 +783,11 @@ impl<P: Policy> Callout<P> {
                             now,
                             &mut self.ring,
                         );
-                        Verdict::Continue
+                        Finish::Fixed(Verdict::Continue)
                     }
                 };
                 self.counters.pend_completed = self.counters.pend_completed.saturating_add(1);
-                self.finish_connect(fwps, h, verdict, &mut p.classify_out, p.filter_flags)
+                self.finish_connect(fwps, h, finish, &mut p.classify_out, p.filter_flags)
             } else {
                 // Audited like a decision, and a fallback block is cached for
                 // auth-connect (A1): a block at a redirect layer alone does not
@@ -777,7 +796,7 @@ impl<P: Policy> Callout<P> {
                 self.arbiter.decide_without_table_into(&input, verdict, Reason::PendTimeout, now, &mut self.ring);
                 self.counters.pend_timed_out = self.counters.pend_timed_out.saturating_add(1);
                 // A fallback verdict is never proxy: no target is read.
-                self.finish_connect(fwps, h, verdict, &mut p.classify_out, p.filter_flags)
+                self.finish_connect(fwps, h, Finish::Fixed(verdict), &mut p.classify_out, p.filter_flags)
             };
             // Apply, complete with the deep copy, then release: after the lock.
             batch.push(h.handle, Some((h.request, flags)), &p.classify_out);

@@ -108,8 +108,10 @@ enum Later {
     Release(u64),
 }
 
-/// Calls one classifyFn defers: one apply and two releases at most (a
-/// refused pend releases its handle before the layer data is acquired).
+/// Calls one classifyFn defers: one apply and one release, and one more
+/// release where the adapter alone is run under [`Deferred`] (the tests: a
+/// refused pend releases its handle before the layer data is acquired; the
+/// driver's shell makes the pend and its release after the lock instead).
 /// No more: the kept calls sit on classifyFn's frame, under everything it
 /// calls (should more come, the extra ones are made at once instead).
 const DEFERRED_CALLS: usize = 3;

@@ -23,8 +23,8 @@
 //! at the inner ends of its literal head and tail (the units next to the
 //! wildcard, where paths sharing a directory differ) before the whole literal
 //! parts are compared and the middle is matched ([`Middle`]: each unit of
-//! the id read once, its mask two loads through a class map, three chains
-//! in flight). Patterns with no anchor (`*`,
+//! the id read once but for the search stretches' overlaps, its mask two
+//! loads through a class map, three chains in flight). Patterns with no anchor (`*`,
 //! `*foo*`) are tried one by one.
 //!
 //! The cost of a lookup is linear in the id whatever it holds: the
@@ -337,7 +337,7 @@ const CLASSES: usize = 256;
 /// shared by the middles compiled into it) gives the unit's class, one byte,
 /// the same for a unit and every unit folding alike; the middle's table
 /// gives the class's mask. So matching never folds case, never branches on
-/// what the id holds, and costs the same for ASCII and any other unit.
+/// which unit it reads, and costs the same for ASCII and any other unit.
 #[derive(Clone, Copy, Debug, Default)]
 struct Middle {
     /// Start of its [`CLASSES`] masks in `GlobIndex::masks`.
@@ -616,8 +616,8 @@ fn segment_search<S: Units + ?Sized>(
     let start = 1u64.checked_shl(q)?;
     let top = 1u64.checked_shl(e)?;
     let len = to_usize(e.saturating_sub(q)).saturating_add(1);
-    // `d` only holds bits `q..e` until it reaches `e`, so the shift never
-    // carries into `start`: `+` is `|`, one `lea`.
+    // `d` never holds a bit below `q`, so `d << 1` never has bit `q`: `+`
+    // is `|`, one `lea`.
     let step = |d: u64, u: u16| (d << 1).wrapping_add(start) & t.mask(u);
     let n = limit.saturating_sub(from);
     if n < len.saturating_mul(8).max(64) {
@@ -1032,7 +1032,7 @@ impl GlobIndex {
     /// its literal head and tail? Its segments are found one after the
     /// other, each where it first occurs after the one before (`*` between
     /// them takes whatever lies between, so the earliest occurrence leaves
-    /// the most room to the rest): one pass over the units, each read once.
+    /// the most room to the rest): one pass over the units.
     /// A first segment without a `*` before it must start at the head's
     /// end, a last one without a `*` after it must end at the tail.
     #[inline(never)]
