@@ -1046,11 +1046,7 @@ impl GlobIndex {
             // Only stars: any run.
             return true;
         }
-        let table = |start: u32, len: usize| to_usize(start)..to_usize(start).saturating_add(len);
-        let masks = self.masks.get(table(mid.masks, CLASSES)).and_then(|m| <&[u64; CLASSES]>::try_from(m).ok());
-        let map = self.maps.get(table(mid.map, UNITS)).and_then(|m| <&[u8; UNITS]>::try_from(m).ok());
-        let (Some(masks), Some(map)) = (masks, map) else { return false };
-        let t = MiddleTables { map, masks };
+        let Some(t) = self.tables(mid) else { return false };
         let mut pos = from;
         let mut starts = mid.starts;
         let mut first = true;
@@ -1172,6 +1168,16 @@ impl GlobIndex {
         }
     }
 
+    /// Middle `mid`'s class map and masks (`None` only for a middle without
+    /// tables).
+    #[inline(always)]
+    fn tables(&self, mid: &Middle) -> Option<MiddleTables<'_>> {
+        let table = |start: u32, len: usize| to_usize(start)..to_usize(start).saturating_add(len);
+        let masks = self.masks.get(table(mid.masks, CLASSES)).and_then(|m| <&[u64; CLASSES]>::try_from(m).ok())?;
+        let map = self.maps.get(table(mid.map, UNITS)).and_then(|m| <&[u8; UNITS]>::try_from(m).ok())?;
+        Some(MiddleTables { map, masks })
+    }
+
     /// Pattern `key`'s wildcard middle and the id's units it must accept.
     fn middle_of<S: Units + ?Sized>(&self, key: u32, id: &S) -> (&[u16], &Middle, usize, usize) {
         let k = self.key(key);
@@ -1234,12 +1240,10 @@ impl GlobIndex {
         limit: usize,
     ) -> Option<usize> {
         let mid = self.middles.get(to_usize(self.key(key).middle))?;
-        let table = |start: u32, len: usize| to_usize(start)..to_usize(start).saturating_add(len);
-        let masks = self.masks.get(table(mid.masks, CLASSES)).and_then(|m| <&[u64; CLASSES]>::try_from(m).ok())?;
-        let map = self.maps.get(table(mid.map, UNITS)).and_then(|m| <&[u8; UNITS]>::try_from(m).ok())?;
+        let t = self.tables(mid)?;
         let q = mid.starts.trailing_zeros();
         let e = (mid.ends >> q << q).trailing_zeros();
-        segment_search(&MiddleTables { map, masks }, id, q, e, from, limit)
+        segment_search(&t, id, q, e, from, limit)
     }
 
     /// The class maps, for the tests.

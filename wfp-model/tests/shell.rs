@@ -496,18 +496,25 @@ fn open_mode_installs_nothing_and_never_blocks() {
     assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
 }
 
+/// A machine with the set installed in block mode whose driver has loaded,
+/// seen its proxy register and so added its override.
+fn holding_the_override(wfp: &mut Wfp) -> (OnModel<'_>, Lifecycle) {
+    service(wfp, install_plan(&block_mode())).expect("installed");
+    let mut k = OnModel::new(wfp);
+    k.mode = BootMode::Block;
+    let life = driver_entry(&mut k);
+    k.proxy = Some(9);
+    life.sync_guard(&mut k);
+    (k, life)
+}
+
 /// Recovery while the driver holds the override: removal deletes it with
 /// the rest (the sublayer could not go otherwise), and the driver's own
 /// delete later finds it gone without failing.
 #[test]
 fn removal_works_while_the_driver_holds_the_override() {
     let mut wfp = machine();
-    service(&mut wfp, install_plan(&block_mode())).expect("installed");
-    let mut k = OnModel::new(&mut wfp);
-    k.mode = BootMode::Block;
-    let life = driver_entry(&mut k);
-    k.proxy = Some(9);
-    life.sync_guard(&mut k);
+    let (mut k, life) = holding_the_override(&mut wfp);
     assert!(life.override_ids().iter().all(|&id| id != 0));
     service(k.wfp, remove_plan()).expect("removed with the override in place");
     assert!(k.wfp.sublayers().keys().all(|&s| s != bootset::key(&arbiter_callout::boot::SUBLAYER_KEY)));
@@ -528,12 +535,7 @@ fn removal_works_while_the_driver_holds_the_override() {
 #[test]
 fn installing_again_while_the_driver_holds_the_override_keeps_it() {
     let mut wfp = machine();
-    service(&mut wfp, install_plan(&block_mode())).expect("installed");
-    let mut k = OnModel::new(&mut wfp);
-    k.mode = BootMode::Block;
-    let life = driver_entry(&mut k);
-    k.proxy = Some(9);
-    life.sync_guard(&mut k);
+    let (mut k, life) = holding_the_override(&mut wfp);
     let held = life.override_ids();
     assert!(held.iter().all(|&id| id != 0));
     assert_eq!(auth(&mut k, &WEB), Outcome::Permit);
